@@ -1,0 +1,28 @@
+# `make demo` and `make test` work from a fresh clone: they build .venv first.
+PY := .venv/bin/python
+PIP := $(PY) -m pip
+
+.PHONY: setup demo test bench clean
+
+setup: .venv/.installed
+
+.venv/.installed: pyproject.toml
+	test -x $(PY) || python3 -m venv .venv
+	$(PIP) install -q --upgrade pip
+	# torch first, pinned: the CPU wheel on disk, never the multi-GB CUDA build.
+	$(PIP) install -q torch==2.13.0
+	$(PIP) install -q -e ".[dev]"
+	touch $@
+
+demo: setup
+	.venv/bin/kiln train configs/nav/quick.yaml --run-dir runs/nav/demo --overwrite
+
+test: setup
+	$(PY) -m pytest
+
+bench: setup
+	$(PY) bench/engine_overhead.py
+	$(PY) bench/nav_datagen.py
+
+clean:
+	rm -rf .venv runs data

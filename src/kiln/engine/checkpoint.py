@@ -1,0 +1,81 @@
+"""Checkpoint files: written atomically, read with `weights_only=True`, checked before use.
+
+- checkpoints/*.ckpt: full training state (model, EMA, optimizer, scheduler, RNG, counters, history).
+- best_model.pt / final_model.pt: weights plus the config that rebuilds the model.
+Both are plain dicts of tensors and JSON-like values, so `torch.load(path, weights_only=True)` reads them.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from kiln.errors import KilnError
+
+FORMAT = 1
+
+
+def save_atomic(obj: dict[str, Any], path: Path) -> None:
+    """Write to a temporary sibling, then rename: a crash never leaves a half-written file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path: str | Path, recipe: str | None = None) -> dict[str, Any]:
+    path = Path(path)
+    if path.is_dir():  # a run directory stands for its best weights
+        path = path / "best_model.pt"
+    if not path.is_file():
+        raise KilnError(f"checkpoint '{path}' not found; pass a run's best_model.pt, final_model.pt or checkpoints/*.ckpt")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # torch raises many types for truncated, foreign or non-zip files
+        reason = str(err).strip().splitlines()[0][:120] if str(err).strip() else type(err).__name__
+        raise KilnError(f"checkpoint '{path}' could not be read ({reason}); the file is corrupt or not a PyTorch checkpoint") from None
+    if not isinstance(obj, dict) or obj.get("kiln_format") != FORMAT:
+        raise KilnError(f"'{path}' is not a kiln checkpoint; use best_model.pt, final_model.pt or a .ckpt written by kiln train")
+    if recipe is not None and obj.get("recipe") != recipe:
+        raise KilnError(f"checkpoint '{path}' is from recipe '{obj.get('recipe')}', not '{recipe}'")
+    return obj
+
+
+def load_weights(module: torch.nn.Module, state: dict[str, torch.Tensor], source: str | Path) -> None:
+    """load_state_dict with a one-line error naming the first mismatch."""
+    mine = module.state_dict()
+    missing = [k for k in mine if k not in state]
+    unexpected = [k for k in state if k not in mine]
+    wrong = [k for k in mine if k in state and state[k].shape != mine[k].shape]
+    if missing or unexpected or wrong:
+        key = (wrong or missing or unexpected)[0]
+        detail = (
+            f"'{key}' has shape {tuple(state[key].shape)}, the model expects {tuple(mine[key].shape)}" if wrong
+            else f"'{key}' is {'missing' if missing else 'unexpected'}"
+        )
+        raise KilnError(f"checkpoint '{source}' does not fit this model ({detail}); use the model settings of the run that wrote it")
+    module.load_state_dict(state)
+
+
+def rng_state() -> dict[str, Any]:
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    return {
+        "torch": torch.get_rng_state(),
+        "numpy": [name, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, cached],
+        "python": random.getstate(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+    }
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    name, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+    random.setstate(tuple(x if not isinstance(x, list) else tuple(x) for x in state["python"]))
+    if state["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])

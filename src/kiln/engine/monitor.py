@@ -1,0 +1,70 @@
+"""`kiln status` and `kiln logs --follow`: watch runs from another terminal via their files."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from datetime import datetime
+from pathlib import Path
+
+from kiln.errors import KilnError
+
+STALE_AFTER_S = 120  # a "running" run whose heartbeat is older than this probably died
+
+
+def process_alive(pid: int | None) -> bool:
+    if not pid:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def read_status(run_dir: Path) -> dict:
+    path = run_dir / "status.json"
+    if not path.is_file():
+        raise KilnError(f"'{run_dir}' has no status.json; pass a directory written by kiln train")
+    status = json.loads(path.read_text())
+    if status.get("state") == "running":
+        age = (datetime.now() - datetime.fromisoformat(status["heartbeat"])).total_seconds()
+        if not process_alive(status.get("pid")) or age > STALE_AFTER_S:
+            status["state"] = f"running? (no heartbeat for {age:.0f}s; process {'gone' if not process_alive(status.get('pid')) else 'alive'})"
+    return status
+
+
+def print_status(run_dirs: list[Path]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table("run", "state", "epoch", "step", "best", "heartbeat")
+    for run_dir in run_dirs:
+        if not (run_dir / "status.json").is_file():
+            continue
+        s = read_status(run_dir)
+        best = s.get("best")
+        epoch = f"{s.get('epoch', 0)}/{s.get('max_epochs', '?')}"
+        best_text = f"{s.get('monitor', '')} {best:.4f} (epoch {s.get('best_epoch')})" if best is not None else "-"
+        table.add_row(str(run_dir), s["state"], epoch, str(s.get("step", 0)), best_text, s.get("heartbeat", "-"))
+    if not table.rows:
+        raise KilnError("no runs found; pass run directories, e.g. kiln status runs/nav/demo")
+    Console().print(table)
+
+
+def follow_log(run_dir: Path, follow: bool, poll_s: float = 0.5) -> None:
+    path = run_dir / "train.log"
+    if not path.is_file():
+        raise KilnError(f"'{run_dir}' has no train.log; pass a directory written by kiln train")
+    with open(path) as f:
+        while True:
+            line = f.readline()
+            if line:
+                print(line, end="", flush=True)
+                continue
+            if not follow or read_status(run_dir).get("state") != "running":
+                return
+            time.sleep(poll_s)

@@ -1,0 +1,48 @@
+"""The recipe registry: name -> package. A recipe package defines `RECIPE = Recipe(...)`.
+
+Only the recipe's config schema is imported eagerly (pydantic); its functions import torch lazily,
+so `kiln --help` and config checks stay fast.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable
+
+if TYPE_CHECKING:
+    import argparse
+
+from kiln.errors import KilnError
+
+if TYPE_CHECKING:
+    from kiln.config import RunConfig
+    from kiln.engine.task import Splits, Task
+
+RECIPES = {"nav": "kiln.recipes.nav"}
+
+
+@dataclass(frozen=True)
+class Recipe:
+    name: str
+    config: type[RunConfig]
+    # Make sure cfg.data.dir exists (generate it from the config's generator settings if it can).
+    prepare_data: Callable[[RunConfig, Callable[[str], None]], None]
+    # Read the dataset directory into in-memory tensors plus its dataset.json.
+    load_data: Callable[[RunConfig], Splits]
+    # Build the task (model + steps) for a config and the dataset's description.
+    build_task: Callable[[RunConfig, dict[str, Any]], Task]
+    # Held-out metrics of a trained task; `options` carries recipe-specific evaluate flags.
+    evaluate: Callable[[Task, Splits, RunConfig, dict[str, Any]], dict[str, Any]]
+    # Plots and report.md into run_dir/report from the run directory's files.
+    report: Callable[[Path, Task, Splits, RunConfig], None]
+    # `kiln data <name> ...`: add its flags to a parser, then build the dataset from parsed flags.
+    data_arguments: Callable[[argparse.ArgumentParser], None]
+    make_data: Callable[[argparse.Namespace], None]
+
+
+def get_recipe(name: str) -> Recipe:
+    if name not in RECIPES:
+        raise KilnError(f"unknown recipe '{name}'; available: {', '.join(sorted(RECIPES))}")
+    return importlib.import_module(RECIPES[name]).RECIPE

@@ -1,0 +1,115 @@
+"""Grid-navigation policies that read a whole grid and predict the action at EVERY cell at once.
+
+Input: cell codes [B, G, G] (0 free, 1 wall, 2 goal). Output: action logits [B, G*G, 5] in the
+order up, down, left, right, stay. One forward pass is the whole policy for that goal, so a
+rollout is a table walk, not one network call per step.
+
+- GridMixer: MLP-Mixer (Tolstikhin et al., 2021); `recursions > 1` applies the same blocks again
+  with tied weights, which suits a target (BFS distances) that is itself an iterated local rule.
+- TinyRecursiveMixer: TRM ("Less is More: Recursive Reasoning with Tiny Networks", Jolicoeur-
+  Martineau, 2025): one tiny network refines a latent z and an answer y, with deep supervision.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+CELL_CODES = 3  # free, wall, goal
+NUM_ACTIONS = 5
+
+
+class MixerBlock(nn.Module):
+    """Token mixing (across cells) then channel mixing (within a cell), each pre-norm and residual."""
+
+    def __init__(self, tokens: int, dim: int, token_hidden: int, channel_hidden: int, dropout: float):
+        super().__init__()
+        self.token_norm = nn.LayerNorm(dim)
+        self.token_mlp = nn.Sequential(
+            nn.Linear(tokens, token_hidden), nn.GELU(), nn.Dropout(dropout), nn.Linear(token_hidden, tokens), nn.Dropout(dropout)
+        )
+        self.channel_norm = nn.LayerNorm(dim)
+        self.channel_mlp = nn.Sequential(
+            nn.Linear(dim, channel_hidden), nn.GELU(), nn.Dropout(dropout), nn.Linear(channel_hidden, dim), nn.Dropout(dropout)
+        )
+
+    def forward(self, x: Tensor) -> Tensor:  # [B, T, D]
+        x = x + self.token_mlp(self.token_norm(x).transpose(1, 2)).transpose(1, 2)
+        return x + self.channel_mlp(self.channel_norm(x))
+
+
+class GridEncoder(nn.Module):
+    """Cell code embedding plus a learned embedding per grid position."""
+
+    def __init__(self, grid_size: int, dim: int):
+        super().__init__()
+        self.cells = nn.Embedding(CELL_CODES, dim)
+        self.position = nn.Parameter(torch.randn(1, grid_size * grid_size, dim) * 0.02)
+
+    def forward(self, cells: Tensor) -> Tensor:  # [B, G, G] -> [B, G*G, D]
+        return self.cells(cells.flatten(1).long()) + self.position
+
+
+class GridMixer(nn.Module):
+    def __init__(self, grid_size: int, dim: int, depth: int, dropout: float, token_hidden: int, channel_mult: int, recursions: int = 1):
+        super().__init__()
+        tokens = grid_size * grid_size
+        self.recursions = recursions
+        self.encoder = GridEncoder(grid_size, dim)
+        self.blocks = nn.ModuleList(MixerBlock(tokens, dim, token_hidden, channel_mult * dim, dropout) for _ in range(depth))
+        self.norm = nn.LayerNorm(dim)
+        self.head = nn.Linear(dim, NUM_ACTIONS)
+
+    def forward(self, cells: Tensor) -> list[Tensor]:
+        x = self.encoder(cells)
+        for _ in range(self.recursions):  # tied weights: the same blocks, applied again
+            for block in self.blocks:
+                x = block(x)
+        return [self.head(self.norm(x))]
+
+
+class TinyRecursiveMixer(nn.Module):
+    """TRM with a mixer as its one tiny network.
+
+    Per supervision step: T cycles (the first T-1 without gradients) of n latent updates
+    z <- net(x + y + z) followed by one answer update y <- net(y + z). Each supervision step
+    emits logits and carries (y, z) on detached, so every step is trained on its own loss.
+    """
+
+    def __init__(self, grid_size: int, dim: int, depth: int, dropout: float, token_hidden: int, channel_mult: int,
+                 recursions: int, cycles: int, supervision_steps: int):
+        super().__init__()
+        tokens = grid_size * grid_size
+        self.n, self.cycles, self.supervision_steps = recursions, cycles, supervision_steps
+        self.encoder = GridEncoder(grid_size, dim)
+        self.net = nn.Sequential(*(MixerBlock(tokens, dim, token_hidden, channel_mult * dim, dropout) for _ in range(depth)))
+        self.y_init = nn.Parameter(torch.randn(1, 1, dim) * 0.02)
+        self.z_init = nn.Parameter(torch.randn(1, 1, dim) * 0.02)
+        self.norm = nn.LayerNorm(dim)
+        self.head = nn.Linear(dim, NUM_ACTIONS)
+
+    def cycle(self, x: Tensor, y: Tensor, z: Tensor) -> tuple[Tensor, Tensor]:
+        for _ in range(self.n):
+            z = self.net(x + y + z)
+        return self.net(y + z), z
+
+    def forward(self, cells: Tensor) -> list[Tensor]:
+        x = self.encoder(cells)
+        y, z = self.y_init.expand_as(x), self.z_init.expand_as(x)
+        outputs = []
+        for _ in range(self.supervision_steps):
+            with torch.no_grad():
+                for _ in range(self.cycles - 1):
+                    y, z = self.cycle(x, y, z)
+            y, z = self.cycle(x, y, z)
+            outputs.append(self.head(self.norm(y)))
+            y, z = y.detach(), z.detach()
+        return outputs
+
+
+def build_model(model_cfg, grid_size: int) -> nn.Module:
+    common = dict(grid_size=grid_size, dim=model_cfg.dim, depth=model_cfg.depth, dropout=model_cfg.dropout,
+                  token_hidden=model_cfg.token_hidden, channel_mult=model_cfg.channel_mult, recursions=model_cfg.recursions)
+    if model_cfg.arch == "trm":
+        return TinyRecursiveMixer(**common, cycles=model_cfg.cycles, supervision_steps=model_cfg.supervision_steps)
+    return GridMixer(**common)
