@@ -81,7 +81,12 @@ def train(args: argparse.Namespace) -> int:
     from kiln.engine.trainer import fit
 
     results = fit(cfg, run_dir, resume=bool(args.resume), init_from=args.init_from)
-    return 130 if results.get("state") == "interrupted" else 0
+    if results.get("state") == "interrupted":
+        return 130
+    from kiln.engine.monitor import print_results
+
+    print_results(results, f"test results: {run_dir}")
+    return 0
 
 
 def evaluate(args: argparse.Namespace) -> int:
@@ -90,7 +95,10 @@ def evaluate(args: argparse.Namespace) -> int:
     options = {"map": args.map, "scen": args.scen, "num_pairs": args.num_pairs} if args.map else None
     if args.scen and not args.map:
         raise KilnError("--scen needs --map (the .map file its start/goal pairs refer to)")
-    evaluate_run(args.run_dir, options=options)
+    results = evaluate_run(args.run_dir, options=options)
+    from kiln.engine.monitor import print_results
+
+    print_results(results, f"{results.get('name', 'test results')}: {args.run_dir}")
     return 0
 
 

@@ -127,15 +127,19 @@ def _field_names(model: type[BaseModel], path: list[str]) -> list[str]:
 def _unknown_key_message(schema: type[BaseModel], loc: list[str]) -> str:
     names = _field_names(schema, loc[:-1])
     close = difflib.get_close_matches(loc[-1], names, n=1)
-    hint = f"; did you mean '{'.'.join(loc[:-1] + close)}'?" if close else f"; valid keys here: {', '.join(names)}"
+    if close:
+        hint = f"; did you mean '{'.'.join(loc[:-1] + close)}'?"
+    else:
+        hint = f"; valid keys here: {', '.join(names)}" if names else f"; '{'.'.join(loc[:-1])}' has no sub-keys"
     return f"unknown config key '{'.'.join(loc)}'{hint}"
 
 
 def apply_overrides(raw: dict[str, Any], overrides: list[str], schema: type[BaseModel]) -> dict[str, Any]:
     for text in overrides:
         path, value = parse_override(text)
-        if not _field_names(schema, path[:-1]) or path[-1] not in _field_names(schema, path[:-1]):
-            raise KilnError(_unknown_key_message(schema, path))
+        for depth in range(1, len(path) + 1):  # name the first part that does not exist
+            if path[depth - 1] not in _field_names(schema, path[:depth - 1]):
+                raise KilnError(_unknown_key_message(schema, path[:depth]))
         node = raw
         for part in path[:-1]:
             if not isinstance(node.get(part), dict):

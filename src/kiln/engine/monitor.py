@@ -68,3 +68,14 @@ def follow_log(run_dir: Path, follow: bool, poll_s: float = 0.5) -> None:
             if not follow or read_status(run_dir).get("state") != "running":
                 return
             time.sleep(poll_s)
+
+
+def print_results(results: dict, title: str) -> None:
+    """The metrics a train or evaluate call produced, as a console table."""
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table("metric", "value", title=title)
+    for key, value in results.items():
+        table.add_row(key, f"{value:.4f}" if isinstance(value, float) else str(value))
+    Console().print(table)

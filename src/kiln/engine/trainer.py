@@ -189,7 +189,8 @@ def fit(cfg: RunConfig, run_dir: Path, *, resume: bool = False, init_from: str |
         log(f"kiln {cfg.recipe} '{cfg.name}': {params:,} parameters, {splits.info.get('num_train', len(train_batches.tensors))} train samples, "
             f"device {fabric.device}, precision {cfg.train.precision}, run dir {run_dir}")
         for logger in fabric.loggers:
-            logger.log_hyperparams(cfg.model_dump(mode="json"))
+            if "csv" not in type(logger).__name__.lower():  # Fabric's CSVLogger has no hyperparameters; config.yaml does
+                logger.log_hyperparams(cfg.model_dump(mode="json"))
 
     def checkpoint(name: str, batch_in_epoch: int = 0) -> None:
         save_atomic({
@@ -329,8 +330,10 @@ def evaluate_run(run_dir: Path, *, recipe: Recipe | None = None, cfg: RunConfig 
     task = load_run_task(run_dir, cfg, recipe, splits.info)
     with torch.no_grad():
         results = recipe.evaluate(task, splits, cfg, options or {})
-    if not options:  # extra evaluations (e.g. a user's map) report on their own, not as the test split
+    (run_dir / "report").mkdir(exist_ok=True)
+    if options:  # an extra evaluation (e.g. a user's map) is kept beside the report, not as the test split
+        write_json(run_dir / "report" / f"{results.get('name', 'evaluation')}.json", results)
+    else:
         write_json(run_dir / "test_results.json", results)
-        (run_dir / "report").mkdir(exist_ok=True)
         recipe.report(run_dir, task, splits, cfg)
     return results

@@ -1,0 +1,66 @@
+"""Greedy rollouts of a trained policy on a user's map in the MovingAI format (.map, optional .scen).
+
+Optimal lengths are recomputed 4-connected by BFS (a .scen's own lengths are octile, 8-connected);
+pairs whose goal cannot be reached from the start are excluded and counted, never a crash.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from kiln.errors import KilnError
+from kiln.recipes.nav.data import bfs_distance_field, optimal_action_sets, read_movingai_map, read_movingai_scen
+from kiln.recipes.nav.task import optimal_hits, predict_logits, rollout_metrics
+
+
+def sample_pairs(grid: np.ndarray, count: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    free = np.argwhere(grid == 0)
+    if len(free) < 2:
+        raise KilnError("the map has fewer than two free cells, so no start/goal pair can be sampled")
+    picks = rng.integers(0, len(free), size=(count, 2))
+    return free[picks[:, 0]], free[picks[:, 1]]
+
+
+def evaluate_map(task, map_path: Path, scen_path: Path | None, num_pairs: int, seed: int = 0) -> dict:
+    try:
+        grid = read_movingai_map(map_path)
+        starts, goals = read_movingai_scen(scen_path) if scen_path else sample_pairs(read_movingai_map(map_path), num_pairs, np.random.default_rng(seed))
+    except (OSError, ValueError) as err:
+        raise KilnError(f"cannot read MovingAI file: {err}") from None
+    size = task.grid_size
+    if grid.shape != (size, size):
+        raise KilnError(f"map '{map_path}' is {grid.shape[0]}x{grid.shape[1]} but the model was trained on {size}x{size} grids; "
+                        f"train one at that size (configs/nav/grid32.yaml is 32x32)")
+    inside = ((starts >= 0) & (starts < size) & (goals >= 0) & (goals < size)).all(1)
+    on_free = np.zeros(len(starts), bool)
+    on_free[inside] = (grid[starts[inside, 0], starts[inside, 1]] == 0) & (grid[goals[inside, 0], goals[inside, 1]] == 0)
+    starts, goals = starts[on_free], goals[on_free]
+    grids = np.repeat(grid[None], len(starts), axis=0)
+    dist = bfs_distance_field(grids, goals)
+    start_dist = dist[np.arange(len(starts)), starts[:, 0], starts[:, 1]]
+    usable = start_dist > 0  # -1: goal unreachable from start; 0: start is the goal
+    grids, starts, goals, dist = grids[usable], starts[usable], goals[usable], dist[usable]
+    results = {
+        "name": f"map_{Path(map_path).stem}", "map": str(map_path), "scen": str(scen_path) if scen_path else None,
+        "pairs": int(usable.sum()), "excluded_off_map_or_blocked": int((~on_free).sum()),
+        "excluded_unreachable": int((start_dist < 0).sum()), "excluded_start_is_goal": int((start_dist == 0).sum()),
+    }
+    if not len(starts):
+        return {**results, "rollout_success": None, "rollout_optimality": None}
+    cells = grids.astype(np.uint8)
+    cells[np.arange(len(cells)), goals[:, 0], goals[:, 1]] = 2
+    optimal = torch.from_numpy(optimal_action_sets(grids, dist, goals).reshape(len(cells), -1, 5))
+    batch = {"cells": torch.from_numpy(cells), "starts": torch.from_numpy(starts.astype(np.int64)),
+             "goals": torch.from_numpy(goals.astype(np.int64)), "dist": torch.from_numpy(dist.astype(np.int64))}
+    logits = predict_logits(task, batch["cells"])
+    rollout = rollout_metrics(logits, batch)
+    return {
+        **results,
+        "optimal_action_accuracy": (optimal_hits(logits, optimal).sum() / optimal.any(-1).sum()).item(),
+        "rollout_success": rollout["success"].mean().item(),
+        "rollout_optimality": rollout["optimality"].mean().item() if len(rollout["optimality"]) else 0.0,
+        "mean_optimal_length": float(batch["dist"][torch.arange(len(cells)), batch["starts"][:, 0], batch["starts"][:, 1]].float().mean()),
+    }

@@ -1,0 +1,33 @@
+"""Shared fixtures: a tiny nav config that trains in a second or two on CPU."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def tiny_data_dir(tmp_path_factory) -> Path:
+    from kiln.recipes.nav.data import generate_dataset
+
+    path = tmp_path_factory.mktemp("data") / "nav6"
+    generate_dataset(path, num_train=192, num_val=64, num_test=64, grid_size=6, obstacle_density=0.2, seed=3)
+    return path
+
+
+@pytest.fixture
+def tiny_config(tmp_path, tiny_data_dir) -> Path:
+    config = {
+        "recipe": "nav",
+        "data": {"dir": str(tiny_data_dir), "generate": None},
+        "model": {"dim": 16, "depth": 1, "token_hidden": 16, "channel_mult": 2, "dropout": 0.1},
+        "train": {"batch_size": 32, "max_epochs": 3, "lr": 3e-3, "loggers": [], "threads": 1,
+                  "scheduler": {"name": "warmup_cosine", "warmup": 0.1}},
+    }
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path

@@ -1,0 +1,59 @@
+import subprocess
+import sys
+
+from kiln.cli import main
+
+
+def run_kiln(*args, cwd=None):
+    return subprocess.run([sys.executable, "-m", "kiln", *args], capture_output=True, text=True, cwd=cwd)
+
+
+def test_help_does_not_import_torch():
+    # `kiln --help` must answer at once: torch and Lightning are imported only by the verbs that train.
+    code = "import sys; from kiln.cli import build_parser; build_parser(); print('torch' in sys.modules, 'lightning' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.split() == ["False", "False"]
+
+
+def test_help_lists_verbs():
+    result = run_kiln("--help")
+    assert result.returncode == 0
+    for verb in ("train", "evaluate", "data", "status", "logs"):
+        assert verb in result.stdout
+
+
+def test_config_error_exits_2_with_one_line(tiny_config, capsys):
+    assert main(["train", str(tiny_config), "train.lrr=1e-3"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == "kiln: error: unknown config key 'train.lrr'; did you mean 'train.lr'?"
+
+
+def test_seed_flags_map_onto_config(tiny_config, tmp_path, capsys):
+    # `--dim 0` is invalid, so the run stops at validation and names the mapped key.
+    assert main(["train", str(tiny_config), "--dim", "0", "--run-dir", str(tmp_path / "r")]) == 2
+    assert "model.dim: Input should be greater than 0" in capsys.readouterr().err
+
+
+def test_refuses_non_empty_run_dir(tiny_config, tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "keep.txt").write_text("precious")
+    assert main(["train", str(tiny_config), "--run-dir", str(run_dir)]) == 2
+    assert "is not empty; pass --overwrite" in capsys.readouterr().err
+    assert (run_dir / "keep.txt").read_text() == "precious"
+
+
+def test_unrecognised_argument_is_rejected(capsys):
+    try:
+        main(["status", "--bogus"])
+    except SystemExit as exit:
+        assert exit.code == 2
+    assert "unrecognized arguments: --bogus" in capsys.readouterr().err
+
+
+def test_missing_user_dataset_names_the_data_command(tmp_path, capsys):
+    config = tmp_path / "user.yaml"
+    config.write_text(f"recipe: nav\ndata: {{dir: {tmp_path / 'mine'}, generate: null}}\n")
+    assert main(["train", str(config), "--run-dir", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err
+    assert f"make it with: kiln data nav --out {tmp_path / 'mine'}" in err

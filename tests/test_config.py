@@ -1,0 +1,81 @@
+from pathlib import Path
+
+import pytest
+
+from kiln.config import load_config, parse_override
+from kiln.errors import KilnError
+
+from conftest import REPO
+
+
+@pytest.mark.parametrize("path", sorted((REPO / "configs").rglob("*.yaml")), ids=lambda p: p.name)
+def test_every_shipped_config_validates(path):
+    cfg = load_config(path)
+    assert cfg.recipe == path.parent.name
+    assert cfg.name == path.stem
+
+
+def test_overrides_are_typed_and_nested(tiny_config):
+    cfg = load_config(tiny_config, ["train.lr=5e-4", "model.dim=128", "train.scheduler.name=linear_decay",
+                                    "train.precision=bf16-mixed", "train.patience=null"])
+    assert cfg.train.lr == pytest.approx(5e-4)
+    assert cfg.model.dim == 128
+    assert cfg.train.scheduler.name == "linear_decay"
+    assert cfg.train.precision == "bf16-mixed"
+    assert cfg.train.patience is None
+
+
+def test_yaml_exponent_without_dot_is_a_number():
+    assert parse_override("train.lr=5e-4") == (["train", "lr"], 5e-4)
+    assert parse_override("train.loggers=[csv, tensorboard]") == (["train", "loggers"], ["csv", "tensorboard"])
+
+
+@pytest.mark.parametrize("override, expected", [
+    ("train.lrr=1", "unknown config key 'train.lrr'; did you mean 'train.lr'?"),
+    ("model.dimm=3", "did you mean 'model.dim'?"),
+    ("trian.lr=1", "unknown config key 'trian'; did you mean 'train'?"),
+    ("train.lr.x=1", "unknown config key 'train.lr.x'; 'train.lr' has no sub-keys"),
+    ("train.lr=abc", "train.lr: Input should be a valid number"),
+    ("train.optimizer=lion", "train.optimizer: Input should be 'adamw', 'adam' or 'sgd'"),
+    ("train.batch_size=0", "train.batch_size: Input should be greater than 0"),
+    ("lr", "must look like section.key=value"),
+])
+def test_bad_overrides_name_the_key(tiny_config, override, expected):
+    with pytest.raises(KilnError, match=None) as err:
+        load_config(tiny_config, [override])
+    assert expected in str(err.value)
+    assert "\n" not in str(err.value)
+
+
+def test_unknown_key_in_file_is_named(tmp_path, tiny_config):
+    text = tiny_config.read_text().replace("max_epochs", "max_epoch")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(text)
+    with pytest.raises(KilnError, match=r"unknown config key 'train.max_epoch'; did you mean 'train.max_epochs'\?"):
+        load_config(bad)
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("recipe: nav\ntrain: [1, 2\n", "is not valid YAML"),
+    ("- just a list\n", "must hold a mapping"),
+    ("data: {}\n", "has no 'recipe:' key"),
+    ("recipe: painter\n", "unknown recipe 'painter'; available: nav"),
+    ("recipe: nav\ntrain: {monitor: loss}\n", "train.monitor must name a train_* or val_* metric"),
+])
+def test_bad_files(tmp_path, text, expected):
+    path = tmp_path / "c.yaml"
+    path.write_text(text)
+    with pytest.raises(KilnError) as err:
+        load_config(path)
+    assert expected in str(err.value)
+
+
+def test_json_configs_are_accepted(tmp_path):
+    path = tmp_path / "c.json"
+    path.write_text('{"recipe": "nav", "train": {"lr": 0.01}}')
+    assert load_config(path).train.lr == 0.01
+
+
+def test_missing_file():
+    with pytest.raises(KilnError, match="not found"):
+        load_config(Path("no/such.yaml"))
