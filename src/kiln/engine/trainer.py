@@ -244,6 +244,7 @@ def fit(cfg: RunConfig, run_dir: Path, *, resume: bool = False, init_from: str |
                     status.beat(epoch=epoch, step=step)
                 if progress is not None:
                     progress.remove_task(bar)
+                train_time = time.perf_counter() - started
 
                 metrics = epoch_means(partial, partial_count, "train")
                 metrics.update(run_validation(fabric, ema if ema is not None else task, val_batches))
@@ -253,7 +254,8 @@ def fit(cfg: RunConfig, run_dir: Path, *, resume: bool = False, init_from: str |
                     raise KilnError(f"training loss became NaN in epoch {epoch}; lower train.lr or set train.gradient_clip_val")
                 if cfg.train.monitor not in metrics:
                     raise KilnError(f"train.monitor '{cfg.train.monitor}' is not a logged metric; choose one of: {', '.join(metrics)}")
-                row = {"epoch": epoch, **metrics, "lr": optimizer.param_groups[0]["lr"], "epoch_time_s": time.perf_counter() - started}
+                row = {"epoch": epoch, **metrics, "lr": optimizer.param_groups[0]["lr"],
+                       "train_time_s": train_time, "epoch_time_s": time.perf_counter() - started}
                 history.append(row)
                 fabric.log_dict({k: v for k, v in row.items() if k != "epoch"}, step=epoch)
                 write_history(run_dir, history)

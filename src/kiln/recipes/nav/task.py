@@ -118,7 +118,7 @@ def predict_logits(task: NavTask, cells: Tensor, batch_size: int = 1024) -> Tens
 
 
 @torch.no_grad()
-def test_metrics(task: NavTask, split: dict[str, Tensor]) -> dict[str, float]:
+def split_metrics(task: NavTask, split: dict[str, Tensor]) -> dict[str, float]:
     """Pooled metrics over a whole split (not means of batch means)."""
     logits = predict_logits(task, split["cells"])
     optimal = split["optimal"]
@@ -143,4 +143,4 @@ def evaluate(task: NavTask, splits: Splits, cfg, options: dict) -> dict:
         from kiln.recipes.nav.maps import evaluate_map
 
         return evaluate_map(task, options["map"], options.get("scen"), options.get("num_pairs", 200), seed=cfg.train.seed)
-    return {"split": "test", **test_metrics(task, splits.test)}
+    return {"split": "test", **split_metrics(task, splits.test)}

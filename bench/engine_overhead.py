@@ -1,0 +1,95 @@
+"""Engine overhead: training steps/s through kiln vs a minimal hand-written PyTorch loop.
+
+Both train the same task (model + loss + metrics) on the same in-memory data, with the same
+optimizer, schedule, clipping and torch threads, in this one process. kiln's rate comes from the
+`train_time_s` it records per epoch (the step loop only; validation and checkpoints are per epoch,
+not per step). The first epoch of each is a warm-up. Last line: JSON with `ratio` = kiln / raw.
+
+    python bench/engine_overhead.py            # nav quick model (configs/nav/quick.yaml)
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))
+
+import torch  # noqa: E402
+
+from kiln.config import load_config  # noqa: E402
+from kiln.engine.schedules import build_optimizer, build_scheduler  # noqa: E402
+from kiln.engine.trainer import fit, set_threads  # noqa: E402
+from kiln.recipes import get_recipe  # noqa: E402
+
+EPOCHS = 3  # first one is warm-up
+
+
+def kiln_steps_per_s(cfg, work: Path) -> float:
+    run_dir = work / f"run-{time.monotonic_ns()}"
+    run_dir.mkdir()
+    fit(cfg, run_dir)
+    history = json.loads((run_dir / "history.json").read_text())
+    steps_per_epoch = json.loads((run_dir / "status.json").read_text())["step"] / EPOCHS
+    return steps_per_epoch * (EPOCHS - 1) / sum(history["train_time_s"][1:])
+
+
+def raw_steps_per_s(cfg) -> float:
+    """What a user would write by hand: shuffle, slice, forward, backward, clip, step."""
+    recipe = get_recipe(cfg.recipe)
+    splits = recipe.load_data(cfg)
+    torch.manual_seed(cfg.train.seed)
+    task = recipe.build_task(cfg, splits.info)
+    optimizer = build_optimizer(task.parameters(), cfg.train)
+    n, bs = len(splits.train["cells"]), cfg.train.batch_size
+    scheduler = build_scheduler(optimizer, cfg.train, -(-n // bs))
+    task.train()
+    times = []
+    for epoch in range(EPOCHS):
+        start = time.perf_counter()
+        order = torch.randperm(n)
+        for i in range(0, n, bs):
+            batch = {k: v[order[i:i + bs]] for k, v in splits.train.items()}
+            loss = task.training_step(batch)["loss"]
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(task.parameters(), cfg.train.gradient_clip_val)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            scheduler.step()
+        times.append(time.perf_counter() - start)
+    return -(-n // bs) * (EPOCHS - 1) / sum(times[1:])
+
+
+def measure(name: str, cfg, work: Path, rounds: int = 2) -> dict:
+    raw, kiln = [], []
+    for _ in range(rounds):  # interleave so that machine noise hits both alike
+        raw.append(raw_steps_per_s(cfg))
+        kiln.append(kiln_steps_per_s(cfg, work))
+    result = {"raw_steps_per_s": max(raw), "kiln_steps_per_s": max(kiln)}
+    result["ratio"] = result["kiln_steps_per_s"] / result["raw_steps_per_s"]
+    print(f"{name}: raw {result['raw_steps_per_s']:.1f} steps/s ({1e3 / result['raw_steps_per_s']:.2f} ms/step), "
+          f"kiln {result['kiln_steps_per_s']:.1f} steps/s ({1e3 / result['kiln_steps_per_s']:.2f} ms/step), ratio {result['ratio']:.3f}")
+    return result
+
+
+def main() -> None:
+    set_threads(None)
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        common = [f"data.dir={work / 'data'}", f"train.max_epochs={EPOCHS}", "train.loggers=[]", "train.patience=null"]
+        quick = load_config(ROOT / "configs/nav/quick.yaml", common)
+        # A ~1 ms/step model, where per-step engine cost shows most.
+        tiny = load_config(ROOT / "configs/nav/quick.yaml", common + ["model.dim=16", "model.depth=1", "model.token_hidden=16",
+                                                                       "model.recursions=1", "train.batch_size=32"])
+        results = {"quick": measure("nav quick model", quick, work), "tiny": measure("nav tiny model", tiny, work)}
+    print(json.dumps({"ratio": round(results["quick"]["ratio"], 3), "ratio_tiny_model": round(results["tiny"]["ratio"], 3),
+                      "quick_ms_per_step_raw": round(1e3 / results["quick"]["raw_steps_per_s"], 3),
+                      "tiny_ms_per_step_raw": round(1e3 / results["tiny"]["raw_steps_per_s"], 3)}))
+
+
+if __name__ == "__main__":
+    main()
