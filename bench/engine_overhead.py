@@ -41,6 +41,7 @@ def kiln_steps_per_s(cfg, work: Path) -> float:
 def raw_steps_per_s(cfg) -> float:
     """What a user would write by hand: shuffle, slice, forward, backward, clip, step."""
     recipe = get_recipe(cfg.recipe)
+    recipe.prepare_data(cfg, print)
     splits = recipe.load_data(cfg)
     torch.manual_seed(cfg.train.seed)
     task = recipe.build_task(cfg, splits.info)

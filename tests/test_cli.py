@@ -57,3 +57,17 @@ def test_missing_user_dataset_names_the_data_command(tmp_path, capsys):
     assert main(["train", str(config), "--run-dir", str(tmp_path / "r")]) == 2
     err = capsys.readouterr().err
     assert f"make it with: kiln data nav --out {tmp_path / 'mine'}" in err
+
+
+def test_kiln_data_nav_writes_a_dataset_and_refuses_to_overwrite(tmp_path, capsys):
+    out = tmp_path / "d"
+    assert main(["data", "nav", "--num-train", "40", "--num-val", "8", "--num-test", "8", "--grid-size", "6",
+                 "--augment", "--seed", "5", "--out", str(out)]) == 0
+    import json
+
+    info = json.loads((out / "dataset.json").read_text())
+    assert info["counts"] == {"train": 320, "val": 8, "test": 8} and info["seed"] == 5 and info["augment"] is True
+    assert main(["data", "nav", "--out", str(out)]) == 2
+    assert "not empty" in capsys.readouterr().err
+    assert main(["data", "nav", "--obstacle-density", "1.5", "--out", str(tmp_path / "e")]) == 2
+    assert "--obstacle-density: Input should be less than 1" in capsys.readouterr().err

@@ -1,0 +1,96 @@
+import numpy as np
+import pytest
+import torch
+
+from kiln.errors import KilnError
+from kiln.recipes.nav import data
+from kiln.recipes.nav.maps import evaluate_map
+from kiln.recipes.nav.task import NavTask
+
+# 6x6 map: a wall column with a gap, plus a walled-off pocket at the bottom right.
+MAP = """type octile
+height 6
+width 6
+map
+......
+.@@...
+..@...
+..@.@@
+....@.
+....@.
+"""
+
+
+class BfsPolicy(torch.nn.Module):
+    """A perfect policy computed by BFS from the cell codes: the reference the rollouts must match."""
+
+    def forward(self, cells):
+        grids = (cells == 1).numpy().astype(np.uint8)
+        goals = np.argwhere(cells.numpy() == 2)[:, 1:]
+        optimal = data.optimal_action_sets(grids, data.bfs_distance_field(grids, goals), goals)
+        return [torch.from_numpy(optimal.reshape(len(cells), -1, 5)).float() * 10]
+
+
+class StayPolicy(torch.nn.Module):
+    def forward(self, cells):
+        logits = torch.zeros(len(cells), cells[0].numel(), 5)
+        logits[..., 4] = 1
+        return [logits]
+
+
+@pytest.fixture
+def map_file(tmp_path):
+    path = tmp_path / "room.map"
+    path.write_text(MAP)
+    return path
+
+
+def test_scen_pairs_with_unreachable_ones_excluded_and_counted(map_file, tmp_path):
+    scen = tmp_path / "room.map.scen"
+    # columns: bucket map width height start_x start_y goal_x goal_y optimal_length (x = column, y = row)
+    scen.write_text("version 1\n"
+                    "0\troom.map\t6\t6\t0\t0\t5\t0\t5\n"      # reachable
+                    "0\troom.map\t6\t6\t0\t5\t3\t3\t5\n"      # reachable, around the wall
+                    "0\troom.map\t6\t6\t0\t0\t5\t5\t9\n"      # goal in the sealed pocket: unreachable
+                    "0\troom.map\t6\t6\t1\t1\t0\t0\t1\n")     # start on a wall
+    results = evaluate_map(NavTask(BfsPolicy(), 6), map_file, scen, num_pairs=0)
+    assert results["pairs"] == 2
+    assert results["excluded_unreachable"] == 1
+    assert results["excluded_off_map_or_blocked"] == 1
+    assert results["rollout_success"] == 1.0 and results["rollout_optimality"] == pytest.approx(1.0)
+    assert results["optimal_action_accuracy"] == 1.0
+
+
+def test_sampled_pairs_and_a_failing_policy(map_file):
+    results = evaluate_map(NavTask(StayPolicy(), 6), map_file, None, num_pairs=50)
+    total = results["pairs"] + results["excluded_unreachable"] + results["excluded_start_is_goal"]
+    assert total == 50 and results["pairs"] > 0
+    assert results["rollout_success"] == 0.0
+
+
+def test_map_size_must_match_the_model(map_file):
+    with pytest.raises(KilnError, match="is 6x6 but the model was trained on 8x8 grids"):
+        evaluate_map(NavTask(BfsPolicy(), 8), map_file, None, num_pairs=5)
+
+
+def test_malformed_map_is_a_one_line_error(tmp_path):
+    bad = tmp_path / "bad.map"
+    bad.write_text("type octile\nheight 2\nwidth 2\nmap\n..\n")
+    with pytest.raises(KilnError, match="cannot read MovingAI file"):
+        evaluate_map(NavTask(BfsPolicy(), 2), bad, None, num_pairs=5)
+
+
+def test_kiln_evaluate_map_end_to_end(tiny_config, map_file, tmp_path, capsys):
+    import json
+
+    from kiln.cli import main
+
+    run_dir = tmp_path / "run"
+    assert main(["train", str(tiny_config), "train.max_epochs=1", "--run-dir", str(run_dir)]) == 0
+    test_results = (run_dir / "test_results.json").read_text()
+    assert main(["evaluate", str(run_dir), "--map", str(map_file), "--num-pairs", "30"]) == 0
+    results = json.loads((run_dir / "report" / "map_room.json").read_text())
+    assert results["pairs"] + results["excluded_unreachable"] + results["excluded_start_is_goal"] == 30
+    assert 0 <= results["rollout_success"] <= 1
+    assert (run_dir / "test_results.json").read_text() == test_results  # the test split's results stay
+    assert "map_room" in capsys.readouterr().out
