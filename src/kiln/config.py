@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import difflib
 import json
+import typing
 from pathlib import Path
 from typing import Any, Literal
 
@@ -117,10 +118,12 @@ def _field_names(model: type[BaseModel], path: list[str]) -> list[str]:
     """Valid keys at `path` inside `model`, for "did you mean" hints."""
     for part in path:
         field = model.model_fields.get(part)
-        annotation = getattr(field, "annotation", None)
-        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+        # a section may be optional (`NavGenerator | None`): look inside the union for the model
+        candidates = typing.get_args(field.annotation) or (field.annotation,) if field else ()
+        sections = [c for c in candidates if isinstance(c, type) and issubclass(c, BaseModel)]
+        if not sections:
             return []
-        model = annotation
+        model = sections[0]
     return list(model.model_fields)
 
 

@@ -39,7 +39,7 @@ def test_run_directory_layout(tiny_config, tmp_path):
     status = json.loads((run_dir / "status.json").read_text())
     assert status["state"] == "finished" and status["epoch"] == 3 and status["pid"] == os.getpid()
     history = json.loads((run_dir / "history.json").read_text())
-    for column in ("train_loss", "train_acc", "val_loss", "val_acc", "val_rollout_success", "lr"):
+    for column in ("train_loss", "train_acc", "val_loss", "val_acc", "val_exact_acc", "val_rollout_success", "lr"):
         assert len(history[column]) == 3
     assert (run_dir / "history.csv").read_text().splitlines()[0].startswith("epoch,train_loss,train_acc,val_loss,val_acc")
     epoch_lines = [line for line in (run_dir / "train.log").read_text().splitlines() if line.startswith("Epoch ")]
@@ -63,16 +63,17 @@ def test_best_model_is_weights_only_and_rebuilds_the_model(tiny_config, tmp_path
     assert evaluate_run(run_dir) == pytest.approx(results)
 
 
-def test_interrupted_mid_epoch_then_resumed_matches_an_uninterrupted_run(tiny_config, tmp_path, monkeypatch):
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_interrupted_mid_epoch_then_resumed_matches_an_uninterrupted_run(tiny_config, tmp_path, monkeypatch, signum):
     straight = tmp_path / "straight"
     train(tiny_config, straight)
 
     epoch_batches = TensorBatches.epoch
 
-    def interrupting(self, epoch=0, start=0):  # a Ctrl-C during the 3rd batch of epoch 2
+    def interrupting(self, epoch=0, start=0):  # a Ctrl-C (or kill) during the 3rd batch of epoch 2
         for i, batch in enumerate(epoch_batches(self, epoch, start), start=start):
             if self.shuffle and epoch == 1 and i == 2:
-                os.kill(os.getpid(), signal.SIGINT)
+                os.kill(os.getpid(), signum)
             yield batch
 
     resumed = tmp_path / "resumed"

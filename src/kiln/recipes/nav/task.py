@@ -77,16 +77,21 @@ class NavTask(Task):
         super().__init__()
         self.model, self.grid_size = model, grid_size
 
+    def loss_and_accuracy(self, outputs: list[Tensor], optimal: Tensor) -> dict[str, Tensor]:
+        # TRM gives one output per supervision step: each is trained, the last one is the answer
+        return {"loss": torch.stack([optimal_set_nll(logits, optimal) for logits in outputs]).mean(),
+                "acc": optimal_hits(outputs[-1], optimal).sum() / optimal.any(-1).sum()}
+
     def training_step(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
-        outputs = self.model(batch["cells"])  # TRM gives one output per supervision step
-        optimal = batch["optimal"]
-        loss = torch.stack([optimal_set_nll(logits, optimal) for logits in outputs]).mean()
-        hits = optimal_hits(outputs[-1], optimal)
-        return {"loss": loss, "acc": hits.sum() / optimal.any(-1).sum()}
+        return self.loss_and_accuracy(self.model(batch["cells"]), batch["optimal"])
 
     def validation_step(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
-        metrics = self.training_step(batch)
-        rollout = rollout_metrics(self.model(batch["cells"])[-1], batch)
+        outputs = self.model(batch["cells"])
+        optimal, logits = batch["optimal"], outputs[-1]
+        metrics = self.loss_and_accuracy(outputs, optimal)
+        start_cell = batch["starts"][:, 0] * self.grid_size + batch["starts"][:, 1]
+        metrics["exact_acc"] = (logits[torch.arange(len(logits)), start_cell].argmax(-1) == batch["action"]).float().mean()
+        rollout = rollout_metrics(logits, batch)
         metrics["rollout_success"] = rollout["success"].mean()
         metrics["rollout_optimality"] = rollout["optimality"].mean() if len(rollout["optimality"]) else torch.zeros(())
         return metrics
