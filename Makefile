@@ -23,6 +23,7 @@ test: setup
 bench: setup
 	$(PY) bench/engine_overhead.py
 	$(PY) bench/nav_datagen.py
+	$(PY) bench/nav_precision.py
 
 clean:
 	rm -rf .venv runs data

@@ -41,18 +41,18 @@ def print_status(run_dirs: list[Path]) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    table = Table("run", "state", "epoch", "step", "best", "heartbeat")
+    table = Table("run", "state", "epoch", "step", "best (epoch)", "last seen")
     for run_dir in run_dirs:
         if not (run_dir / "status.json").is_file():
             continue
         s = read_status(run_dir)
-        best = s.get("best")
-        epoch = f"{s.get('epoch', 0)}/{s.get('max_epochs', '?')}"
-        best_text = f"{s.get('monitor', '')} {best:.4f} (epoch {s.get('best_epoch')})" if best is not None else "-"
-        table.add_row(str(run_dir), s["state"], epoch, str(s.get("step", 0)), best_text, s.get("heartbeat", "-"))
+        best = f"{s.get('monitor', '')} {s['best']:.4f} ({s.get('best_epoch')})" if s.get("best") is not None else "-"
+        age = (datetime.now() - datetime.fromisoformat(s["heartbeat"])).total_seconds()
+        table.add_row(str(run_dir), s["state"], f"{s.get('epoch', 0)}/{s.get('max_epochs', '?')}", str(s.get("step", 0)),
+                      best, f"{age:.0f}s ago" if age < 3600 else s["heartbeat"])
     if not table.rows:
         raise KilnError("no runs found; pass run directories, e.g. kiln status runs/nav/demo")
-    Console().print(table)
+    Console(width=max(Console().width, 120)).print(table)
 
 
 def follow_log(run_dir: Path, follow: bool, poll_s: float = 0.5) -> None:
