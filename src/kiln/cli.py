@@ -138,3 +138,6 @@ def main(argv: list[str] | None = None) -> int:
     except KilnError as err:
         print(f"kiln: error: {err}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # before training started (data generation, imports): nothing to save
+        print("kiln: interrupted", file=sys.stderr)
+        return 130

@@ -174,3 +174,14 @@ def test_threads_are_set_to_the_cores(monkeypatch):
     assert torch.get_num_threads() == len(os.sched_getaffinity(0))
     trainer.set_threads(1)
     assert torch.get_num_threads() == 1
+
+
+def test_unavailable_logger_and_device_are_one_line_errors(tiny_config, tmp_path):
+    import importlib.util
+
+    if importlib.util.find_spec("wandb") is None:
+        with pytest.raises(KilnError, match="wandb is not installed; run: pip install wandb"):
+            trainer.make_fabric(load_config(tiny_config, ["train.loggers=[wandb]"]), tmp_path)
+    if not torch.cuda.is_available():
+        with pytest.raises(KilnError, match="train.device=cuda but no CUDA GPU is visible"):
+            trainer.make_fabric(load_config(tiny_config, ["train.device=cuda"]), tmp_path)

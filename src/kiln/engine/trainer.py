@@ -186,7 +186,7 @@ def fit(cfg: RunConfig, run_dir: Path, *, resume: bool = False, init_from: str |
 
     if not resume:
         params = sum(p.numel() for p in raw_task.parameters())
-        log(f"kiln {cfg.recipe} '{cfg.name}': {params:,} parameters, {splits.info.get('num_train', len(train_batches.tensors))} train samples, "
+        log(f"kiln {cfg.recipe} '{cfg.name}': {params:,} parameters, {train_batches.size:,} train samples, "
             f"device {fabric.device}, precision {cfg.train.precision}, run dir {run_dir}")
         for logger in fabric.loggers:
             if "csv" not in type(logger).__name__.lower():  # Fabric's CSVLogger has no hyperparameters; config.yaml does
