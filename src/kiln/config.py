@@ -119,7 +119,7 @@ def _field_names(model: type[BaseModel], path: list[str]) -> list[str]:
     for part in path:
         field = model.model_fields.get(part)
         # a section may be optional (`NavGenerator | None`): look inside the union for the model
-        candidates = typing.get_args(field.annotation) or (field.annotation,) if field else ()
+        candidates = (typing.get_args(field.annotation) or (field.annotation,)) if field else ()
         sections = [c for c in candidates if isinstance(c, type) and issubclass(c, BaseModel)]
         if not sections:
             return []

@@ -86,7 +86,10 @@ class TinyRecursiveMixer(nn.Module):
         tokens = grid_size * grid_size
         self.n, self.cycles, self.supervision_steps = recursions, cycles, supervision_steps
         self.encoder = GridEncoder(grid_size, dim)
-        self.net = nn.Sequential(*(MixerBlock(tokens, dim, token_hidden, channel_mult * dim, dropout) for _ in range(depth)))
+        # post-norm, as in TRM: the residual stream is fed back in sums (x + y + z), and without a
+        # norm after each application its scale compounds with every recursion
+        self.net = nn.Sequential(*(MixerBlock(tokens, dim, token_hidden, channel_mult * dim, dropout) for _ in range(depth)),
+                                 nn.LayerNorm(dim))
         self.y_init = nn.Parameter(torch.randn(1, 1, dim) * 0.02)
         self.z_init = nn.Parameter(torch.randn(1, 1, dim) * 0.02)
         self.norm = nn.LayerNorm(dim)
