@@ -188,8 +188,10 @@ def fit(cfg: RunConfig, run_dir: Path, *, resume: bool = False, init_from: str |
         params = sum(p.numel() for p in raw_task.parameters())
         log(f"kiln {cfg.recipe} '{cfg.name}': {params:,} parameters, {train_batches.size:,} train samples, "
             f"device {fabric.device}, precision {cfg.train.precision}, run dir {run_dir}")
+        from lightning.fabric.loggers import CSVLogger
+
         for logger in fabric.loggers:
-            if "csv" not in type(logger).__name__.lower():  # Fabric's CSVLogger has no hyperparameters; config.yaml does
+            if not isinstance(logger, CSVLogger):  # Fabric's CSVLogger takes no hyperparameters; config.yaml has them
                 logger.log_hyperparams(cfg.model_dump(mode="json"))
 
     def checkpoint(name: str, batch_in_epoch: int = 0) -> None:

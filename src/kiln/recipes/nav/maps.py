@@ -9,11 +9,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from kiln.errors import KilnError
-from kiln.recipes.nav.data import bfs_distance_field, optimal_action_sets, read_movingai_map, read_movingai_scen
-from kiln.recipes.nav.task import optimal_hits, predict_logits, rollout_metrics
+from kiln.recipes.nav.data import (bfs_distance_field, optimal_action_sets, read_movingai_map, read_movingai_scen,
+                                   single_action_labels)
+from kiln.recipes.nav.task import split_metrics, to_tensors
 
 
 def sample_pairs(grid: np.ndarray, count: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
@@ -50,17 +50,12 @@ def evaluate_map(task, map_path: Path, scen_path: Path | None, num_pairs: int, s
     }
     if not len(starts):
         return {**results, "rollout_success": None, "rollout_optimality": None}
-    cells = grids.astype(np.uint8)
-    cells[np.arange(len(cells)), goals[:, 0], goals[:, 1]] = 2
-    optimal = torch.from_numpy(optimal_action_sets(grids, dist, goals).reshape(len(cells), -1, 5))
-    batch = {"cells": torch.from_numpy(cells), "starts": torch.from_numpy(starts.astype(np.int64)),
-             "goals": torch.from_numpy(goals.astype(np.int64)), "dist": torch.from_numpy(dist.astype(np.int64))}
-    logits = predict_logits(task, batch["cells"])
-    rollout = rollout_metrics(logits, batch)
+    optimal = optimal_action_sets(grids, dist, goals)
+    split = to_tensors({"grids": grids, "starts": starts, "goals": goals, "dist": dist, "optimal": optimal,
+                        "action": single_action_labels(optimal, starts)})
+    metrics = split_metrics(task, split)
     return {
         **results,
-        "optimal_action_accuracy": (optimal_hits(logits, optimal).sum() / optimal.any(-1).sum()).item(),
-        "rollout_success": rollout["success"].mean().item(),
-        "rollout_optimality": rollout["optimality"].mean().item() if len(rollout["optimality"]) else 0.0,
-        "mean_optimal_length": float(batch["dist"][torch.arange(len(cells)), batch["starts"][:, 0], batch["starts"][:, 1]].float().mean()),
+        **{k: metrics[k] for k in ("optimal_action_accuracy", "rollout_success", "rollout_optimality")},
+        "mean_optimal_length": float(start_dist[usable].mean()),
     }
