@@ -46,6 +46,7 @@ class TrainConfig(Section):
     precision: Literal["32", "16-mixed", "bf16-mixed"] = "32"
     accumulate_grad_batches: int = Field(1, gt=0)
     gradient_clip_val: float | None = Field(None, gt=0, description="max global grad norm; null = off")
+    log_grad_norm: bool = Field(False, description="log gradient-norm statistics per epoch (mean/max total norm, max |grad|)")
     patience: int | None = Field(None, ge=1, description="early stopping: epochs without improvement; null = off")
     monitor: str = Field("val_loss", description="metric that picks best.ckpt and drives early stopping")
     mode: Literal["min", "max"] = "min"

@@ -79,16 +79,23 @@ class Status:
             self.update(**fields)
 
 
-def write_history(run_dir: Path, rows: list[dict[str, Any]]) -> None:
-    """history.csv (one row per epoch) and history.json (one list per column, the seed's shape)."""
-    columns = list(dict.fromkeys(k for row in rows for k in row))
-    tmp = run_dir / "history.csv.tmp"
+def write_csv(path: Path, rows: list[dict[str, Any]], columns: list[str]) -> None:
+    tmp = path.with_name(path.name + ".tmp")
     with open(tmp, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=columns)
+        writer = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore")
         writer.writeheader()
         writer.writerows(rows)
-    os.replace(tmp, run_dir / "history.csv")
+    os.replace(tmp, path)
+
+
+def write_history(run_dir: Path, rows: list[dict[str, Any]], extra: tuple[str, tuple[str, ...]] | None = None) -> None:
+    """history.csv (one row per epoch), history.json (one list per column, the seed's shape) and,
+    when a task asks for it, an extra CSV with the seed's exact columns (e.g. training_history.csv)."""
+    columns = list(dict.fromkeys(k for row in rows for k in row))
+    write_csv(run_dir / "history.csv", rows, columns)
     write_json(run_dir / "history.json", {c: [row.get(c) for row in rows] for c in columns})
+    if extra is not None:
+        write_csv(run_dir / extra[0], rows, list(extra[1]))
 
 
 def is_better(value: float, best: float | None, mode: str) -> bool:

@@ -20,6 +20,8 @@ class Task(nn.Module):
 
     # Metrics shown on the per-epoch console line, in this order ("loss" -> "Train Loss: ...").
     console_metrics: tuple[str, ...] = ("loss",)
+    # An extra per-epoch CSV some seeds expect, with exactly these columns: (file name, columns).
+    history_file: tuple[str, tuple[str, ...]] | None = None
 
     def forward(self, batch: dict[str, Tensor], stage: str) -> dict[str, Tensor]:
         # One entry point so Fabric's wrapper (precision, devices, DDP) covers every step.
@@ -27,6 +29,26 @@ class Task(nn.Module):
 
     def validation_step(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
         return self.training_step(batch)
+
+    def fit_data(self, train: dict[str, Tensor]) -> None:
+        """Closed-form parts fitted on the training split before the loop (e.g. a historical average)."""
+
+    def finish_metrics(self, metrics: dict[str, float]) -> dict[str, float]:
+        """Epoch means -> logged metrics (e.g. rmse = sqrt of the mean squared error)."""
+        return metrics
+
+    def epoch_warnings(self, metrics: dict[str, float]) -> list[str]:
+        """Problems worth a warning line after an epoch (e.g. a collapsed mixture)."""
+        return []
+
+    def epoch_line(self, epoch: int, max_epochs: int, metrics: dict[str, float], best: bool) -> str:
+        """The seeds' form: `Epoch 3/100 - Train Loss: 0.5, Train Acc: 0.8 Val Loss: 0.6, Val Acc: 0.7 *`."""
+        parts = []
+        for split in ("train", "val"):
+            shown = [f"{split.title()} {name.replace('_', ' ').title()}: {metrics[f'{split}_{name}']:.4f}"
+                     for name in self.console_metrics if f"{split}_{name}" in metrics]
+            parts.append(", ".join(shown))
+        return f"Epoch {epoch}/{max_epochs} - {' '.join(parts)}{' *' if best else ''}"
 
     def export_state(self) -> dict[str, Tensor]:
         """Weights written to best_model.pt / final_model.pt."""

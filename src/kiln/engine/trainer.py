@@ -116,14 +116,24 @@ def run_validation(fabric, task: torch.nn.Module, batches: TensorBatches) -> dic
     return epoch_means(sums, count, "val")
 
 
-def console_line(task: Task, epoch: int, max_epochs: int, metrics: dict[str, float], best: bool) -> str:
-    """The seeds' form: `Epoch 3/100 - Train Loss: 0.5, Train Acc: 0.8 Val Loss: 0.6, Val Acc: 0.7 *`."""
-    parts = []
-    for split in ("train", "val"):
-        shown = [f"{split.title()} {name.replace('_', ' ').title()}: {metrics[f'{split}_{name}']:.4f}"
-                 for name in task.console_metrics if f"{split}_{name}" in metrics]
-        parts.append(", ".join(shown))
-    return f"Epoch {epoch}/{max_epochs} - {' '.join(parts)}{' *' if best else ''}"
+class GradientStats:
+    """Per-epoch gradient health (the seed's total norm / max gradient), measured before clipping."""
+
+    def __init__(self):
+        self.norms: list[torch.Tensor] = []
+        self.abs_max = torch.tensor(0.0)
+
+    def add(self, model: torch.nn.Module) -> None:
+        grads = [p.grad for p in model.parameters() if p.grad is not None]
+        if grads:
+            self.norms.append(torch.nn.utils.get_total_norm(grads).detach().float().cpu())
+            self.abs_max = torch.maximum(self.abs_max, torch.stack([g.detach().abs().max() for g in grads]).max().float().cpu())
+
+    def summary(self) -> dict[str, float]:
+        norms = torch.stack(self.norms) if self.norms else torch.zeros(1)
+        out = {"grad_norm_mean": norms.mean().item(), "grad_norm_max": norms.max().item(), "grad_abs_max": self.abs_max.item()}
+        self.norms, self.abs_max = [], torch.tensor(0.0)
+        return out
 
 
 def export_weights(path: Path, task: Task, cfg: RunConfig, info: dict, epoch: int, metrics: dict) -> None:
@@ -141,11 +151,14 @@ def fit(cfg: RunConfig, run_dir: Path, *, resume: bool = False, init_from: str |
     set_threads(cfg.train.threads)
     seed_everything(cfg.train.seed, cfg.train.deterministic)
     recipe.prepare_data(cfg, log)
-    splits = recipe.load_data(cfg)
+    splits = recipe.load_data(cfg, log)
     (run_dir / "config.yaml").write_text(dump_config(cfg))
 
     fabric = make_fabric(cfg, run_dir)
     raw_task = recipe.build_task(cfg, splits.info)
+    raw_task.fit_data(splits.train)
+    if not any(p.requires_grad for p in raw_task.parameters()):
+        return fit_closed_form(cfg, run_dir, recipe, fabric, raw_task, splits, log, status)
     if init_from:
         source = load_checkpoint(init_from, cfg.recipe)
         load_weights(raw_task, source.get("state_dict", source.get("model")), init_from)
@@ -181,7 +194,7 @@ def fit(cfg: RunConfig, run_dir: Path, *, resume: bool = False, init_from: str |
         partial_count = state["partial_count"]
         if epoch >= cfg.train.max_epochs:
             raise KilnError(f"run '{run_dir}' already trained {epoch} of train.max_epochs={cfg.train.max_epochs} epochs; pass e.g. train.max_epochs={epoch + 10} to continue")
-        write_history(run_dir, history)
+        write_history(run_dir, history, raw_task.history_file)
         log(f"Resuming {run_dir} at epoch {epoch + 1}" + (f", batch {start_batch + 1}" if start_batch else ""))
 
     if not resume:
@@ -211,6 +224,7 @@ def fit(cfg: RunConfig, run_dir: Path, *, resume: bool = False, init_from: str |
     status.update(state="running", epoch=epoch, step=step, max_epochs=cfg.train.max_epochs,
                   monitor=cfg.train.monitor, best=best["value"], run_dir=str(run_dir))
     accumulate_n = cfg.train.accumulate_grad_batches
+    grad_stats = GradientStats() if cfg.train.log_grad_norm else None
     progress = make_progress() if stdout_is_terminal() else None
     stop_reason = "max_epochs"
     try:
@@ -227,6 +241,8 @@ def fit(cfg: RunConfig, run_dir: Path, *, resume: bool = False, init_from: str |
                         out = task(batch, "train")
                         fabric.backward(out["loss"] / accumulate_n)
                     if is_update:
+                        if grad_stats is not None:
+                            grad_stats.add(raw_task)
                         if cfg.train.gradient_clip_val:
                             fabric.clip_gradients(task, optimizer, max_norm=cfg.train.gradient_clip_val, error_if_nonfinite=False)
                         optimizer.step()
@@ -250,6 +266,9 @@ def fit(cfg: RunConfig, run_dir: Path, *, resume: bool = False, init_from: str |
 
                 metrics = epoch_means(partial, partial_count, "train")
                 metrics.update(run_validation(fabric, ema if ema is not None else task, val_batches))
+                metrics = raw_task.finish_metrics(metrics)
+                if grad_stats is not None:
+                    metrics.update(grad_stats.summary())
                 partial, partial_count, start_batch = {}, 0, 0
                 epoch += 1
                 if math.isnan(metrics["train_loss"]):
@@ -260,7 +279,7 @@ def fit(cfg: RunConfig, run_dir: Path, *, resume: bool = False, init_from: str |
                        "train_time_s": train_time, "epoch_time_s": time.perf_counter() - started}
                 history.append(row)
                 fabric.log_dict({k: v for k, v in row.items() if k != "epoch"}, step=epoch)
-                write_history(run_dir, history)
+                write_history(run_dir, history, raw_task.history_file)
 
                 improved = is_better(metrics[cfg.train.monitor], best["value"], cfg.train.mode)
                 if improved:
@@ -272,7 +291,12 @@ def fit(cfg: RunConfig, run_dir: Path, *, resume: bool = False, init_from: str |
                 checkpoint("last.ckpt")
                 if cfg.train.checkpoint_every_n_epochs and epoch % cfg.train.checkpoint_every_n_epochs == 0:
                     checkpoint(f"epoch_{epoch:03d}.ckpt")
-                log(console_line(raw_task, epoch, cfg.train.max_epochs, metrics, improved))
+                log(raw_task.epoch_line(epoch, cfg.train.max_epochs, metrics, improved))
+                warnings = raw_task.epoch_warnings(metrics)
+                if grad_stats is not None and not math.isfinite(metrics["grad_norm_max"]):
+                    warnings.append("non-finite gradients this epoch; lower train.lr, set train.gradient_clip_val or check the data for NaN")
+                for warning in warnings:
+                    log(f"Warning: {warning}")
                 status.update(epoch=epoch, step=step, best=best["value"], best_epoch=best["epoch"])
                 if signals["stop"]:
                     stopped_by_user(0)
@@ -296,6 +320,23 @@ def fit(cfg: RunConfig, run_dir: Path, *, resume: bool = False, init_from: str |
 
     export_weights(run_dir / "final_model.pt", evaluated, cfg, splits.info, epoch, history[-1] if history else {})
     status.update(state="evaluating", epoch=epoch, step=step, stop_reason=stop_reason)
+    results = evaluate_run(run_dir, recipe=recipe, cfg=cfg, splits=splits, log=log)
+    status.update(state="finished")
+    return results
+
+
+def fit_closed_form(cfg: RunConfig, run_dir: Path, recipe: Recipe, fabric, task: Task, splits: Splits, log, status) -> dict[str, Any]:
+    """A model without trainable parameters (fitted by Task.fit_data): validate once, save, evaluate."""
+    log(f"kiln {cfg.recipe} '{cfg.name}': no trainable parameters; fitted in closed form on "
+        f"{len(next(iter(splits.train.values()))):,} train samples")
+    module = fabric.setup_module(task)
+    val_batches = TensorBatches(splits.val, max(cfg.train.batch_size, EVAL_BATCH), shuffle=False)
+    metrics = task.finish_metrics(run_validation(fabric, module, val_batches))
+    history = [{"epoch": 0, **metrics}]
+    write_history(run_dir, history, task.history_file)
+    for name in ("best_model.pt", "final_model.pt"):
+        export_weights(run_dir / name, task, cfg, splits.info, 0, metrics)
+    status.update(state="evaluating", epoch=0, step=0, stop_reason="closed_form", run_dir=str(run_dir))
     results = evaluate_run(run_dir, recipe=recipe, cfg=cfg, splits=splits, log=log)
     status.update(state="finished")
     return results
@@ -330,7 +371,7 @@ def evaluate_run(run_dir: Path, *, recipe: Recipe | None = None, cfg: RunConfig 
     log = log or RunLog(run_dir / "train.log")
     if splits is None:
         recipe.prepare_data(cfg, log)
-        splits = recipe.load_data(cfg)
+        splits = recipe.load_data(cfg, log)
     task = load_run_task(run_dir, cfg, recipe, splits.info)
     with torch.no_grad():
         results = recipe.evaluate(task, splits, cfg, options or {})

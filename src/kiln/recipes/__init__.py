@@ -20,7 +20,7 @@ if TYPE_CHECKING:
     from kiln.config import RunConfig
     from kiln.engine.task import Splits, Task
 
-RECIPES = {"nav": "kiln.recipes.nav"}
+RECIPES = {"nav": "kiln.recipes.nav", "traffic": "kiln.recipes.traffic"}
 
 
 @dataclass(frozen=True)
@@ -29,8 +29,8 @@ class Recipe:
     config: type[RunConfig]
     # Make sure cfg.data.dir exists (generate it from the config's generator settings if it can).
     prepare_data: Callable[[RunConfig, Callable[[str], None]], None]
-    # Read the dataset directory into in-memory tensors plus its dataset.json.
-    load_data: Callable[[RunConfig], Splits]
+    # Read the dataset directory into in-memory tensors plus its dataset.json (log: console + train.log).
+    load_data: Callable[[RunConfig, Callable[[str], None]], Splits]
     # Build the task (model + steps) for a config and the dataset's description.
     build_task: Callable[[RunConfig, dict[str, Any]], Task]
     # Held-out metrics of a trained task; `options` carries recipe-specific evaluate flags.

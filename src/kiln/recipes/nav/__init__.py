@@ -45,7 +45,7 @@ def prepare_data(cfg: NavConfig, log) -> None:
             log(f"Warning: using existing {data_dir}, made with {', '.join(differ)}; delete it or change data.dir to regenerate")
 
 
-def load_data(cfg: NavConfig):
+def load_data(cfg: NavConfig, log=print):
     from kiln.engine.task import Splits
     from kiln.recipes.nav.data import load_split
     from kiln.recipes.nav.task import to_tensors

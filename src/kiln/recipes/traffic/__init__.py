@@ -1,0 +1,119 @@
+"""traffic: probabilistic road-speed forecasting with STMGT (seed 000). Torch is imported only inside functions."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from kiln.errors import KilnError
+from kiln.recipes import Recipe
+from kiln.recipes.traffic.config import CityGenerator, TrafficConfig
+
+
+def simulate(out: Path, settings: CityGenerator, log) -> dict:
+    import time
+
+    from kiln.recipes.traffic.data import write_dataset
+    from kiln.recipes.traffic.sim import simulate_city
+
+    started = time.perf_counter()
+    records, nodes, edges = simulate_city(**settings.model_dump())
+    info = {"source": "simulated-city", **settings.model_dump(), "unit": "km/h", "num_nodes": len(nodes),
+            "num_edges": len(edges), "num_steps": int(records["timestamp"].nunique()),
+            "generation_seconds": round(time.perf_counter() - started, 3)}
+    write_dataset(out, records, nodes, edges, info)
+    log(f"Wrote {out}: simulated city, {len(nodes)} nodes, {len(edges)} edges, {settings.days} days of "
+        f"{settings.interval_minutes}-minute records ({len(records):,} rows) in {info['generation_seconds']:.2f}s")
+    return info
+
+
+def prepare_data(cfg: TrafficConfig, log) -> None:
+    data_dir = Path(cfg.data.dir)
+    if not data_dir.exists():
+        if cfg.data.generate is None:
+            raise KilnError(f"data.dir '{data_dir}' does not exist; make it with: kiln data traffic --simulate --out {data_dir} "
+                            f"or kiln data traffic --los-loop PATH --out {data_dir}")
+        log(f"data.dir '{data_dir}' not found: simulating it from data.generate")
+        simulate(data_dir, cfg.data.generate, log)
+        return
+    info_path = data_dir / "dataset.json"
+    if cfg.data.generate is not None and info_path.is_file():
+        info = json.loads(info_path.read_text())
+        differ = [f"{k}={info.get(k)} (config: {v})" for k, v in cfg.data.generate.model_dump().items() if info.get(k) != v]
+        if info.get("source") == "simulated-city" and differ:
+            log(f"Warning: using existing {data_dir}, made with {', '.join(differ)}; delete it or change data.dir to regenerate")
+
+
+def load_data(cfg: TrafficConfig, log=print):
+    import torch
+
+    from kiln.engine.task import Splits
+    from kiln.recipes.traffic.data import build_splits, load_series
+
+    series = load_series(Path(cfg.data.dir), log)
+    arrays, info = build_splits(series, cfg.data.protocol, cfg.model.seq_len, cfg.model.pred_len,
+                                cfg.data.val_fraction, cfg.data.test_fraction, log)
+    if cfg.model.use_weather and cfg.model.arch == "stmgt" and not info["has_weather"]:
+        log("No weather columns in this dataset: STMGT runs without its weather branch")
+    tensors = {name: {k: torch.from_numpy(v) for k, v in split.items()} for name, split in arrays.items()}
+    return Splits(**tensors, info=info)
+
+
+def build_task(cfg: TrafficConfig, info: dict):
+    from kiln.recipes.traffic.task import TrafficTask
+
+    return TrafficTask(cfg, info)
+
+
+def evaluate(task, splits, cfg: TrafficConfig, options: dict) -> dict:
+    from kiln.recipes.traffic.task import evaluate
+
+    return evaluate(task, splits, cfg, options)
+
+
+def report(run_dir: Path, task, splits, cfg: TrafficConfig) -> None:
+    from kiln.recipes.traffic.report import write_report
+
+    write_report(run_dir, task, splits, cfg)
+
+
+def data_arguments(parser: argparse.ArgumentParser) -> None:
+    defaults = CityGenerator()
+    parser.add_argument("--out", type=Path, required=True, help="dataset directory to create")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--simulate", action="store_true", help="simulate the 62-node city (the embedded default data)")
+    source.add_argument("--los-loop", type=Path, metavar="DIR",
+                        help="convert Los-loop (los_speed.csv, los_adj.csv from github.com/lehaifeng/T-GCN data/)")
+    parser.add_argument("--tgcn-references", action="store_true",
+                        help="los-loop: also fit T-GCN's persistence and linear-SVR baselines (several minutes) into dataset.json")
+    parser.add_argument("--days", type=int, default=defaults.days, help="simulate: days of records")
+    parser.add_argument("--interval-minutes", type=int, default=defaults.interval_minutes, help="simulate: minutes per step")
+    parser.add_argument("--seed", type=int, default=defaults.seed, help="simulate: random seed")
+
+
+def make_data(args: argparse.Namespace) -> None:
+    from pydantic import ValidationError
+
+    from kiln.engine.rundir import RunLog
+
+    log = RunLog()
+    if args.los_loop is not None:
+        from kiln.recipes.traffic.data import convert_los_loop
+
+        info = convert_los_loop(args.los_loop, args.out, args.tgcn_references, log)
+        log(f"Wrote {args.out}: Los-loop, {info['num_nodes']} detectors, {info['num_edges']} edges, "
+            f"{info['num_steps']} five-minute steps (mph)")
+        return
+    try:
+        settings = CityGenerator(days=args.days, interval_minutes=args.interval_minutes, seed=args.seed)
+    except ValidationError as err:
+        first = err.errors()[0]
+        raise KilnError(f"--{str(first['loc'][0]).replace('_', '-')}: {first['msg']} (got {first['input']!r})") from None
+    simulate(args.out, settings, log)
+
+
+RECIPE = Recipe(
+    name="traffic", config=TrafficConfig, prepare_data=prepare_data, load_data=load_data, build_task=build_task,
+    evaluate=evaluate, report=report, data_arguments=data_arguments, make_data=make_data,
+)

@@ -1,0 +1,69 @@
+"""Config sections of the traffic recipe (pydantic only: imported by `kiln --help` and config checks).
+
+The seed's keys map onto these: model.{hidden_dim, num_heads, num_blocks, mixture_components,
+seq_len, pred_len}, model.{drop_edge_p, mse_loss_weight} (the seed keeps them under "training"),
+train.{batch_size, lr (learning_rate), weight_decay, max_epochs, patience, precision (use_amp)}
+and data.dir (data_source).
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from kiln.config import RunConfig, Section
+
+
+class CityGenerator(Section):
+    """Settings of `kiln data traffic --simulate`; when data.dir is missing, kiln train simulates it."""
+
+    days: int = Field(28, ge=3, description="days of 15-minute records (one collection run per day)")
+    interval_minutes: int = Field(15, ge=1, le=60)
+    seed: int = 0
+
+
+class TrafficData(Section):
+    dir: str = Field("data/traffic/city", description="dataset directory (traffic.parquet, nodes.csv, edges.csv)")
+    generate: CityGenerator | None = Field(CityGenerator(), description="null for a dataset made elsewhere")
+    protocol: Literal["chronological", "tgcn"] = Field(
+        "chronological", description="chronological: train/val/test fractions of the timeline; "
+        "tgcn: T-GCN's 80/20 split (validation carved from the end of the 80%)")
+    val_fraction: float = Field(0.15, gt=0, lt=0.5, description="share of the timeline (tgcn: of the training 80%) for validation")
+    test_fraction: float = Field(0.15, gt=0, lt=0.5, description="chronological protocol only; tgcn uses 0.2")
+
+
+class TrafficModel(Section):
+    arch: Literal["stmgt", "lstm", "graphwavenet", "astgcn", "historical_average"] = "stmgt"
+    seq_len: int = Field(12, ge=1, description="input steps")
+    pred_len: int = Field(12, ge=1, description="forecast steps")
+    hidden_dim: int = Field(64, gt=0)
+    num_heads: int = Field(4, gt=0)
+    num_blocks: int = Field(3, gt=0, description="parallel spatial/temporal blocks")
+    mixture_components: int = Field(3, gt=0, description="K Gaussians per node and horizon")
+    dropout: float = Field(0.2, ge=0, lt=1)
+    drop_edge_p: float = Field(0.1, ge=0, lt=1, description="DropEdge: share of graph edges dropped per training step")
+    patch_len: int = Field(1, ge=1, description="input steps per token (1 = one token per step); divides seq_len")
+    max_neighbors: int | None = Field(None, ge=1, description="keep each node's heaviest incoming edges only; null = all")
+    use_weather: bool = Field(True, description="weather cross-attention (off by itself when the data has no weather)")
+    mse_loss_weight: float = Field(0.4, ge=0, description="loss = mixture NLL + w * MSE of the mixture mean + regularisers")
+    diversity_weight: float = Field(0.01, ge=0, description="pushes mixture components apart (raise it against collapse)")
+    entropy_weight: float = Field(0.001, ge=0, description="per-forecast mixture-weight entropy penalty")
+    min_std: float = Field(0.01, gt=0, description="floor on component stds, in normalised units")
+    point_loss: Literal["mae", "mse"] = Field("mae", description="loss of the point-forecast baselines")
+    baseline: dict[str, int | float | bool] = Field(
+        default_factory=dict, description="extra keyword arguments of a baseline (e.g. {blocks: 4} for graphwavenet)")
+
+    @model_validator(mode="after")
+    def _heads_divide_dim(self):
+        if self.arch == "stmgt" and self.hidden_dim % self.num_heads:
+            raise ValueError(f"model.hidden_dim={self.hidden_dim} must be divisible by model.num_heads={self.num_heads}")
+        if self.seq_len % self.patch_len:
+            raise ValueError(f"model.patch_len={self.patch_len} must divide model.seq_len={self.seq_len}")
+        return self
+
+
+class TrafficConfig(RunConfig):
+    recipe: Literal["traffic"] = "traffic"
+    data: TrafficData = TrafficData()
+    model: TrafficModel = TrafficModel()

@@ -1,0 +1,317 @@
+"""Traffic datasets: the long-format parquet + road graph on disk, windows of it in memory.
+
+A dataset directory holds
+  traffic.parquet  one row per timestamp x node: run_id, timestamp, node_id, speed_kmh (or speed_mph),
+                   and optionally temperature_c, wind_speed_kmh, precipitation_mm
+  nodes.csv        node_id[, lat, lon, ...]
+  edges.csv        source, target[, weight | length_km]
+  dataset.json     provenance (source, interval, unit, seed)
+Loading pivots it to a [time, node] speed matrix and a [time, 3] city weather matrix, then cuts
+chronological splits into sliding windows (seq_len in -> pred_len out). Normalisation statistics come
+from the training split only and travel with the model (best_model.pt's data_info).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import pandas as pd
+
+from kiln.errors import KilnError
+
+KEYS = ("run_id", "timestamp", "node_id")
+SPEED_COLUMNS = {"speed_kmh": "km/h", "speed_mph": "mph"}
+WEATHER = ("temperature_c", "wind_speed_kmh", "precipitation_mm")
+LOS_LOOP_START = "2012-03-01"  # a Thursday: Los-loop is one week, Thursday to Wednesday
+
+
+@dataclass
+class TrafficSeries:
+    """A whole dataset as regular time series."""
+
+    speed: np.ndarray            # [T, N] float32
+    weather: np.ndarray | None   # [T, 3] float32 (city mean over nodes) or None
+    times: pd.DatetimeIndex      # [T]
+    run_ids: np.ndarray          # [T]
+    node_ids: np.ndarray         # [N]
+    edges: np.ndarray            # [2, E] node indices (0..N-1)
+    edge_weight: np.ndarray      # [E]
+    nodes: pd.DataFrame          # node table in node order (lat/lon when known)
+    unit: str                    # "km/h" or "mph"
+    interval_minutes: int
+    description: dict = field(default_factory=dict)  # dataset.json
+
+
+# ---------------------------------------------------------------- reading
+
+def minutes_of(times: pd.DatetimeIndex) -> np.ndarray:
+    return times.to_numpy().astype("datetime64[m]").astype(np.int64)  # independent of the index's time unit
+
+
+def load_series(data_dir: Path, log: Callable[[str], None] = print) -> TrafficSeries:
+    """Read, impute, validate and pivot a dataset directory; prints what the seed's loader prints."""
+    data_dir = Path(data_dir)
+    path = data_dir / "traffic.parquet"
+    if not path.is_file():
+        raise KilnError(f"'{path}' not found; make a dataset with: kiln data traffic --simulate --out {data_dir} (or --los-loop DIR)")
+    log(f"Loading data from {path}...")
+    try:
+        frame = pd.read_parquet(path)
+    except Exception as err:  # pyarrow raises several types for a damaged file
+        raise KilnError(f"cannot read '{path}' as parquet ({str(err).splitlines()[0]}); regenerate it with kiln data traffic") from None
+    speed_col = next((c for c in SPEED_COLUMNS if c in frame.columns), None)
+    missing = [c for c in KEYS if c not in frame.columns] + ([] if speed_col else ["speed_kmh"])
+    if missing:
+        raise KilnError(f"'{path}' lacks column(s) {', '.join(missing)}; it needs run_id, timestamp, node_id, speed_kmh "
+                        f"(or speed_mph) and optionally {', '.join(WEATHER)}")
+    weather_cols = [c for c in WEATHER if c in frame.columns]
+    if weather_cols and len(weather_cols) < len(WEATHER):
+        raise KilnError(f"'{path}' has weather column(s) {', '.join(weather_cols)} but lacks "
+                        f"{', '.join(c for c in WEATHER if c not in weather_cols)}; give all three or none")
+
+    log("Preprocessing data...")
+    frame = frame.sort_values(["timestamp", "node_id"])
+    frame["timestamp"] = pd.to_datetime(frame["timestamp"])
+    if frame.duplicated(["timestamp", "node_id"]).any():
+        raise KilnError(f"'{path}' has several rows for the same (timestamp, node_id); keep one per node and time")
+    speed = frame.pivot(index="timestamp", columns="node_id", values=speed_col)
+    filled = int(speed.isna().sum().sum())
+    # A missing reading is the node's neighbouring readings in time, else its mean.
+    speed = speed.interpolate(limit_direction="both").fillna(speed.mean())
+    log(f"  {speed_col}: filled {filled} missing values")
+    weather = None
+    if weather_cols:
+        table = frame.groupby("timestamp")[list(WEATHER)].mean()  # weather is city-wide
+        for c in WEATHER:
+            log(f"  {c}: filled {int(frame[c].isna().sum())} missing values")
+        weather = table.interpolate(limit_direction="both").fillna(table.mean()).fillna(0.0).to_numpy(np.float32)
+    if speed.isna().any().any():
+        empty = speed.columns[speed.isna().all()].tolist()
+        raise KilnError(f"node(s) {empty[:5]} in '{path}' have no speed readings at all; drop them from the data and the graph")
+
+    log("Validating data...")
+    times = pd.DatetimeIndex(speed.index)
+    steps = np.diff(minutes_of(times))
+    if len(times) < 3:
+        raise KilnError(f"'{path}' has only {len(times)} timestamps; a forecaster needs a time series")
+    interval = int(np.median(steps))
+    if (steps <= 0).any() or interval <= 0:
+        raise KilnError(f"'{path}' has irregular timestamps; resample it to a fixed interval")
+    values = speed.to_numpy(np.float32)
+    if (values < 0).any():
+        raise KilnError(f"'{path}' has negative speeds (min {values.min():.2f}); fix or drop those rows")
+    run_ids = frame.groupby("timestamp")["run_id"].first().to_numpy()
+    node_ids = speed.columns.to_numpy()
+    log("  Data validation passed!")
+    log(f"  Speed: mean={values.mean():.2f}, std={values.std():.2f} ({SPEED_COLUMNS[speed_col]})")
+    if weather is not None:
+        log(f"  Weather means: {[round(float(v), 2) for v in weather.mean(0)]}")
+        log(f"  Weather stds: {[round(float(v), 2) for v in weather.std(0)]}")
+    else:
+        log("  Weather: none in this dataset (the model runs without its weather branch)")
+
+    log("Building graph from traffic data...")
+    nodes, edges, weight = read_graph(data_dir, node_ids, log)
+    log(f"Number of nodes: {len(node_ids)}")
+    log(f"Number of edges: {edges.shape[1]}")
+    description = json.loads((data_dir / "dataset.json").read_text()) if (data_dir / "dataset.json").is_file() else {}
+    return TrafficSeries(values, weather, times, run_ids, node_ids, edges, weight, nodes,
+                         SPEED_COLUMNS[speed_col], interval, description)
+
+
+def read_graph(data_dir: Path, node_ids: np.ndarray, log: Callable[[str], None]) -> tuple[pd.DataFrame, np.ndarray, np.ndarray]:
+    edges_path, nodes_path = data_dir / "edges.csv", data_dir / "nodes.csv"
+    if not edges_path.is_file():
+        raise KilnError(f"'{edges_path}' not found; a traffic dataset needs its road graph as edges.csv (source,target[,weight])")
+    edges = pd.read_csv(edges_path)
+    if not {"source", "target"} <= set(edges.columns):
+        raise KilnError(f"'{edges_path}' needs columns source and target (node ids); it has {', '.join(edges.columns)}")
+    index = pd.Series(np.arange(len(node_ids)), index=node_ids)
+    unknown = sorted(set(edges["source"]).union(edges["target"]) - set(node_ids))
+    if unknown:
+        raise KilnError(f"'{edges_path}' names node(s) {unknown[:5]} that have no speeds in traffic.parquet; "
+                        f"the graph has {len(set(edges['source']).union(edges['target']))} nodes, the speed data {len(node_ids)}")
+    edges = edges[edges["source"] != edges["target"]]  # self loops are added by the model where it wants them
+    pairs = np.stack([index[edges["source"]].to_numpy(), index[edges["target"]].to_numpy()])
+    weight = edges["weight"].to_numpy(np.float32) if "weight" in edges else np.ones(pairs.shape[1], np.float32)
+    isolated = sorted(set(range(len(node_ids))) - set(pairs.ravel().tolist()))
+    if isolated:
+        log(f"Warning: {len(isolated)} node(s) have no edges (e.g. {node_ids[isolated][:5].tolist()}); "
+            "they are forecast from their own history only")
+    nodes = pd.read_csv(nodes_path) if nodes_path.is_file() else pd.DataFrame({"node_id": node_ids})
+    nodes = nodes.set_index("node_id").reindex(node_ids).reset_index()
+    return nodes, pairs.astype(np.int64), weight
+
+
+# ---------------------------------------------------------------- windows and splits
+
+def window_starts(times: pd.DatetimeIndex, lo: int, hi: int, span: int, interval: int) -> np.ndarray:
+    """Starts i in [lo, hi - span] whose `span` steps are consecutive (no gap in the timestamps)."""
+    if hi - lo < span:
+        return np.zeros(0, np.int64)
+    gap = np.concatenate([[0], (np.diff(minutes_of(times)) != interval).astype(np.int64)])
+    segment = np.cumsum(gap)
+    starts = np.arange(lo, hi - span + 1)
+    return starts[segment[starts] == segment[starts + span - 1]]
+
+
+def gather(values: np.ndarray, starts: np.ndarray, length: int) -> np.ndarray:
+    """values[starts[k] + j] for j < length, NaN past the end: [len(starts), length, ...]."""
+    idx = starts[:, None] + np.arange(length)
+    padded = np.concatenate([values, np.full((length,) + values.shape[1:], np.nan, values.dtype)])
+    return padded[idx]
+
+
+def split_bounds(num_steps: int, protocol: str, val_fraction: float, test_fraction: float) -> dict[str, tuple[int, int]]:
+    if protocol == "tgcn":  # T-GCN: the first int(0.8 T) steps train, the rest test
+        train_end = int(num_steps * 0.8)
+        val_start = train_end - int(round(train_end * val_fraction))
+        return {"train": (0, val_start), "val": (val_start, train_end), "test": (train_end, num_steps)}
+    val_start = int(round(num_steps * (1 - val_fraction - test_fraction)))
+    test_start = int(round(num_steps * (1 - test_fraction)))
+    return {"train": (0, val_start), "val": (val_start, test_start), "test": (test_start, num_steps)}
+
+
+def tgcn_horizons(interval_minutes: int) -> dict[str, int]:
+    """Steps that make 15/30/45/60 minutes at this sampling interval (only those that divide evenly)."""
+    return {f"{m}min": m // interval_minutes for m in (15, 30, 45, 60) if m % interval_minutes == 0}
+
+
+def normalisation(series: TrafficSeries, train: tuple[int, int]) -> dict:
+    speed = series.speed[train[0]:train[1]]
+    stats = {"speed_mean": float(speed.mean()), "speed_std": float(speed.std())}
+    if series.weather is not None:
+        weather = series.weather[train[0]:train[1]]
+        stats["weather_mean"] = weather.mean(0).tolist()
+        stats["weather_std"] = np.maximum(weather.std(0), 1e-3).tolist()  # a constant column must not divide by 0
+    return stats
+
+
+def make_split(series: TrafficSeries, starts: np.ndarray, seq_len: int, pred_len: int, stats: dict,
+               steps_per_day: int) -> dict[str, np.ndarray]:
+    """Windows as arrays: x [S, N, seq] normalised, y [S, N, pred] raw (NaN past the data), calendar, weather."""
+    span = seq_len + pred_len
+    x = gather(series.speed, starts, seq_len)
+    y = gather(series.speed, starts + seq_len, pred_len)
+    minutes = (series.times.hour * 60 + series.times.minute).to_numpy()
+    calendar = np.stack([series.times.hour.to_numpy(), series.times.day_of_week.to_numpy(),
+                         minutes // series.interval_minutes % steps_per_day], -1)
+    cal = gather(calendar.astype(np.float64), starts, span)
+    cal = np.nan_to_num(cal, nan=0).astype(np.int64)
+    out = {
+        "x": ((x - stats["speed_mean"]) / stats["speed_std"]).transpose(0, 2, 1).astype(np.float32),
+        "y": y.transpose(0, 2, 1).astype(np.float32),
+        "hour": cal[..., 0], "dow": cal[..., 1], "slot": cal[..., 2],
+        "start": starts.astype(np.int64),
+    }
+    if series.weather is not None:
+        w = gather(series.weather, starts, span)
+        w = np.nan_to_num((w - np.array(stats["weather_mean"])) / np.array(stats["weather_std"]))
+        out["weather"] = w.astype(np.float32)
+    return out
+
+
+def build_splits(series: TrafficSeries, protocol: str, seq_len: int, pred_len: int, val_fraction: float,
+                 test_fraction: float, log: Callable[[str], None] = print) -> tuple[dict, dict]:
+    """-> ({split: arrays}, info). Under the tgcn protocol the test windows are T-GCN's: every start
+    with at least the 15-minute block of targets, NaN where the targets run past the data."""
+    bounds = split_bounds(len(series.times), protocol, val_fraction, test_fraction)
+    stats = normalisation(series, bounds["train"])
+    steps_per_day = max(1, 1440 // series.interval_minutes)
+    horizons = tgcn_horizons(series.interval_minutes)
+    splits = {}
+    for name, (lo, hi) in bounds.items():
+        if name == "test" and protocol == "tgcn":
+            shortest = min(horizons.values(), default=pred_len)
+            starts = np.arange(lo, hi - seq_len - shortest)  # range(len - seq - pre) as in T-GCN's code
+        else:
+            starts = window_starts(series.times, lo, hi, seq_len + pred_len, series.interval_minutes)
+        if len(starts) == 0:
+            raise KilnError(f"the {name} split ({hi - lo} steps) is shorter than seq_len + pred_len = {seq_len + pred_len}; "
+                            "use more data or shorter windows")
+        splits[name] = make_split(series, starts, seq_len, pred_len, stats, steps_per_day)
+        runs = len(np.unique(series.run_ids[lo:hi]))
+        log(f"Split: {name}")
+        log(f"  Runs: {runs}")
+        log(f"  Records: {(hi - lo) * series.speed.shape[1]}")
+        log(f"Total samples: {len(starts)}")
+    info = {
+        **stats, "tgcn_references": series.description.get("tgcn_references"), "num_nodes": int(series.speed.shape[1]), "num_edges": int(series.edges.shape[1]),
+        "edge_index": series.edges.tolist(), "edge_weight": series.edge_weight.tolist(),
+        "has_weather": series.weather is not None, "unit": series.unit, "interval_minutes": series.interval_minutes,
+        "steps_per_day": steps_per_day, "protocol": protocol, "bounds": bounds, "tgcn_horizons": horizons,
+        "seq_len": seq_len, "pred_len": pred_len,
+    }
+    return splits, info
+
+
+# ---------------------------------------------------------------- writing datasets
+
+def write_dataset(out: Path, records: pd.DataFrame, nodes: pd.DataFrame, edges: pd.DataFrame, info: dict) -> None:
+    """Write the four files into a temporary sibling, then rename: never a half-written dataset."""
+    out = Path(out)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise KilnError(f"'{out}' already exists and is not empty; pass another --out or delete it")
+    tmp = out.parent / (out.name + ".tmp")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    shutil.rmtree(tmp, ignore_errors=True)  # left over from an earlier interrupted run
+    tmp.mkdir()
+    try:
+        records.to_parquet(tmp / "traffic.parquet", index=False)
+        nodes.to_csv(tmp / "nodes.csv", index=False)
+        edges.to_csv(tmp / "edges.csv", index=False)
+        (tmp / "dataset.json").write_text(json.dumps(info, indent=2) + "\n")
+        os.replace(tmp, out)  # also replaces an existing empty `out`
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def convert_los_loop(src: Path, out: Path, tgcn_references: bool = False, log: Callable[[str], None] = print) -> dict:
+    """Los-loop (T-GCN's data folder: los_speed.csv, los_adj.csv[, graph_sensor_locations.csv]) -> kiln format."""
+    src = Path(src)
+    speed_path, adj_path = src / "los_speed.csv", src / "los_adj.csv"
+    for path in (speed_path, adj_path):
+        if not path.is_file():
+            raise KilnError(f"'{path}' not found; --los-loop needs the folder with los_speed.csv and los_adj.csv "
+                            "(the data/ folder of github.com/lehaifeng/T-GCN)")
+    speed = pd.read_csv(speed_path)
+    adjacency = pd.read_csv(adj_path, header=None).to_numpy(np.float32)
+    steps, num_nodes = speed.shape
+    if adjacency.shape != (num_nodes, num_nodes):
+        raise KilnError(f"'{adj_path}' is {adjacency.shape[0]}x{adjacency.shape[1]} but '{speed_path}' has {num_nodes} "
+                        f"detectors; the adjacency must be {num_nodes}x{num_nodes}")
+    sensor_ids = speed.columns.astype(str).to_numpy()
+    times = pd.date_range(LOS_LOOP_START, periods=steps, freq="5min")
+    node = np.tile(np.arange(num_nodes), steps)
+    records = pd.DataFrame({
+        "run_id": np.repeat((times - times[0]).days.to_numpy(), num_nodes),  # one run per day
+        "timestamp": np.repeat(times.to_numpy(), num_nodes),
+        "node_id": node,
+        "speed_mph": speed.to_numpy(np.float32).ravel(),
+    })
+    src_idx, dst_idx = np.nonzero(adjacency)
+    keep = src_idx != dst_idx
+    edges = pd.DataFrame({"source": src_idx[keep], "target": dst_idx[keep], "weight": adjacency[src_idx[keep], dst_idx[keep]]})
+    nodes = pd.DataFrame({"node_id": np.arange(num_nodes), "sensor_id": sensor_ids})
+    locations = src / "graph_sensor_locations.csv"
+    if locations.is_file():
+        loc = pd.read_csv(locations)
+        loc = loc.set_index(loc["sensor_id"].astype(str)).reindex(sensor_ids)
+        nodes["lat"], nodes["lon"] = loc["latitude"].to_numpy(), loc["longitude"].to_numpy()
+    info = {"source": "los-loop", "origin": str(src.resolve()), "unit": "mph", "interval_minutes": 5,
+            "num_nodes": int(num_nodes), "num_edges": int(len(edges)), "num_steps": int(steps),
+            "start": LOS_LOOP_START, "licence": "MIT (T-GCN, see LICENSE.T-GCN); derived from METR-LA"}
+    if tgcn_references:
+        from kiln.recipes.traffic.references import tgcn_reference_tables
+
+        log("Fitting T-GCN's reference baselines (persistence, one linear SVR per detector and horizon)...")
+        info["tgcn_references"] = tgcn_reference_tables(speed.to_numpy(np.float64), tgcn_horizons(5))
+    write_dataset(out, records, nodes, edges, info)
+    return info

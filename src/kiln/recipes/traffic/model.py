@@ -1,0 +1,157 @@
+"""STMGT: spatio-temporal multi-graph transformer with weather cross-attention and a Gaussian-mixture head.
+
+Shapes: B batch, N nodes, T input steps (seq_len), P forecast steps (pred_len), D hidden_dim, K components.
+
+    speed [B, N, T] --traffic_encoder (per patch of patch_len steps)--> + node + hour/day embeddings --> h [B, T/patch_len, N, D]
+    num_blocks x STBlock: spatial GATv2Conv over the road graph  ||  temporal self-attention over T,
+                          mixed by a learned sigmoid gate, then a feed-forward layer (pre-norm residuals)
+    decoder: one query per forecast step (horizon + its hour/day + node) attends to the node's encoded
+             past, then to the weather tokens (past and forecast window) -> MixtureHead
+    MixtureHead: means, stds (softplus, floored), logits per node and step  [B, N, P, K]
+
+Everything runs in normalised units; predict() returns km/h (or the dataset's unit).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch_geometric.nn import GATv2Conv
+from torch_geometric.utils import dropout_edge
+
+
+class FeedForward(nn.Sequential):
+    # Dropout is applied once, on the residual branch (CPU dropout masks are costly: one per branch is enough).
+    def __init__(self, dim: int, mult: int = 2):
+        super().__init__(nn.Linear(dim, mult * dim), nn.GELU(), nn.Linear(mult * dim, dim))
+
+
+def batched_edges(edge_index: Tensor, num_nodes: int, copies: int) -> Tensor:
+    """The graph repeated `copies` times as one disconnected graph (node ids offset per copy)."""
+    offsets = torch.arange(copies, device=edge_index.device).repeat_interleave(edge_index.shape[1]) * num_nodes
+    return edge_index.repeat(1, copies) + offsets
+
+
+class STBlock(nn.Module):
+    """Parallel spatial (graph attention) and temporal (self-attention) mixing with a gated fusion."""
+
+    def __init__(self, dim: int, heads: int, dropout: float):
+        super().__init__()
+        self.norm = nn.LayerNorm(dim)
+        self.spatial = GATv2Conv(dim, dim // heads, heads=heads, dropout=dropout, add_self_loops=True)
+        self.temporal = nn.MultiheadAttention(dim, heads, batch_first=True)  # no attention dropout: keeps the fused SDPA kernel
+        self.gate = nn.Linear(2 * dim, dim)
+        self.drop = nn.Dropout(dropout)
+        self.ff_norm = nn.LayerNorm(dim)
+        self.ff = FeedForward(dim)
+
+    def forward(self, h: Tensor, edge_index: Tensor) -> Tensor:
+        B, T, N, D = h.shape
+        x = self.norm(h)
+        spatial = self.spatial(x.reshape(B * T * N, D), edge_index).view(B, T, N, D)
+        seq = x.transpose(1, 2).reshape(B * N, T, D)  # each node's own time series
+        temporal = self.temporal(seq, seq, seq, need_weights=False)[0].view(B, N, T, D).transpose(1, 2)
+        g = torch.sigmoid(self.gate(torch.cat([spatial, temporal], -1)))
+        h = h + self.drop(g * spatial + (1 - g) * temporal)
+        return h + self.drop(self.ff(self.ff_norm(h)))
+
+
+class MixtureHead(nn.Module):
+    """Per node and step: K Gaussian means, stds (softplus keeps them smoothly positive) and logits."""
+
+    def __init__(self, dim: int, components: int, min_std: float):
+        super().__init__()
+        self.components, self.min_std = components, min_std
+        self.proj = nn.Linear(dim, 3 * components)
+        with torch.no_grad():  # start components spread over the normalised speed range, not on top of each other
+            self.proj.bias[:components] = torch.linspace(-1, 1, components) if components > 1 else 0.0
+
+    def forward(self, h: Tensor) -> dict[str, Tensor]:
+        means, raw_std, logits = self.proj(h).float().split(self.components, -1)
+        return {"means": means, "stds": F.softplus(raw_std) + self.min_std, "logits": logits}
+
+
+class STMGT(nn.Module):
+    def __init__(self, num_nodes: int, edge_index: Tensor, seq_len: int = 12, pred_len: int = 12, hidden_dim: int = 64,
+                 num_heads: int = 4, num_blocks: int = 3, mixture_components: int = 3, dropout: float = 0.2,
+                 drop_edge_p: float = 0.1, weather_dim: int = 0, min_std: float = 0.01, patch_len: int = 1,
+                 speed_mean: float = 0.0, speed_std: float = 1.0,
+                 weather_mean: list[float] | None = None, weather_std: list[float] | None = None):
+        super().__init__()
+        D = hidden_dim
+        self.num_nodes, self.seq_len, self.pred_len, self.drop_edge_p = num_nodes, seq_len, pred_len, drop_edge_p
+        self.patch_len = patch_len  # steps per input token: graph attention cost falls by this factor
+        self.register_buffer("edge_index", edge_index.long(), persistent=False)
+        # Normalisers live with the weights, so predict() needs nothing but raw inputs.
+        self.register_buffer("speed_mean", torch.tensor(float(speed_mean)))
+        self.register_buffer("speed_std", torch.tensor(float(speed_std)))
+        self.register_buffer("weather_mean", torch.tensor(weather_mean or [0.0] * weather_dim, dtype=torch.float32))
+        self.register_buffer("weather_std", torch.tensor(weather_std or [1.0] * weather_dim, dtype=torch.float32))
+
+        self.traffic_encoder = nn.Linear(patch_len, D)
+        self.node_embedding = nn.Parameter(torch.randn(num_nodes, D) * 0.02)
+        self.hour_embedding = nn.Embedding(24, D)
+        self.day_embedding = nn.Embedding(7, D)
+        self.st_blocks = nn.ModuleList(STBlock(D, num_heads, dropout) for _ in range(num_blocks))
+        self.horizon_embedding = nn.Parameter(torch.randn(pred_len, D) * 0.02)
+        self.readout_norm = nn.LayerNorm(D)
+        self.readout = nn.MultiheadAttention(D, num_heads, batch_first=True)
+        self.weather_encoder = nn.Linear(weather_dim, D) if weather_dim else None
+        self.weather_attention = nn.MultiheadAttention(D, num_heads, batch_first=True) if weather_dim else None
+        self.weather_norm = nn.LayerNorm(D) if weather_dim else None
+        self.out_norm = nn.LayerNorm(D)
+        self.out_ff = FeedForward(D)
+        self.head = MixtureHead(D, mixture_components, min_std)
+        self._edges_cache: tuple[int, Tensor] | None = None
+
+    def calendar(self, hour: Tensor, dow: Tensor) -> Tensor:
+        return self.hour_embedding(hour) + self.day_embedding(dow)  # [B, S, D]
+
+    def graph(self, copies: int) -> Tensor:
+        if self._edges_cache is None or self._edges_cache[0] != copies or self._edges_cache[1].device != self.edge_index.device:
+            self._edges_cache = (copies, batched_edges(self.edge_index, self.num_nodes, copies))
+        edges = self._edges_cache[1]
+        if self.training and self.drop_edge_p > 0:  # DropEdge: a fresh random subgraph every step
+            edges = dropout_edge(edges, p=self.drop_edge_p, training=True)[0]
+        return edges
+
+    def forward(self, x: Tensor, hour: Tensor, dow: Tensor, weather: Tensor | None = None) -> dict[str, Tensor]:
+        """x [B, N, T] normalised speed; hour/dow [B, T+P]; weather [B, T+P, W] normalised -> [B, N, P, K] each."""
+        B, N, T = x.shape
+        P, p = self.pred_len, self.patch_len
+        time = self.calendar(hour, dow)                                       # [B, T+P, D]
+        h = self.traffic_encoder(x.view(B, N, T // p, p)).transpose(1, 2)      # [B, T/p, N, D]
+        h = h + self.node_embedding + time[:, p - 1:T:p, None, :]              # a patch is stamped with its last step
+        T = T // p
+        edges = self.graph(B * T)
+        for block in self.st_blocks:
+            h = block(h, edges)
+
+        memory = h.transpose(1, 2).reshape(B * N, T, -1)                       # each node's encoded past
+        query = self.horizon_embedding + time[:, None, self.seq_len:, :] + self.node_embedding[None, :, None, :]  # [B, N, P, D]
+        query = query.reshape(B * N, P, -1)
+        q = query + self.readout(self.readout_norm(query), memory, memory, need_weights=False)[0]
+        if self.weather_encoder is not None and weather is not None:
+            tokens = self.weather_encoder(weather) + time                      # [B, T+P, D]
+            tokens = tokens.repeat_interleave(N, dim=0)                        # one copy per node
+            q = q + self.weather_attention(self.weather_norm(q), tokens, tokens, need_weights=False)[0]
+        q = q + self.out_ff(self.out_norm(q))
+        out = self.head(q.view(B, N, P, -1))
+        return out
+
+    @torch.no_grad()
+    def predict(self, x_traffic: Tensor, edge_index: Tensor | None = None, x_weather: Tensor | None = None,
+                temporal: dict[str, Tensor] | None = None) -> dict[str, Tensor]:
+        """Raw speeds [B, N, T] (+ raw weather [B, T+P, W], temporal {"hour", "dow"} [B, T+P]) -> denormalised
+        means/stds [B, N, P, K] in the data's unit and mixture logits. `edge_index` replaces the stored graph."""
+        if edge_index is not None:
+            self.edge_index, self._edges_cache = edge_index.long().to(self.speed_mean.device), None
+        B = x_traffic.shape[0]
+        if temporal is None:
+            temporal = {k: torch.zeros(B, self.seq_len + self.pred_len, dtype=torch.long) for k in ("hour", "dow")}
+        x = (x_traffic - self.speed_mean) / self.speed_std
+        w = (x_weather - self.weather_mean) / self.weather_std if x_weather is not None and self.weather_encoder is not None else None
+        out = self(x, temporal["hour"], temporal["dow"], w)
+        return {"means": out["means"] * self.speed_std + self.speed_mean, "stds": out["stds"] * self.speed_std,
+                "logits": out["logits"]}

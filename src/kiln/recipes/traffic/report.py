@@ -1,0 +1,140 @@
+"""Traffic report: forecasts with their 80% band, calibration, error by horizon, per-node error map, mixture usage."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from kiln.engine.report import plot_learning_curves, plt, write_summary
+from kiln.metrics import central_interval
+from kiln.recipes.traffic.task import predict_split
+
+SHOWN_NODES = 3
+
+
+def plot_forecasts(pred: dict, y: torch.Tensor, unit: str, interval: int, out: Path, step: int) -> None:
+    """Truth vs the forecast `step` steps ahead over the test period, for the nodes with the most variation."""
+    truth = y[:, :, step].numpy()
+    valid = np.isfinite(truth).all(1)
+    nodes = np.argsort(-np.nanstd(truth[valid], 0))[:SHOWN_NODES]
+    hours = np.arange(valid.sum()) * interval / 60
+    fig, axes = plt.subplots(len(nodes), 1, figsize=(10, 2.6 * len(nodes)), sharex=True, squeeze=False)
+    if "means" in pred:
+        lo, hi = central_interval(pred["means"][valid][:, nodes, step], pred["stds"][valid][:, nodes, step],
+                                  pred["logits"][valid][:, nodes, step], 0.8)
+    for i, (ax, node) in enumerate(zip(axes[:, 0], nodes)):
+        ax.plot(hours, truth[valid, node], color="black", lw=1, label="truth")
+        ax.plot(hours, pred["point"][valid][:, node, step].numpy(), color="tab:blue", lw=1, label="forecast (mean)")
+        if "means" in pred:
+            ax.fill_between(hours, lo[:, i].numpy(), hi[:, i].numpy(), color="tab:blue", alpha=0.2, label="80% interval")
+        ax.set_ylabel(f"node {node} ({unit})")
+        ax.grid(alpha=0.3)
+    axes[0, 0].legend(loc="lower left", fontsize=8)
+    axes[0, 0].set_title(f"test period, forecast {(step + 1) * interval} min ahead")
+    axes[-1, 0].set_xlabel("hours into the test period")
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+
+
+def plot_calibration(calibration: dict[str, float], out: Path) -> None:
+    nominal = [float(k) for k in calibration]
+    fig, ax = plt.subplots(figsize=(4, 4))
+    ax.plot([0, 1], [0, 1], color="grey", ls="--", label="perfectly calibrated")
+    ax.plot(nominal, list(calibration.values()), marker="o", label="model")
+    ax.set_xlabel("nominal central-interval level")
+    ax.set_ylabel("observed coverage (test)")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+
+
+def plot_horizons(results: dict, unit: str, out: Path) -> None:
+    """MAE and RMSE per forecast step for the model and the reference forecasters (same test windows)."""
+    steps = list(results["per_horizon"])
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.4))
+    for ax, metric in zip(axes, ("mae", "rmse")):
+        ax.plot(steps, [results["per_horizon"][s][metric] for s in steps], marker="o", label=results["model"])
+        for name, ref in results.get("reference_horizons", {}).items():
+            ax.plot(steps, [ref[s][metric] for s in steps], ls="--", label=name)
+        ax.set_title(f"{metric.upper()} by horizon ({unit})")
+        ax.tick_params(axis="x", rotation=60)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+
+
+def plot_node_map(nodes: pd.DataFrame, mae: list[float], edges: list[list[int]], unit: str, out: Path) -> None:
+    """Per-node MAE at each detector's latitude/longitude, road graph behind."""
+    lat, lon = nodes["lat"].to_numpy(float), nodes["lon"].to_numpy(float)
+    fig, ax = plt.subplots(figsize=(6.5, 5.5))
+    for s, t in zip(*edges):
+        ax.plot([lon[s], lon[t]], [lat[s], lat[t]], color="lightgrey", lw=0.6, zorder=1)
+    points = ax.scatter(lon, lat, c=mae, cmap="viridis", s=28, zorder=2)
+    fig.colorbar(points, ax=ax, label=f"test MAE ({unit})")
+    ax.set_xlabel("longitude")
+    ax.set_ylabel("latitude")
+    ax.set_title("per-node error")
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+
+
+def plot_mixture(pred: dict, out: Path) -> None:
+    """Average weight of each component, and how often each component dominates a forecast."""
+    weights = torch.softmax(pred["logits"], -1).reshape(-1, pred["logits"].shape[-1])
+    dominant = torch.bincount(weights.argmax(-1), minlength=weights.shape[1]).float() / len(weights)
+    labels = [f"component {k + 1}" for k in range(weights.shape[1])]
+    x = np.arange(len(labels))
+    fig, ax = plt.subplots(figsize=(5, 3.4))
+    ax.bar(x - 0.2, weights.mean(0).numpy(), width=0.4, label="mean weight")
+    ax.bar(x + 0.2, dominant.numpy(), width=0.4, label="share of forecasts it dominates")
+    ax.axhline(0.8, color="red", ls=":", label="collapse threshold")
+    ax.set_xticks(x, labels)
+    ax.set_ylim(0, 1)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+
+
+def write_report(run_dir: Path, task, splits, cfg) -> None:
+    report = run_dir / "report"
+    report.mkdir(exist_ok=True)
+    results = json.loads((run_dir / "test_results.json").read_text())
+    info = splits.info
+    unit, interval = info["unit"], info["interval_minutes"]
+    pred = predict_split(task, splits.test)
+    figures = {}
+    if plot_learning_curves(run_dir, report / "learning_curves.png"):
+        figures["Learning curves"] = "learning_curves.png"
+    horizons = list(info["tgcn_horizons"].values())  # plot the 15-minute forecast where the interval allows
+    step = min(horizons[0] - 1 if horizons else 0, splits.test["y"].shape[-1] - 1)
+    plot_forecasts(pred, splits.test["y"], unit, interval, report / "forecasts.png", step)
+    figures["Forecasts vs truth (80% band)"] = "forecasts.png"
+    plot_horizons(results, unit, report / "error_by_horizon.png")
+    figures["Error by horizon"] = "error_by_horizon.png"
+    if "calibration" in results:
+        plot_calibration(results["calibration"], report / "calibration.png")
+        plot_mixture(pred, report / "mixture_weights.png")
+        figures["Calibration"] = "calibration.png"
+        figures["Mixture-weight usage"] = "mixture_weights.png"
+    nodes_path = Path(cfg.data.dir) / "nodes.csv"
+    nodes = pd.read_csv(nodes_path) if nodes_path.is_file() else pd.DataFrame()
+    if {"lat", "lon"} <= set(nodes.columns) and len(nodes) == info["num_nodes"]:
+        plot_node_map(nodes, results["per_node"]["mae"], info["edge_index"], unit, report / "node_error_map.png")
+        figures["Per-node MAE"] = "node_error_map.png"
+    headline = {k: results[k] for k in ("mae", "rmse", "mape", "r2", "coverage_80", "crps", "loss") if k in results}
+    for name, ref in results.get("references", {}).items():
+        headline.update({f"{name}_mae": ref["mae"], f"{name}_rmse": ref["rmse"]})
+    for horizon, row in results.get("tgcn_protocol", {}).items():
+        headline.update({f"tgcn_{horizon}_{k}": v for k, v in row.items()})
+    write_summary(report, f"traffic: {cfg.name} ({cfg.model.arch}, {unit})", headline, figures)

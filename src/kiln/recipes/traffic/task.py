@@ -1,0 +1,254 @@
+"""The traffic task: STMGT (or a baseline) plus its loss, per-epoch metrics and the test evaluation."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from kiln.engine.task import Task
+from kiln.errors import KilnError
+from kiln.losses import mixture_diversity, mixture_entropy, mixture_nll
+from kiln.metrics import calibration_curve, error_metrics, interval_coverage, mixture_crps, mixture_mean, pit, tgcn_metrics
+from kiln.recipes.traffic.config import TrafficConfig
+from kiln.recipes.traffic.references import HistoricalAverage
+
+COLLAPSE = 0.8  # the seed's warning sign: one component carrying more than 80% of the weight
+EVAL_BATCH = 128
+
+
+def build_model(cfg: TrafficConfig, info: dict) -> torch.nn.Module:
+    m = cfg.model
+    num_nodes = info["num_nodes"]
+    edge_index = torch.tensor(info["edge_index"], dtype=torch.long).view(2, -1)
+    edge_weight = torch.tensor(info["edge_weight"], dtype=torch.float32)
+    if m.max_neighbors is not None:
+        edge_index, edge_weight = strongest_edges(edge_index, edge_weight, num_nodes, m.max_neighbors)
+    if m.arch == "stmgt":
+        from kiln.recipes.traffic.model import STMGT
+
+        weather = m.use_weather and info["has_weather"]
+        return STMGT(num_nodes, edge_index, m.seq_len, m.pred_len, m.hidden_dim, m.num_heads, m.num_blocks,
+                     m.mixture_components, m.dropout, m.drop_edge_p, weather_dim=3 if weather else 0, min_std=m.min_std,
+                     speed_mean=info["speed_mean"], speed_std=info["speed_std"],
+                     weather_mean=info.get("weather_mean") if weather else None,
+                     weather_std=info.get("weather_std") if weather else None, patch_len=m.patch_len)
+    if m.arch == "historical_average":
+        return HistoricalAverage(num_nodes, info["steps_per_day"], m.seq_len)
+    from kiln.recipes.traffic.baselines import BASELINES
+
+    adjacency = torch.zeros(num_nodes, num_nodes)
+    adjacency[edge_index[0], edge_index[1]] = edge_weight
+    try:
+        return BASELINES[m.arch](num_nodes, m.seq_len, m.pred_len, adjacency, **m.baseline)
+    except TypeError as err:
+        raise KilnError(f"model.baseline: {err} (arch {m.arch})") from None
+
+
+def strongest_edges(edge_index: Tensor, weight: Tensor, num_nodes: int, k: int) -> tuple[Tensor, Tensor]:
+    """Each node keeps its k heaviest incoming edges (ties by order): a sparser graph, cheaper attention."""
+    order = torch.argsort(weight, descending=True, stable=True)
+    target = edge_index[1, order]
+    by_target = order[torch.argsort(target, stable=True)]           # grouped by target, heaviest first
+    counts = torch.bincount(edge_index[1], minlength=num_nodes)
+    rank = torch.arange(len(by_target)) - torch.repeat_interleave(torch.cumsum(counts, 0) - counts, counts)
+    keep = by_target[rank < k]
+    return edge_index[:, keep], weight[keep]
+
+
+class TrafficTask(Task):
+    console_metrics = ("loss", "mae", "rmse")
+    history_file = ("training_history.csv", ("epoch", "train_loss", "train_mae", "train_rmse", "val_loss", "val_mae",
+                                             "val_rmse", "val_mape", "val_coverage_80"))
+
+    def __init__(self, cfg: TrafficConfig, info: dict):
+        super().__init__()
+        self.model = build_model(cfg, info)
+        self.settings = cfg.model
+        self.probabilistic = cfg.model.arch == "stmgt"
+        self.use_weather = self.probabilistic and cfg.model.use_weather and info["has_weather"]
+        self.speed_mean, self.speed_std = float(info["speed_mean"]), float(info["speed_std"])
+        self.unit = info["unit"]
+
+    def fit_data(self, train: dict[str, Tensor]) -> None:
+        if isinstance(self.model, HistoricalAverage):
+            self.model.fit(train["x"], train["slot"])
+
+    def outputs(self, batch: dict[str, Tensor]):
+        """Normalised model outputs: a mixture dict [B, N, P, K] or point forecasts [B, N, P]."""
+        if self.probabilistic:
+            return self.model(batch["x"], batch["hour"], batch["dow"], batch.get("weather") if self.use_weather else None)
+        if isinstance(self.model, HistoricalAverage):
+            return self.model(batch["slot"])
+        return self.model(batch["x"])
+
+    def training_step(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
+        return self.step(batch, regularise=True)
+
+    def validation_step(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
+        return self.step(batch, regularise=False)
+
+    def step(self, batch: dict[str, Tensor], regularise: bool) -> dict[str, Tensor]:
+        y = batch["y"]
+        mask = torch.isfinite(y)
+        target = (torch.nan_to_num(y) - self.speed_mean) / self.speed_std
+        out = self.outputs(batch)
+        logs = {}
+        if self.probabilistic:
+            means, stds, logits = out["means"], out["stds"], out["logits"]
+            point = mixture_mean(means, logits)
+            nll = mixture_nll(means, stds, logits, target, mask)
+            mse = ((point - target) ** 2)[mask].mean()
+            diversity, entropy = mixture_diversity(means, stds), mixture_entropy(logits)
+            loss = nll + self.settings.mse_loss_weight * mse
+            if regularise:
+                loss = loss + self.settings.diversity_weight * diversity + self.settings.entropy_weight * entropy
+            inside = (pit(means, stds, logits, target) - 0.5).abs() <= 0.4
+            logs = {"nll": nll, "diversity": diversity, "entropy": entropy,
+                    "coverage_80": inside[mask].float().mean()}
+            weights = torch.softmax(logits, -1)[mask].mean(0)
+            logs.update({f"mix_w{k}": w for k, w in enumerate(weights)})
+        else:
+            point = out.float()
+            error = (point - target)[mask]
+            loss = error.abs().mean() if self.settings.point_loss == "mae" else (error ** 2).mean()
+        error = (point - target)[mask] * self.speed_std  # in the data's unit
+        truth = y[mask]
+        nonzero = truth != 0
+        return {"loss": loss, **logs, "mae": error.abs().mean(), "mse": (error ** 2).mean(),
+                "mape": 100 * (error[nonzero].abs() / truth[nonzero].abs()).mean()}
+
+    def finish_metrics(self, metrics: dict[str, float]) -> dict[str, float]:
+        for split in ("train", "val"):
+            if f"{split}_mse" in metrics:
+                metrics[f"{split}_rmse"] = math.sqrt(metrics.pop(f"{split}_mse"))
+        return metrics
+
+    def epoch_warnings(self, metrics: dict[str, float]) -> list[str]:
+        weights = [v for k, v in sorted(metrics.items()) if k.startswith("val_mix_w")]
+        if weights and max(weights) > COLLAPSE:
+            k = int(np.argmax(weights))
+            return [f"mixture collapse: component {k + 1} carries {max(weights):.0%} of the weight; "
+                    f"raise model.diversity_weight (now {self.settings.diversity_weight}) or lower model.mixture_components"]
+        return []
+
+    def epoch_line(self, epoch: int, max_epochs: int, metrics: dict[str, float], best: bool) -> str:
+        """The seed's epoch block: loss, train metrics, val metrics with MAPE and 80% coverage."""
+        m = metrics
+        lines = [f"Epoch {epoch}/{max_epochs}", f"Train Loss: {m['train_loss']:.4f}",
+                 f"Train Metrics -> MAE: {m['train_mae']:.2f}, RMSE: {m['train_rmse']:.2f}"]
+        val = f"Val Metrics -> MAE: {m['val_mae']:.2f}, RMSE: {m['val_rmse']:.2f}, MAPE: {m['val_mape']:.1f}%"
+        if "val_coverage_80" in m:
+            val += f", COVERAGE@80: {m['val_coverage_80']:.2f}"
+        lines.append(val)
+        extras = []
+        if "train_nll" in m:
+            extras.append(f"NLL {m['train_nll']:.3f}, diversity {m['train_diversity']:.3f}, entropy {m['train_entropy']:.3f}")
+            weights = [v for k, v in sorted(m.items()) if k.startswith("val_mix_w")]
+            extras.append("mixture weights " + " ".join(f"{w:.2f}" for w in weights))
+        if "grad_norm_mean" in m:
+            extras.append(f"grad norm mean {m['grad_norm_mean']:.2f} max {m['grad_norm_max']:.2f}, |grad| max {m['grad_abs_max']:.3g}")
+        if extras:
+            lines.append("Loss/health -> " + "; ".join(extras))
+        if best:
+            lines.append(f"Saved best model checkpoint (MAE: {m['val_mae']:.2f})")
+        return "\n".join(lines)
+
+
+# ---------------------------------------------------------------- evaluation
+
+@torch.no_grad()
+def predict_split(task: TrafficTask, tensors: dict[str, Tensor]) -> dict[str, Tensor]:
+    """Denormalised forecasts for a whole split: {"point": [S, N, P]} plus means/stds/logits [S, N, P, K]."""
+    task.eval()
+    parts = []
+    size = len(tensors["x"])
+    for lo in range(0, size, EVAL_BATCH):
+        batch = {k: v[lo:lo + EVAL_BATCH] for k, v in tensors.items()}
+        out = task.outputs(batch)
+        if task.probabilistic:
+            part = {"means": out["means"] * task.speed_std + task.speed_mean, "stds": out["stds"] * task.speed_std,
+                    "logits": out["logits"]}
+            part["point"] = mixture_mean(part["means"], part["logits"])
+        else:
+            part = {"point": out.float() * task.speed_std + task.speed_mean}
+        parts.append(part)
+    return {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
+
+
+def forecast_metrics(pred: dict[str, Tensor], y: Tensor) -> dict[str, float]:
+    """MAE, RMSE, MAPE, R2 (+ 80% coverage, CRPS) over all elements of [S, N, P] (finite targets only)."""
+    point = error_metrics(pred["point"], y)
+    out = {k: round(float(v), 6) for k, v in point.items()}
+    if "means" in pred:
+        args = (pred["means"], pred["stds"], pred["logits"], y)
+        out["coverage_80"] = round(interval_coverage(*args, level=0.8), 6)
+        out["crps"] = round(float(mixture_crps(*args).mean()), 6)
+    return out
+
+
+def evaluate(task: TrafficTask, splits, cfg: TrafficConfig, options: dict) -> dict:
+    info = splits.info
+    test = splits.test
+    y = test["y"]
+    complete = torch.isfinite(y).all(-1).all(-1)  # windows with every target inside the data
+    pred = predict_split(task, test)
+    full = {k: v[complete] for k, v in pred.items()}
+    y_full = y[complete]
+    results = {"model": cfg.model.arch, "unit": info["unit"], "samples": int(complete.sum()),
+               **forecast_metrics(full, y_full)}
+    losses = [task.validation_step({k: v[complete][lo:lo + EVAL_BATCH] for k, v in test.items()})["loss"]
+              for lo in range(0, int(complete.sum()), EVAL_BATCH)]
+    results["loss"] = round(float(torch.stack(losses).mean()), 6)
+    if "means" in full:
+        results["calibration"] = calibration_curve(full["means"], full["stds"], full["logits"], y_full)
+        results["mixture_usage"] = [round(float(w), 4) for w in torch.softmax(full["logits"], -1).mean((0, 1, 2))]
+
+    interval = info["interval_minutes"]
+    per_step = {f"{(h + 1) * interval}min": forecast_metrics({k: v[:, :, h] for k, v in full.items()}, y_full[:, :, h])
+                for h in range(y.shape[-1])}
+    results["per_horizon"] = per_step
+    node_errors = error_metrics(full["point"].transpose(0, 1).reshape(y.shape[1], -1),
+                                y_full.transpose(0, 1).reshape(y.shape[1], -1), dim=0)
+    results["per_node"] = {k: [round(float(v), 4) for v in node_errors[k]] for k in ("mae", "rmse")}
+
+    references = reference_forecasts(task, splits, cfg)
+    results["references"] = {name: forecast_metrics({"point": p[complete]}, y_full) for name, p in references.items()}
+    results["reference_horizons"] = {
+        name: {step: {k: v for k, v in forecast_metrics({"point": p[complete][:, :, h]}, y_full[:, :, h]).items() if k in ("mae", "rmse")}
+               for h, step in enumerate(per_step)} for name, p in references.items()}
+    if info["protocol"] == "tgcn":
+        results["tgcn_protocol"] = tgcn_table(pred["point"], y, info)
+        results["tgcn_references"] = {name: tgcn_table(p, y, info) for name, p in references.items()}
+        published = info.get("tgcn_references") or {}  # computed once by kiln data traffic --tgcn-references
+        if "linear_svr" in published and info["seq_len"] == 12:
+            results["tgcn_references"]["linear_svr"] = published["linear_svr"]
+    return results
+
+
+def reference_forecasts(task: TrafficTask, splits, cfg: TrafficConfig) -> dict[str, Tensor]:
+    """Persistence (last observed speed) and the training split's time-of-day average, on the test windows."""
+    test, train = splits.test, splits.train
+    mean, std = task.speed_mean, task.speed_std
+    P = test["y"].shape[-1]
+    last = test["x"][:, :, -1:] * std + mean
+    average = HistoricalAverage(test["x"].shape[1], splits.info["steps_per_day"], cfg.model.seq_len)
+    average.fit(train["x"], train["slot"])
+    return {"persistence": last.expand(-1, -1, P), "historical_average": average(test["slot"]) * std + mean}
+
+
+def tgcn_table(point: Tensor, y: Tensor, info: dict) -> dict[str, dict[str, float]]:
+    """T-GCN protocol: for each horizon h (15 min = 3 steps at 5 minutes), its windows range(len(test) - seq - h)
+    and all steps 1..h pooled, in the data's unit."""
+    size = info["bounds"]["test"][1] - info["bounds"]["test"][0]
+    table = {}
+    for name, h in info["tgcn_horizons"].items():
+        if h > y.shape[-1]:
+            continue
+        n = size - info["seq_len"] - h
+        table[name] = {k: round(v, 6) for k, v in tgcn_metrics(point[:n, :, :h].numpy(), y[:n, :, :h].numpy()).items()}
+    return table
+
+
