@@ -16,6 +16,7 @@ setup: .venv/.installed
 
 demo: setup
 	.venv/bin/kiln train configs/nav/quick.yaml --run-dir runs/nav/demo --overwrite
+	.venv/bin/kiln train configs/traffic/quick.yaml --run-dir runs/traffic/demo --overwrite
 
 test: setup
 	$(PY) -m pytest
@@ -24,6 +25,7 @@ bench: setup
 	$(PY) bench/engine_overhead.py
 	$(PY) bench/nav_datagen.py
 	$(PY) bench/nav_precision.py
+	$(PY) bench/traffic_step.py
 
 clean:
 	rm -rf .venv runs data

@@ -71,11 +71,28 @@ def follow_log(run_dir: Path, follow: bool, poll_s: float = 0.5) -> None:
 
 
 def print_results(results: dict, title: str) -> None:
-    """The metrics a train or evaluate call produced, as a console table."""
+    """The metrics a train or evaluate call produced: scalars in one table, then each nested table
+    (e.g. per horizon: {"15min": {"mae": ...}}) as its own; deeper structures stay in the JSON file."""
     from rich.console import Console
     from rich.table import Table
 
+    def cell(value) -> str:
+        return f"{value:.4f}" if isinstance(value, float) else str(value)
+
+    console = Console()
     table = Table("metric", "value", title=title)
     for key, value in results.items():
-        table.add_row(key, f"{value:.4f}" if isinstance(value, float) else str(value))
-    Console().print(table)
+        if not isinstance(value, (dict, list)):
+            table.add_row(key, cell(value))
+    console.print(table)
+    for key, value in results.items():
+        if not isinstance(value, dict) or not value:
+            continue
+        rows = value if all(isinstance(v, dict) for v in value.values()) else {"": value}
+        columns = list(dict.fromkeys(c for row in rows.values() for c in row))
+        if any(isinstance(v, (dict, list)) for row in rows.values() for v in row.values()):
+            continue
+        sub = Table("", *columns, title=key)
+        for name, row in rows.items():
+            sub.add_row(name, *(cell(row.get(c, "")) for c in columns))
+        console.print(sub)

@@ -189,6 +189,7 @@ def forecast_metrics(pred: dict[str, Tensor], y: Tensor) -> dict[str, float]:
     return out
 
 
+@torch.no_grad()
 def evaluate(task: TrafficTask, splits, cfg: TrafficConfig, options: dict) -> dict:
     info = splits.info
     test = splits.test
@@ -201,7 +202,7 @@ def evaluate(task: TrafficTask, splits, cfg: TrafficConfig, options: dict) -> di
                **forecast_metrics(full, y_full)}
     losses = [task.validation_step({k: v[complete][lo:lo + EVAL_BATCH] for k, v in test.items()})["loss"]
               for lo in range(0, int(complete.sum()), EVAL_BATCH)]
-    results["loss"] = round(float(torch.stack(losses).mean()), 6)
+    results["loss"] = round(torch.stack(losses).mean().item(), 6)
     if "means" in full:
         results["calibration"] = calibration_curve(full["means"], full["stds"], full["logits"], y_full)
         results["mixture_usage"] = [round(float(w), 4) for w in torch.softmax(full["logits"], -1).mean((0, 1, 2))]

@@ -1,0 +1,92 @@
+"""STMGT: shapes of its graph-attention and temporal branches, graph information flow, the mixture head."""
+
+from __future__ import annotations
+
+import torch
+
+from kiln.recipes.traffic.model import STMGT, STBlock, batched_edges
+
+PATH = torch.tensor([[0, 1, 1, 2, 2, 3, 3, 4], [1, 0, 2, 1, 3, 2, 4, 3]])  # 5 nodes in a line
+
+
+def make_model(**kw) -> STMGT:
+    args = dict(num_nodes=5, edge_index=PATH, seq_len=6, pred_len=3, hidden_dim=16, num_heads=2, num_blocks=2,
+                mixture_components=3, dropout=0.0, drop_edge_p=0.0, speed_mean=20.0, speed_std=5.0)
+    torch.manual_seed(0)
+    return STMGT(**{**args, **kw}).eval()
+
+
+def inputs(batch=2, weather=0):
+    torch.manual_seed(1)
+    x = torch.randn(batch, 5, 6)
+    hour, dow = torch.randint(0, 24, (batch, 9)), torch.randint(0, 7, (batch, 9))
+    return x, hour, dow, (torch.randn(batch, 9, weather) if weather else None)
+
+
+def test_batched_edges_offsets_each_copy():
+    edges = batched_edges(PATH, 5, 3)
+    assert edges.shape == (2, 24)
+    assert torch.equal(edges[:, 8:16], PATH + 5) and torch.equal(edges[:, 16:], PATH + 10)
+
+
+def test_st_block_keeps_shape_and_mixes_only_along_edges_in_space():
+    torch.manual_seed(0)
+    block = STBlock(16, 2, 0.0).eval()
+    h = torch.randn(2, 6, 5, 16)
+    out = block(h, batched_edges(PATH, 5, 12))
+    assert out.shape == h.shape
+    bumped = h.clone()
+    bumped[0, :, 0] += 1.0  # change node 0 at every step of sample 0
+    delta = (block(bumped, batched_edges(PATH, 5, 12)) - out).abs().sum(-1)  # [B, T, N]
+    assert delta[0, :, 1].min() > 0          # its neighbour sees it (graph attention)
+    assert delta[0, :, 2:].max() == 0        # two hops away is untouched by one block
+    assert delta[1].max() == 0               # other samples are independent
+
+
+def test_temporal_branch_mixes_time_within_a_node():
+    torch.manual_seed(0)
+    block = STBlock(16, 2, 0.0).eval()
+    h = torch.randn(1, 6, 5, 16)
+    bumped = h.clone()
+    bumped[0, 0, 4] += 1.0  # node 4, first step only
+    delta = (block(bumped, batched_edges(PATH, 5, 6)) - block(h, batched_edges(PATH, 5, 6))).abs().sum(-1)
+    assert delta[0, 5, 4] > 0                # a later step of the same node changes (self-attention over time)
+
+
+def test_forward_shapes_and_positive_stds():
+    model = make_model()
+    out = model(*inputs()[:3])
+    for key in ("means", "stds", "logits"):
+        assert out[key].shape == (2, 5, 3, 3)
+    assert (out["stds"] >= 0.01).all()
+
+
+def test_patches_and_weather_branch():
+    model = make_model(patch_len=3, weather_dim=3, weather_mean=[27.0, 6.0, 0.1], weather_std=[2.0, 3.0, 0.3])
+    x, hour, dow, weather = inputs(weather=3)
+    out = model(x, hour, dow, weather)
+    assert out["means"].shape == (2, 5, 3, 3)
+    changed = model(x, hour, dow, weather + 1.0)["means"]
+    assert not torch.allclose(changed, out["means"])  # traffic attends to the weather tokens
+    out["means"].sum().backward()
+    assert model.weather_encoder.weight.grad.abs().sum() > 0
+    assert make_model().weather_encoder is None  # no weather data, no weather branch
+
+
+def test_predict_denormalises_to_the_data_unit():
+    model = make_model()
+    x, hour, dow, _ = inputs()
+    raw = x * 5.0 + 20.0
+    pred = model.predict(raw, temporal={"hour": hour, "dow": dow})
+    normalised = model(x, hour, dow)
+    torch.testing.assert_close(pred["means"], normalised["means"] * 5.0 + 20.0)
+    torch.testing.assert_close(pred["stds"], normalised["stds"] * 5.0)
+    torch.testing.assert_close(pred["logits"], normalised["logits"])
+
+
+def test_drop_edge_only_in_training():
+    model = make_model(drop_edge_p=0.5)
+    assert model.graph(4).shape[1] == 4 * PATH.shape[1]
+    model.train()
+    torch.manual_seed(0)
+    assert model.graph(4).shape[1] < 4 * PATH.shape[1]

@@ -1,0 +1,120 @@
+"""The traffic recipe through the engine: train -> evaluate on the simulated city, baselines, the CLI."""
+
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from kiln.config import load_config
+from kiln.engine.trainer import evaluate_run, fit
+from kiln.recipes import get_recipe
+from kiln.recipes.traffic.task import TrafficTask
+
+SEED_COLUMNS = ["epoch", "train_loss", "train_mae", "train_rmse", "val_loss", "val_mae", "val_rmse", "val_mape", "val_coverage_80"]
+
+
+def test_stmgt_trains_and_evaluates_end_to_end(traffic_config, tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    results = fit(load_config(traffic_config), run_dir)
+    out = capsys.readouterr().out
+    assert "Train Metrics -> MAE:" in out and "COVERAGE@80:" in out and "Number of edges: 144" in out
+    with open(run_dir / "training_history.csv") as f:
+        rows = list(csv.reader(f))
+    assert rows[0] == SEED_COLUMNS and len(rows) == 3
+    history = json.loads((run_dir / "history.json").read_text())
+    assert history["train_loss"][1] < history["train_loss"][0]
+    assert all(np.isfinite(history["grad_norm_mean"])) and "val_mix_w1" in history
+    for key in ("mae", "rmse", "mape", "r2", "coverage_80", "loss", "crps", "calibration", "per_horizon", "per_node", "references"):
+        assert key in results
+    assert list(results["per_horizon"]) == ["15min", "30min", "45min", "60min"]
+    assert len(results["per_node"]["mae"]) == 62
+    assert 0 <= results["coverage_80"] <= 1 and results["mae"] > 0
+    for name in ("forecasts.png", "calibration.png", "error_by_horizon.png", "node_error_map.png", "mixture_weights.png", "report.md"):
+        assert (run_dir / "report" / name).is_file(), name
+    weights = torch.load(run_dir / "best_model.pt", weights_only=True)
+    assert weights["data_info"]["speed_mean"] == pytest.approx(weights["state_dict"]["model.speed_mean"].item())
+    again = evaluate_run(run_dir)
+    assert again["mae"] == pytest.approx(results["mae"], rel=1e-5)
+
+
+def test_evaluation_metrics_match_a_direct_computation(traffic_config):
+    cfg = load_config(traffic_config)
+    recipe = get_recipe("traffic")
+    splits = recipe.load_data(cfg, lambda m: None)
+    task = recipe.build_task(cfg, splits.info).eval()
+    results = recipe.evaluate(task, splits, cfg, {})
+    with torch.no_grad():
+        out = task.outputs(splits.test)
+    weights = torch.softmax(out["logits"], -1)
+    point = (weights * out["means"]).sum(-1) * task.speed_std + task.speed_mean
+    y = splits.test["y"]
+    assert results["mae"] == pytest.approx((point - y).abs().mean().item(), rel=1e-4)
+    assert results["rmse"] == pytest.approx(((point - y) ** 2).mean().sqrt().item(), rel=1e-4)
+    last = splits.test["x"][:, :, -1:] * task.speed_std + task.speed_mean
+    assert results["references"]["persistence"]["mae"] == pytest.approx((last - y).abs().mean().item(), rel=1e-4)
+
+
+def test_historical_average_is_fitted_in_closed_form(traffic_config, tmp_path, city_dir):
+    run_dir = tmp_path / "ha"
+    run_dir.mkdir()
+    results = fit(load_config(traffic_config, ["model.arch=historical_average"]), run_dir)
+    history = json.loads((run_dir / "history.json").read_text())
+    assert history["epoch"] == [0] and "val_mae" in history
+    # independent reference: pandas mean per (time-of-day, node) over the training steps
+    weights = torch.load(run_dir / "best_model.pt", weights_only=True)
+    info = weights["data_info"]
+    frame = pd.read_parquet(city_dir / "traffic.parquet")
+    steps = np.sort(frame["timestamp"].unique())
+    span = info["seq_len"] + info["pred_len"]
+    train_steps = steps[info["bounds"]["train"][0]:info["bounds"]["train"][1] - span + 1]  # steps that start a training window
+    train = frame[frame["timestamp"].isin(train_steps)]
+    slot = train["timestamp"].dt.hour * 4 + train["timestamp"].dt.minute // 15
+    expected = train.groupby([slot, train["node_id"]])["speed_kmh"].mean().unstack().to_numpy()
+    table = weights["state_dict"]["model.table"].numpy() * info["speed_std"] + info["speed_mean"]
+    np.testing.assert_allclose(table, expected, rtol=1e-4)
+    assert results["mae"] == pytest.approx(results["references"]["historical_average"]["mae"], rel=1e-4)
+
+
+@pytest.mark.parametrize("arch", ["lstm", "graphwavenet", "astgcn"])
+def test_point_baselines_train_in_the_same_harness(traffic_config, tmp_path, arch):
+    run_dir = tmp_path / arch
+    run_dir.mkdir()
+    extra = ["model.baseline={residual_channels: 8, dilation_channels: 8, skip_channels: 16, end_channels: 16}"] if arch == "graphwavenet" else []
+    results = fit(load_config(traffic_config, [f"model.arch={arch}", "train.max_epochs=1"] + extra), run_dir)
+    assert results["model"] == arch and "coverage_80" not in results and results["mae"] > 0
+    with open(run_dir / "training_history.csv") as f:
+        header = next(csv.reader(f))
+    assert header == SEED_COLUMNS
+
+
+def test_weather_ablation_and_collapse_warning(traffic_config):
+    cfg = load_config(traffic_config, ["model.use_weather=false"])
+    info = get_recipe("traffic").load_data(cfg, lambda m: None).info
+    assert info["has_weather"]
+    assert TrafficTask(cfg, info).model.weather_encoder is None
+    task = TrafficTask(load_config(traffic_config), info)
+    warnings = task.epoch_warnings({"val_mix_w0": 0.9, "val_mix_w1": 0.1})
+    assert len(warnings) == 1 and "component 1 carries 90%" in warnings[0] and "diversity_weight" in warnings[0]
+    assert task.epoch_warnings({"val_mix_w0": 0.5, "val_mix_w1": 0.5}) == []
+
+
+def test_kiln_data_traffic_cli(tmp_path):
+    out = tmp_path / "city"
+    done = subprocess.run([sys.executable, "-m", "kiln", "data", "traffic", "--simulate", "--days", "3", "--out", str(out)],
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert "62 nodes, 144 edges" in done.stdout
+    again = subprocess.run([sys.executable, "-m", "kiln", "data", "traffic", "--simulate", "--out", str(out)],
+                           capture_output=True, text=True)
+    assert again.returncode == 2 and "not empty" in again.stderr and len(again.stderr.strip().splitlines()) == 1
+    bad = subprocess.run([sys.executable, "-m", "kiln", "data", "traffic", "--los-loop", str(tmp_path / "nowhere"), "--out", str(tmp_path / "x")],
+                         capture_output=True, text=True)
+    assert bad.returncode == 2 and "los_speed.csv" in bad.stderr
