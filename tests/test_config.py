@@ -5,7 +5,7 @@ import pytest
 from kiln.config import load_config, parse_override
 from kiln.errors import KilnError
 
-from conftest import REPO
+REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.mark.parametrize("path", sorted((REPO / "configs").rglob("*.yaml")), ids=lambda p: p.name)

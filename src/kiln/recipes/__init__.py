@@ -42,6 +42,15 @@ class Recipe:
     make_data: Callable[[argparse.Namespace], None]
 
 
+def lazy(module: str, name: str) -> Callable[..., Any]:
+    """A recipe function imported on its first call, so the registry never imports torch."""
+    def call(*args: Any, **kwargs: Any) -> Any:
+        return getattr(importlib.import_module(module), name)(*args, **kwargs)
+
+    call.__name__ = name
+    return call
+
+
 def get_recipe(name: str) -> Recipe:
     if name not in RECIPES:
         raise KilnError(f"unknown recipe '{name}'; available: {', '.join(sorted(RECIPES))}")

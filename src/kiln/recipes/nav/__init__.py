@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 
 from kiln.errors import KilnError
-from kiln.recipes import Recipe
+from kiln.recipes import Recipe, lazy
 from kiln.recipes.nav.config import NavConfig, NavGenerator
 
 
@@ -59,24 +59,6 @@ def load_data(cfg: NavConfig, log=print):
     return Splits(**splits, info={**info, "num_train": len(splits["train"]["cells"])})
 
 
-def build_task(cfg: NavConfig, info: dict):
-    from kiln.recipes.nav.task import build_task
-
-    return build_task(cfg, info)
-
-
-def evaluate(task, splits, cfg: NavConfig, options: dict) -> dict:
-    from kiln.recipes.nav.task import evaluate
-
-    return evaluate(task, splits, cfg, options)
-
-
-def report(run_dir: Path, task, splits, cfg: NavConfig) -> None:
-    from kiln.recipes.nav.report import write_report
-
-    write_report(run_dir, task, splits, cfg)
-
-
 def data_arguments(parser: argparse.ArgumentParser) -> None:
     defaults = NavGenerator()
     parser.add_argument("--out", type=Path, required=True, help="dataset directory to create")
@@ -104,6 +86,9 @@ def make_data(args: argparse.Namespace) -> None:
 
 
 RECIPE = Recipe(
-    name="nav", config=NavConfig, prepare_data=prepare_data, load_data=load_data, build_task=build_task,
-    evaluate=evaluate, report=report, data_arguments=data_arguments, make_data=make_data,
+    name="nav", config=NavConfig, prepare_data=prepare_data, load_data=load_data,
+    build_task=lazy("kiln.recipes.nav.task", "build_task"),
+    evaluate=lazy("kiln.recipes.nav.task", "evaluate"),
+    report=lazy("kiln.recipes.nav.report", "write_report"),
+    data_arguments=data_arguments, make_data=make_data,
 )

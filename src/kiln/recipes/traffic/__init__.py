@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 
 from kiln.errors import KilnError
-from kiln.recipes import Recipe
+from kiln.recipes import Recipe, lazy
 from kiln.recipes.traffic.config import CityGenerator, TrafficConfig
 
 
@@ -60,24 +60,6 @@ def load_data(cfg: TrafficConfig, log=print):
     return Splits(**tensors, info=info)
 
 
-def build_task(cfg: TrafficConfig, info: dict):
-    from kiln.recipes.traffic.task import TrafficTask
-
-    return TrafficTask(cfg, info)
-
-
-def evaluate(task, splits, cfg: TrafficConfig, options: dict) -> dict:
-    from kiln.recipes.traffic.task import evaluate
-
-    return evaluate(task, splits, cfg, options)
-
-
-def report(run_dir: Path, task, splits, cfg: TrafficConfig) -> None:
-    from kiln.recipes.traffic.report import write_report
-
-    write_report(run_dir, task, splits, cfg)
-
-
 def data_arguments(parser: argparse.ArgumentParser) -> None:
     defaults = CityGenerator()
     parser.add_argument("--out", type=Path, required=True, help="dataset directory to create")
@@ -114,6 +96,9 @@ def make_data(args: argparse.Namespace) -> None:
 
 
 RECIPE = Recipe(
-    name="traffic", config=TrafficConfig, prepare_data=prepare_data, load_data=load_data, build_task=build_task,
-    evaluate=evaluate, report=report, data_arguments=data_arguments, make_data=make_data,
+    name="traffic", config=TrafficConfig, prepare_data=prepare_data, load_data=load_data,
+    build_task=lazy("kiln.recipes.traffic.task", "TrafficTask"),
+    evaluate=lazy("kiln.recipes.traffic.task", "evaluate"),
+    report=lazy("kiln.recipes.traffic.report", "write_report"),
+    data_arguments=data_arguments, make_data=make_data,
 )
