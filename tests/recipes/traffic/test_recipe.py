@@ -118,3 +118,28 @@ def test_kiln_data_traffic_cli(tmp_path):
     bad = subprocess.run([sys.executable, "-m", "kiln", "data", "traffic", "--los-loop", str(tmp_path / "nowhere"), "--out", str(tmp_path / "x")],
                          capture_output=True, text=True)
     assert bad.returncode == 2 and "los_speed.csv" in bad.stderr
+
+
+def test_loss_is_the_documented_sum(traffic_config):
+    """loss = mixture NLL + w_mse MSE + w_mae MAE (+ diversity and entropy terms in training), in normalised units."""
+    cfg = load_config(traffic_config, ["model.mse_loss_weight=0.4", "model.mae_loss_weight=1.0",
+                                       "model.diversity_weight=0.05", "model.entropy_weight=0.01"])
+    recipe = get_recipe("traffic")
+    splits = recipe.load_data(cfg, lambda m: None)
+    task = recipe.build_task(cfg, splits.info).eval()
+    batch = {k: v[:16] for k, v in splits.val.items()}
+    with torch.no_grad():
+        out = task.outputs(batch)
+        target = (batch["y"] - task.speed_mean) / task.speed_std
+        mixture = torch.distributions.MixtureSameFamily(torch.distributions.Categorical(logits=out["logits"]),
+                                                        torch.distributions.Normal(out["means"], out["stds"]))
+        nll = -mixture.log_prob(target).mean()
+        error = mixture.mean - target
+        expected = nll + 0.4 * (error ** 2).mean() + 1.0 * error.abs().mean()
+        weights = torch.softmax(out["logits"], -1)
+        entropy = -(weights * weights.log()).sum(-1).mean()
+        validation, training = task.validation_step(batch), task.training_step(batch)
+    assert validation["loss"].item() == pytest.approx(expected.item(), rel=1e-4)
+    assert validation["nll"].item() == pytest.approx(nll.item(), rel=1e-4)
+    assert training["loss"].item() == pytest.approx((expected + 0.05 * training["diversity"] + 0.01 * entropy).item(), rel=1e-4)
+    assert -1 <= training["diversity"].item() <= 0

@@ -7,7 +7,8 @@ Shapes: B batch, N nodes, T input steps (seq_len), P forecast steps (pred_len), 
                           mixed by a learned sigmoid gate, then a feed-forward layer (pre-norm residuals)
     decoder: one query per forecast step (horizon + its hour/day + node) attends to the node's encoded
              past, then to the weather tokens (past and forecast window) -> MixtureHead
-    MixtureHead: means, stds (softplus, floored), logits per node and step  [B, N, P, K]
+    MixtureHead: means, stds (softplus, floored), logits per node and step  [B, N, P, K];
+                 with residual=True the means are offsets from the last observed speed
 
 Everything runs in normalised units; predict() returns km/h (or the dataset's unit).
 """
@@ -76,12 +77,14 @@ class STMGT(nn.Module):
     def __init__(self, num_nodes: int, edge_index: Tensor, seq_len: int = 12, pred_len: int = 12, hidden_dim: int = 64,
                  num_heads: int = 4, num_blocks: int = 3, mixture_components: int = 3, dropout: float = 0.2,
                  drop_edge_p: float = 0.1, weather_dim: int = 0, min_std: float = 0.01, patch_len: int = 1,
+                 residual: bool = True,
                  speed_mean: float = 0.0, speed_std: float = 1.0,
                  weather_mean: list[float] | None = None, weather_std: list[float] | None = None):
         super().__init__()
         D = hidden_dim
         self.num_nodes, self.seq_len, self.pred_len, self.drop_edge_p = num_nodes, seq_len, pred_len, drop_edge_p
         self.patch_len = patch_len  # steps per input token: graph attention cost falls by this factor
+        self.residual = residual    # centre the mixture on the last observed speed: the model learns the change
         self.register_buffer("edge_index", edge_index.long(), persistent=False)
         # Normalisers live with the weights, so predict() needs nothing but raw inputs.
         self.register_buffer("speed_mean", torch.tensor(float(speed_mean)))
@@ -138,6 +141,8 @@ class STMGT(nn.Module):
             q = q + self.weather_attention(self.weather_norm(q), tokens, tokens, need_weights=False)[0]
         q = q + self.out_ff(self.out_norm(q))
         out = self.head(q.view(B, N, P, -1))
+        if self.residual:
+            out["means"] = out["means"] + x[:, :, -1, None, None]
         return out
 
     @torch.no_grad()

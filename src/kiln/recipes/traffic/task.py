@@ -34,7 +34,8 @@ def build_model(cfg: TrafficConfig, info: dict) -> torch.nn.Module:
                      m.mixture_components, m.dropout, m.drop_edge_p, weather_dim=3 if weather else 0, min_std=m.min_std,
                      speed_mean=info["speed_mean"], speed_std=info["speed_std"],
                      weather_mean=info.get("weather_mean") if weather else None,
-                     weather_std=info.get("weather_std") if weather else None, patch_len=m.patch_len)
+                     weather_std=info.get("weather_std") if weather else None, patch_len=m.patch_len,
+                     residual=m.residual)
     if m.arch == "historical_average":
         return HistoricalAverage(num_nodes, info["steps_per_day"], m.seq_len)
     from kiln.recipes.traffic.baselines import BASELINES
@@ -100,9 +101,9 @@ class TrafficTask(Task):
             means, stds, logits = out["means"], out["stds"], out["logits"]
             point = mixture_mean(means, logits)
             nll = mixture_nll(means, stds, logits, target, mask)
-            mse = ((point - target) ** 2)[mask].mean()
+            error = (point - target)[mask]
             diversity, entropy = mixture_diversity(means, stds), mixture_entropy(logits)
-            loss = nll + self.settings.mse_loss_weight * mse
+            loss = nll + self.settings.mse_loss_weight * (error ** 2).mean() + self.settings.mae_loss_weight * error.abs().mean()
             if regularise:
                 loss = loss + self.settings.diversity_weight * diversity + self.settings.entropy_weight * entropy
             inside = (pit(means, stds, logits, target) - 0.5).abs() <= 0.4
