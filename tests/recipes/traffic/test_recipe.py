@@ -37,6 +37,7 @@ def test_stmgt_trains_and_evaluates_end_to_end(traffic_config, tmp_path, capsys)
     assert list(results["per_horizon"]) == ["15min", "30min", "45min", "60min"]
     assert len(results["per_node"]["mae"]) == 62
     assert 0 <= results["coverage_80"] <= 1 and results["mae"] > 0
+    assert sum(c["share"] for c in results["weather_conditions"].values()) == pytest.approx(1)
     for name in ("forecasts.png", "calibration.png", "error_by_horizon.png", "node_error_map.png", "mixture_weights.png", "report.md"):
         assert (run_dir / "report" / name).is_file(), name
     weights = torch.load(run_dir / "best_model.pt", weights_only=True)

@@ -6,7 +6,8 @@ Shapes: B batch, N nodes, T input steps (seq_len), P forecast steps (pred_len), 
     num_blocks x STBlock: spatial GATv2Conv over the road graph  ||  temporal self-attention over T,
                           mixed by a learned sigmoid gate, then a feed-forward layer (pre-norm residuals)
     decoder: one query per forecast step (horizon + its hour/day + node) attends to the node's encoded
-             past, then to the weather tokens (past and forecast window) -> MixtureHead
+             past, then adds its own step's weather and attends to the weather tokens (past and
+             forecast window) -> MixtureHead
     MixtureHead: means, stds (softplus, floored), logits per node and step  [B, N, P, K];
                  with residual=True the means are offsets from the last observed speed
 
@@ -122,7 +123,7 @@ class STMGT(nn.Module):
     def forward(self, x: Tensor, hour: Tensor, dow: Tensor, weather: Tensor | None = None) -> dict[str, Tensor]:
         """x [B, N, T] normalised speed; hour/dow [B, T+P]; weather [B, T+P, W] normalised -> [B, N, P, K] each."""
         B, N, T = x.shape
-        P, p = self.pred_len, self.patch_len
+        P, p, T_in = self.pred_len, self.patch_len, x.shape[-1]
         time = self.calendar(hour, dow)                                       # [B, T+P, D]
         h = self.traffic_encoder(x.view(B, N, T // p, p)).transpose(1, 2)      # [B, T/p, N, D]
         h = h + self.node_embedding + time[:, p - 1:T:p, None, :]              # a patch is stamped with its last step
@@ -136,8 +137,11 @@ class STMGT(nn.Module):
         query = query.reshape(B * N, P, -1)
         q = query + self.readout(self.readout_norm(query), memory, memory, need_weights=False)[0]
         if self.weather_encoder is not None and weather is not None:
-            tokens = self.weather_encoder(weather) + time                      # [B, T+P, D]
-            tokens = tokens.repeat_interleave(N, dim=0)                        # one copy per node
+            tokens = self.weather_encoder(weather)                             # [B, T+P, D]
+            # each forecast step also sees its own step's weather directly, so the cross-attention
+            # does not have to discover the time alignment from few rain events
+            q = q + tokens[:, None, T_in:, :].expand(B, N, P, -1).reshape(B * N, P, -1)
+            tokens = (tokens + time).repeat_interleave(N, dim=0)               # one copy per node
             q = q + self.weather_attention(self.weather_norm(q), tokens, tokens, need_weights=False)[0]
         q = q + self.out_ff(self.out_norm(q))
         out = self.head(q.view(B, N, P, -1))

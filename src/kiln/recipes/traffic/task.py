@@ -17,6 +17,7 @@ from kiln.recipes.traffic.references import HistoricalAverage
 
 COLLAPSE = 0.8  # the seed's warning sign: one component carrying more than 80% of the weight
 EVAL_BATCH = 128
+RAIN_MM = 0.05  # a forecast step counts as rainy above this precipitation
 
 
 def build_model(cfg: TrafficConfig, info: dict) -> torch.nn.Module:
@@ -216,6 +217,12 @@ def evaluate(task: TrafficTask, splits, cfg: TrafficConfig, options: dict) -> di
                                 y_full.transpose(0, 1).reshape(y.shape[1], -1), dim=0)
     results["per_node"] = {k: [round(float(v), 4) for v in node_errors[k]] for k in ("mae", "rmse")}
 
+    if "weather" in test:  # the weather branch's use shows where it rains in the forecast window
+        rain_mm = test["weather"][complete][:, -y.shape[-1]:, 2] * info["weather_std"][2] + info["weather_mean"][2]
+        rain = (rain_mm > RAIN_MM)[:, None, :].expand_as(y_full)
+        results["weather_conditions"] = {
+            name: {"share": round(float(m.float().mean()), 4), **forecast_metrics({k: v[m] for k, v in full.items()}, y_full[m])}
+            for name, m in (("rain", rain), ("dry", ~rain)) if m.any()}
     references = reference_forecasts(task, splits, cfg)
     results["references"] = {name: forecast_metrics({"point": p[complete]}, y_full) for name, p in references.items()}
     results["reference_horizons"] = {
