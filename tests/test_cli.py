@@ -34,6 +34,28 @@ def test_seed_flags_map_onto_config(tiny_config, tmp_path, capsys):
     assert "model.dim: Input should be greater than 0" in capsys.readouterr().err
 
 
+def test_refuses_a_run_dir_another_live_kiln_is_training(tiny_config, tmp_path, capsys):
+    import json
+    import subprocess
+
+    run_dir = tmp_path / "run"
+    (run_dir / "checkpoints").mkdir(parents=True)
+    (run_dir / "checkpoints" / "last.ckpt").write_text("x")
+    other = subprocess.Popen(["sleep", "30"])  # a live process that is not us
+    try:
+        (run_dir / "status.json").write_text(json.dumps({"state": "running", "pid": other.pid}))
+        assert main(["train", str(tiny_config), "--run-dir", str(run_dir), "--overwrite"]) == 2
+        assert f"in use by a running kiln (pid {other.pid})" in capsys.readouterr().err
+        assert main(["train", "--resume", str(run_dir)]) == 2
+        assert "is still training it" in capsys.readouterr().err
+        assert (run_dir / "checkpoints" / "last.ckpt").read_text() == "x"
+    finally:
+        other.kill()
+        other.wait()
+    # once that process is gone, --overwrite may replace the directory
+    assert main(["train", str(tiny_config), "--run-dir", str(run_dir), "--overwrite", "train.max_epochs=1"]) == 0
+
+
 def test_refuses_non_empty_run_dir(tiny_config, tmp_path, capsys):
     run_dir = tmp_path / "run"
     run_dir.mkdir()

@@ -62,7 +62,7 @@ def collect_overrides(args: argparse.Namespace) -> list[str]:
 
 def train(args: argparse.Namespace) -> int:
     from kiln.config import load_config
-    from kiln.engine.rundir import default_run_dir, prepare_run_dir
+    from kiln.engine.rundir import default_run_dir, live_owner, prepare_run_dir
 
     overrides = collect_overrides(args)
     if args.resume:
@@ -71,6 +71,8 @@ def train(args: argparse.Namespace) -> int:
         run_dir = args.resume
         if not (run_dir / "checkpoints" / "last.ckpt").is_file():
             raise KilnError(f"cannot resume '{run_dir}': no checkpoints/last.ckpt there; pass a run directory written by kiln train")
+        if (owner := live_owner(run_dir)) is not None:
+            raise KilnError(f"cannot resume '{run_dir}': a kiln (pid {owner}) is still training it; stop it first (kill -INT {owner})")
         cfg = load_config(run_dir / "config.yaml", overrides)
     else:
         if not args.config:

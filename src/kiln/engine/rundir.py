@@ -25,11 +25,32 @@ def prepare_run_dir(path: Path, overwrite: bool) -> Path:
     if path.exists() and not path.is_dir():
         raise KilnError(f"run dir '{path}' is a file; pass another --run-dir")
     if path.is_dir() and any(path.iterdir()):
+        owner = live_owner(path)
+        if owner is not None:
+            raise KilnError(f"run dir '{path}' is in use by a running kiln (pid {owner}); stop it first (kill -INT {owner}) or pass another --run-dir")
         if not overwrite:
             raise KilnError(f"run dir '{path}' is not empty; pass --overwrite to replace it, --resume {path} to continue it, or another --run-dir")
         shutil.rmtree(path)
     path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+def live_owner(run_dir: Path) -> int | None:
+    """The pid of another live process still training in run_dir, if any (its files would race ours)."""
+    try:
+        status = json.loads((run_dir / "status.json").read_text())
+    except (OSError, ValueError):
+        return None
+    pid = status.get("pid")
+    if status.get("state") not in ("running", "evaluating") or not isinstance(pid, int) or pid == os.getpid():
+        return None
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return None
+    except PermissionError:
+        pass  # alive, owned by someone else
+    return pid
 
 
 def write_json(path: Path, obj: Any) -> None:
