@@ -45,6 +45,7 @@ class TrafficModel(Section):
     drop_edge_p: float = Field(0.1, ge=0, lt=1, description="DropEdge: share of graph edges dropped per training step")
     patch_len: int = Field(1, ge=1, description="input steps per token (1 = one token per step); divides seq_len")
     max_neighbors: int | None = Field(None, ge=1, description="keep each node's heaviest incoming edges only; null = all")
+    use_day_of_week: bool = Field(True, description="day-of-week embedding; off for data shorter than a few weeks (Los-loop)")
     residual: bool = Field(True, description="STMGT: mixture means are offsets from the last observed speed")
     use_weather: bool = Field(True, description="weather cross-attention (off by itself when the data has no weather)")
     mse_loss_weight: float = Field(0.4, ge=0, description="loss = mixture NLL + w * MSE of the mixture mean (+ MAE term) + regularisers")

@@ -78,7 +78,7 @@ class STMGT(nn.Module):
     def __init__(self, num_nodes: int, edge_index: Tensor, seq_len: int = 12, pred_len: int = 12, hidden_dim: int = 64,
                  num_heads: int = 4, num_blocks: int = 3, mixture_components: int = 3, dropout: float = 0.2,
                  drop_edge_p: float = 0.1, weather_dim: int = 0, min_std: float = 0.01, patch_len: int = 1,
-                 residual: bool = True,
+                 residual: bool = True, use_day_of_week: bool = True,
                  speed_mean: float = 0.0, speed_std: float = 1.0,
                  weather_mean: list[float] | None = None, weather_std: list[float] | None = None):
         super().__init__()
@@ -95,8 +95,12 @@ class STMGT(nn.Module):
 
         self.traffic_encoder = nn.Linear(patch_len, D)
         self.node_embedding = nn.Parameter(torch.randn(num_nodes, D) * 0.02)
+        # small init: a category never seen in training (Los-loop's test weekdays) adds almost nothing
         self.hour_embedding = nn.Embedding(24, D)
-        self.day_embedding = nn.Embedding(7, D)
+        self.day_embedding = nn.Embedding(7, D) if use_day_of_week else None
+        for table in (self.hour_embedding, self.day_embedding):
+            if table is not None:
+                nn.init.normal_(table.weight, std=0.02)
         self.st_blocks = nn.ModuleList(STBlock(D, num_heads, dropout) for _ in range(num_blocks))
         self.horizon_embedding = nn.Parameter(torch.randn(pred_len, D) * 0.02)
         self.readout_norm = nn.LayerNorm(D)
@@ -110,7 +114,8 @@ class STMGT(nn.Module):
         self._edges_cache: tuple[int, Tensor] | None = None
 
     def calendar(self, hour: Tensor, dow: Tensor) -> Tensor:
-        return self.hour_embedding(hour) + self.day_embedding(dow)  # [B, S, D]
+        time = self.hour_embedding(hour)  # [B, S, D]
+        return time + self.day_embedding(dow) if self.day_embedding is not None else time
 
     def graph(self, copies: int) -> Tensor:
         if self._edges_cache is None or self._edges_cache[0] != copies or self._edges_cache[1].device != self.edge_index.device:

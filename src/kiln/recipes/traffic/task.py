@@ -36,7 +36,7 @@ def build_model(cfg: TrafficConfig, info: dict) -> torch.nn.Module:
                      speed_mean=info["speed_mean"], speed_std=info["speed_std"],
                      weather_mean=info.get("weather_mean") if weather else None,
                      weather_std=info.get("weather_std") if weather else None, patch_len=m.patch_len,
-                     residual=m.residual)
+                     residual=m.residual, use_day_of_week=m.use_day_of_week)
     if m.arch == "historical_average":
         return HistoricalAverage(num_nodes, info["steps_per_day"], m.seq_len)
     from kiln.recipes.traffic.baselines import BASELINES
