@@ -2,7 +2,8 @@
 
 Shapes: B batch, N nodes, T input steps (seq_len), P forecast steps (pred_len), D hidden_dim, K components.
 
-    speed [B, N, T] --traffic_encoder (per patch of patch_len steps)--> + node + hour/day embeddings --> h [B, T/patch_len, N, D]
+    speed [B, N, T] --traffic_encoder (per patch of patch_len steps)--> + node + position + hour/day embeddings
+                                                                        --> h [B, T/patch_len, N, D]
     num_blocks x STBlock: spatial GATv2Conv over the road graph  ||  temporal self-attention over T,
                           mixed by a learned sigmoid gate, then a feed-forward layer (pre-norm residuals)
     decoder: one query per forecast step (horizon + its hour/day + node) attends to the node's encoded
@@ -94,6 +95,8 @@ class STMGT(nn.Module):
         self.register_buffer("weather_std", torch.tensor(weather_std or [1.0] * weather_dim, dtype=torch.float32))
 
         self.traffic_encoder = nn.Linear(patch_len, D)
+        # attention is order-blind: without this the tokens of one hour (same hour embedding) are indistinguishable
+        self.position_embedding = nn.Parameter(torch.randn(seq_len // patch_len, D) * 0.02)
         self.node_embedding = nn.Parameter(torch.randn(num_nodes, D) * 0.02)
         # small init: a category never seen in training (Los-loop's test weekdays) adds almost nothing
         self.hour_embedding = nn.Embedding(24, D)
@@ -131,7 +134,7 @@ class STMGT(nn.Module):
         P, p, T_in = self.pred_len, self.patch_len, x.shape[-1]
         time = self.calendar(hour, dow)                                       # [B, T+P, D]
         h = self.traffic_encoder(x.view(B, N, T // p, p)).transpose(1, 2)      # [B, T/p, N, D]
-        h = h + self.node_embedding + time[:, p - 1:T:p, None, :]              # a patch is stamped with its last step
+        h = h + self.node_embedding + self.position_embedding[:, None, :] + time[:, p - 1:T:p, None, :]  # patch = its last step
         T = T // p
         edges = self.graph(B * T)
         for block in self.st_blocks:
