@@ -336,7 +336,8 @@ def fit_closed_form(cfg: RunConfig, run_dir: Path, recipe: Recipe, fabric, task:
     write_history(run_dir, history, task.history_file)
     for name in ("best_model.pt", "final_model.pt"):
         export_weights(run_dir / name, task, cfg, splits.info, 0, metrics)
-    status.update(state="evaluating", epoch=0, step=0, stop_reason="closed_form", run_dir=str(run_dir))
+    status.update(state="evaluating", epoch=0, step=0, max_epochs=0, monitor=cfg.train.monitor, best_epoch=0,
+                  best=metrics.get(cfg.train.monitor), stop_reason="closed_form", run_dir=str(run_dir))
     results = evaluate_run(run_dir, recipe=recipe, cfg=cfg, splits=splits, log=log)
     status.update(state="finished")
     return results
