@@ -199,3 +199,16 @@ def test_write_dataset_refuses_non_empty_and_leaves_nothing_when_interrupted(tmp
     with pytest.raises(KeyboardInterrupt):
         write_dataset(out, records, nodes, edges, {})
     assert not out.exists() and not (tmp_path / "city.tmp").exists()
+
+
+def test_tgcn_reference_tables_on_a_linear_series():
+    """Persistence and T-GCN's linear SVR on a ramp of 1 mph per step: persistence lags 1, 2, 3 steps
+    (MAE 2); the SVR predicts the mean of the next 3 steps exactly (within its epsilon 0.1) and repeats
+    it over the horizon, so its errors are -1, 0, +1 (MAE 2/3)."""
+    from kiln.recipes.traffic.references import tgcn_reference_tables
+
+    rng = np.random.default_rng(0)
+    speed = 10 + np.arange(300.0)[:, None] * np.ones(3) + rng.normal(0, 0.001, (300, 3))
+    tables = tgcn_reference_tables(speed, {"15min": 3}, seq_len=12)
+    assert tables["persistence"]["15min"]["mae"] == pytest.approx(2.0, abs=0.01)
+    assert tables["linear_svr"]["15min"]["mae"] == pytest.approx(2 / 3, abs=0.1)
