@@ -97,26 +97,22 @@ class TrafficTask(Task):
         mask = torch.isfinite(y)
         target = (torch.nan_to_num(y) - self.speed_mean) / self.speed_std
         out = self.outputs(batch)
+        point = mixture_mean(out["means"], out["logits"]) if self.probabilistic else out.float()
+        error = (point - target)[mask]  # normalised units
         logs = {}
         if self.probabilistic:
             means, stds, logits = out["means"], out["stds"], out["logits"]
-            point = mixture_mean(means, logits)
             nll = mixture_nll(means, stds, logits, target, mask)
-            error = (point - target)[mask]
             diversity, entropy = mixture_diversity(means, stds), mixture_entropy(logits)
             loss = nll + self.settings.mse_loss_weight * (error ** 2).mean() + self.settings.mae_loss_weight * error.abs().mean()
             if regularise:
                 loss = loss + self.settings.diversity_weight * diversity + self.settings.entropy_weight * entropy
-            inside = (pit(means, stds, logits, target) - 0.5).abs() <= 0.4
-            logs = {"nll": nll, "diversity": diversity, "entropy": entropy,
-                    "coverage_80": inside[mask].float().mean()}
-            weights = torch.softmax(logits, -1)[mask].mean(0)
-            logs.update({f"mix_w{k}": w for k, w in enumerate(weights)})
+            inside = (pit(means, stds, logits, target) - 0.5).abs() <= 0.4  # inside the central 80% interval
+            logs = {"nll": nll, "diversity": diversity, "entropy": entropy, "coverage_80": inside[mask].float().mean()}
+            logs.update({f"mix_w{k}": w for k, w in enumerate(torch.softmax(logits, -1)[mask].mean(0))})
         else:
-            point = out.float()
-            error = (point - target)[mask]
             loss = error.abs().mean() if self.settings.point_loss == "mae" else (error ** 2).mean()
-        error = (point - target)[mask] * self.speed_std  # in the data's unit
+        error = error * self.speed_std  # in the data's unit
         truth = y[mask]
         nonzero = truth != 0
         return {"loss": loss, **logs, "mae": error.abs().mean(), "mse": (error ** 2).mean(),
