@@ -42,6 +42,13 @@ class Recipe:
     make_data: Callable[[argparse.Namespace], None]
 
 
+def warn_if_made_differently(data_dir: Path, wanted: dict[str, Any], have: dict[str, Any], log: Callable[[str], None]) -> None:
+    """An existing dataset made with other generator settings than the config's is used, but never silently."""
+    differ = [f"{k}={have.get(k)} (config: {v})" for k, v in wanted.items() if have.get(k) != v]
+    if differ:
+        log(f"Warning: using existing {data_dir}, made with {', '.join(differ)}; delete it or change data.dir to regenerate")
+
+
 def lazy(module: str, name: str) -> Callable[..., Any]:
     """A recipe function imported on its first call, so the registry never imports torch."""
     def call(*args: Any, **kwargs: Any) -> Any:

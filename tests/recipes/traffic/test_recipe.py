@@ -144,3 +144,10 @@ def test_loss_is_the_documented_sum(traffic_config):
     assert validation["nll"].item() == pytest.approx(nll.item(), rel=1e-4)
     assert training["loss"].item() == pytest.approx((expected + 0.05 * training["diversity"] + 0.01 * entropy).item(), rel=1e-4)
     assert -1 <= training["diversity"].item() <= 0
+
+
+def test_a_city_made_with_other_settings_warns(traffic_config, city_dir):
+    cfg = load_config(traffic_config, ["data.generate={days: 3, interval_minutes: 15, seed: 5}"])
+    lines = []
+    get_recipe("traffic").prepare_data(cfg, lines.append)
+    assert lines == [f"Warning: using existing {city_dir}, made with days=4 (config: 3); delete it or change data.dir to regenerate"]

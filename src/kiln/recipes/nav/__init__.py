@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 
 from kiln.errors import KilnError
-from kiln.recipes import Recipe, lazy
+from kiln.recipes import Recipe, lazy, warn_if_made_differently
 from kiln.recipes.nav.config import NavConfig, NavGenerator
 
 
@@ -38,11 +38,7 @@ def prepare_data(cfg: NavConfig, log) -> None:
         raise KilnError(f"data.dir '{data_dir}' has no dataset.json, so it is not a nav dataset; make one with: kiln data nav --out DIR")
     info = json.loads(info_path.read_text())
     if cfg.data.generate is not None:
-        wanted = cfg.data.generate.model_dump()
-        have = {**info, "num_train": info.get("num_train_base")}
-        differ = [f"{k}={have.get(k)} (config: {v})" for k, v in wanted.items() if have.get(k) != v]
-        if differ:
-            log(f"Warning: using existing {data_dir}, made with {', '.join(differ)}; delete it or change data.dir to regenerate")
+        warn_if_made_differently(data_dir, cfg.data.generate.model_dump(), {**info, "num_train": info.get("num_train_base")}, log)
 
 
 def load_data(cfg: NavConfig, log=print):

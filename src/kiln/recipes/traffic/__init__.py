@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 
 from kiln.errors import KilnError
-from kiln.recipes import Recipe, lazy
+from kiln.recipes import Recipe, lazy, warn_if_made_differently
 from kiln.recipes.traffic.config import CityGenerator, TrafficConfig
 
 
@@ -40,9 +40,8 @@ def prepare_data(cfg: TrafficConfig, log) -> None:
     info_path = data_dir / "dataset.json"
     if cfg.data.generate is not None and info_path.is_file():
         info = json.loads(info_path.read_text())
-        differ = [f"{k}={info.get(k)} (config: {v})" for k, v in cfg.data.generate.model_dump().items() if info.get(k) != v]
-        if info.get("source") == "simulated-city" and differ:
-            log(f"Warning: using existing {data_dir}, made with {', '.join(differ)}; delete it or change data.dir to regenerate")
+        if info.get("source") == "simulated-city":
+            warn_if_made_differently(data_dir, cfg.data.generate.model_dump(), info, log)
 
 
 def load_data(cfg: TrafficConfig, log=print):
