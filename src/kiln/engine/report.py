@@ -11,6 +11,13 @@ matplotlib.use("Agg")  # files only; never open a window
 import matplotlib.pyplot as plt  # noqa: E402
 
 
+def save_figure(fig, out: Path) -> None:
+    """Every report figure: tight layout, 110 dpi PNG, and the figure freed (reports draw many)."""
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+
+
 def plot_learning_curves(run_dir: Path, out: Path) -> list[str]:
     """One panel per metric that has train_ and/or val_ columns in history.json. Returns metric names."""
     history = json.loads((run_dir / "history.json").read_text()) if (run_dir / "history.json").is_file() else {}
@@ -26,9 +33,7 @@ def plot_learning_curves(run_dir: Path, out: Path) -> list[str]:
         ax.set_xlabel("epoch")
         ax.grid(alpha=0.3)
         ax.legend()
-    fig.tight_layout()
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
+    save_figure(fig, out)
     return names
 
 

@@ -42,6 +42,19 @@ class Recipe:
     make_data: Callable[[argparse.Namespace], None]
 
 
+def generate_if_missing(data_dir: Path, settings: Any, make: Callable[[Path, Any, Callable[[str], None]], Any],
+                        command: str, log: Callable[[str], None]) -> bool:
+    """Make a missing data.dir from the config's data.generate; True if it was made, False if it existed.
+    `command` is the `kiln data ...` line that makes it by hand (shown when data.generate is null)."""
+    if data_dir.exists():
+        return False
+    if settings is None:
+        raise KilnError(f"data.dir '{data_dir}' does not exist; make it with: {command}")
+    log(f"data.dir '{data_dir}' not found: generating it from data.generate")
+    make(data_dir, settings, log)
+    return True
+
+
 def warn_if_made_differently(data_dir: Path, wanted: dict[str, Any], have: dict[str, Any], log: Callable[[str], None]) -> None:
     """An existing dataset made with other generator settings than the config's is used, but never silently."""
     differ = [f"{k}={have.get(k)} (config: {v})" for k, v in wanted.items() if have.get(k) != v]

@@ -151,3 +151,12 @@ def test_a_city_made_with_other_settings_warns(traffic_config, city_dir):
     lines = []
     get_recipe("traffic").prepare_data(cfg, lines.append)
     assert lines == [f"Warning: using existing {city_dir}, made with days=4 (config: 3); delete it or change data.dir to regenerate"]
+
+
+def test_a_missing_dataset_names_the_command_that_makes_it(traffic_config, tmp_path):
+    from kiln.errors import KilnError
+
+    cfg = load_config(traffic_config, [f"data.dir={tmp_path / 'nowhere'}"])
+    with pytest.raises(KilnError, match="kiln data traffic --simulate --out .*nowhere or kiln data traffic --los-loop PATH"):
+        get_recipe("traffic").prepare_data(cfg, lambda m: None)
+    assert not (tmp_path / "nowhere").exists()

@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 
 from kiln.errors import KilnError
-from kiln.recipes import Recipe, lazy, warn_if_made_differently
+from kiln.recipes import Recipe, generate_if_missing, lazy, warn_if_made_differently
 from kiln.recipes.nav.config import NavConfig, NavGenerator
 
 
@@ -27,11 +27,7 @@ def generate(out: Path, settings: NavGenerator, log) -> dict:
 
 def prepare_data(cfg: NavConfig, log) -> None:
     data_dir = Path(cfg.data.dir)
-    if not data_dir.exists():
-        if cfg.data.generate is None:
-            raise KilnError(f"data.dir '{data_dir}' does not exist; make it with: kiln data nav --out {data_dir} (see kiln data nav --help)")
-        log(f"data.dir '{data_dir}' not found: generating it from data.generate")
-        generate(data_dir, cfg.data.generate, log)
+    if generate_if_missing(data_dir, cfg.data.generate, generate, f"kiln data nav --out {data_dir} (see kiln data nav --help)", log):
         return
     info_path = data_dir / "dataset.json"
     if not info_path.is_file():

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from kiln.engine.report import plot_learning_curves, plt, write_summary
+from kiln.engine.report import plot_learning_curves, plt, save_figure, write_summary
 from kiln.recipes.nav.data import ACTION_DELTAS
 from kiln.recipes.nav.task import greedy_rollout, predict_logits
 
@@ -49,9 +49,7 @@ def plot_rollouts(task, split: dict, out: Path) -> None:
         ax.plot(*split["goals"][b].numpy()[::-1], "*", color="gold", mec="k", ms=14)
         ax.set_title(f"{'reached' if reached[b] else 'FAILED'}: {len(best) - 1} optimal moves", fontsize=9)
     axes.flat[0].legend(loc="lower left", fontsize=7)
-    fig.tight_layout()
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
+    save_figure(fig, out)
 
 
 def write_report(run_dir: Path, task, splits, cfg) -> None:

@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 
 from kiln.errors import KilnError
-from kiln.recipes import Recipe, lazy, warn_if_made_differently
+from kiln.recipes import Recipe, generate_if_missing, lazy, warn_if_made_differently
 from kiln.recipes.traffic.config import CityGenerator, TrafficConfig
 
 
@@ -30,12 +30,8 @@ def simulate(out: Path, settings: CityGenerator, log) -> dict:
 
 def prepare_data(cfg: TrafficConfig, log) -> None:
     data_dir = Path(cfg.data.dir)
-    if not data_dir.exists():
-        if cfg.data.generate is None:
-            raise KilnError(f"data.dir '{data_dir}' does not exist; make it with: kiln data traffic --simulate --out {data_dir} "
-                            f"or kiln data traffic --los-loop PATH --out {data_dir}")
-        log(f"data.dir '{data_dir}' not found: simulating it from data.generate")
-        simulate(data_dir, cfg.data.generate, log)
+    command = f"kiln data traffic --simulate --out {data_dir} or kiln data traffic --los-loop PATH --out {data_dir}"
+    if generate_if_missing(data_dir, cfg.data.generate, simulate, command, log):
         return
     info_path = data_dir / "dataset.json"
     if cfg.data.generate is not None and info_path.is_file():

@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from kiln.engine.report import plot_learning_curves, plt, write_summary
+from kiln.engine.report import plot_learning_curves, plt, save_figure, write_summary
 from kiln.metrics import central_interval
 from kiln.recipes.traffic.task import predict_split
 
@@ -36,9 +36,7 @@ def plot_forecasts(pred: dict, y: torch.Tensor, unit: str, interval: int, out: P
     axes[0, 0].legend(loc="lower left", fontsize=8)
     axes[0, 0].set_title(f"test period, forecast {(step + 1) * interval} min ahead")
     axes[-1, 0].set_xlabel("hours into the test period")
-    fig.tight_layout()
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
+    save_figure(fig, out)
 
 
 def plot_calibration(calibration: dict[str, float], out: Path) -> None:
@@ -50,9 +48,7 @@ def plot_calibration(calibration: dict[str, float], out: Path) -> None:
     ax.set_ylabel("observed coverage (test)")
     ax.grid(alpha=0.3)
     ax.legend()
-    fig.tight_layout()
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
+    save_figure(fig, out)
 
 
 def plot_horizons(results: dict, unit: str, out: Path) -> None:
@@ -67,9 +63,7 @@ def plot_horizons(results: dict, unit: str, out: Path) -> None:
         ax.tick_params(axis="x", rotation=60)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
+    save_figure(fig, out)
 
 
 def plot_node_map(nodes: pd.DataFrame, mae: list[float], edges: list[list[int]], unit: str, out: Path) -> None:
@@ -83,9 +77,7 @@ def plot_node_map(nodes: pd.DataFrame, mae: list[float], edges: list[list[int]],
     ax.set_xlabel("longitude")
     ax.set_ylabel("latitude")
     ax.set_title("per-node error")
-    fig.tight_layout()
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
+    save_figure(fig, out)
 
 
 def plot_mixture(pred: dict, out: Path) -> None:
@@ -101,9 +93,7 @@ def plot_mixture(pred: dict, out: Path) -> None:
     ax.set_xticks(x, labels)
     ax.set_ylim(0, 1)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
+    save_figure(fig, out)
 
 
 def write_report(run_dir: Path, task, splits, cfg) -> None:
