@@ -22,10 +22,10 @@ sys.path.insert(0, str(ROOT / "src"))
 
 import torch  # noqa: E402
 
-from kiln.config import load_config  # noqa: E402
+from kiln.engine.devices import accelerator_for, resolve_precision, set_threads  # noqa: E402
 from kiln.engine.schedules import build_optimizer, build_scheduler  # noqa: E402
-from kiln.engine.trainer import fit, set_threads  # noqa: E402
-from kiln.recipes import get_recipe  # noqa: E402
+from kiln.engine.trainer import fit  # noqa: E402
+from kiln.recipes import get_recipe, load_recipe_config  # noqa: E402
 
 EPOCHS = 4  # first one is warm-up
 
@@ -33,7 +33,7 @@ EPOCHS = 4  # first one is warm-up
 def kiln_steps_per_s(cfg, work: Path) -> float:
     run_dir = work / f"run-{time.monotonic_ns()}"
     run_dir.mkdir()
-    fit(cfg, run_dir)
+    fit(cfg, get_recipe(cfg.recipe), run_dir)
     history = json.loads((run_dir / "history.json").read_text())
     steps_per_epoch = json.loads((run_dir / "status.json").read_text())["step"] / EPOCHS
     return steps_per_epoch / min(history["train_time_s"][1:])
@@ -43,14 +43,15 @@ def raw_steps_per_s(cfg) -> float:
     """What a user would write by hand: shuffle, slice, forward, backward, clip, step."""
     recipe = get_recipe(cfg.recipe)
     recipe.prepare_data(cfg, print)
-    splits = recipe.load_data(cfg)
+    splits = recipe.load_data(cfg, print)
     torch.manual_seed(cfg.train.seed)
     task = recipe.build_task(cfg, splits.info)
-    optimizer = build_optimizer(task.parameters(), cfg.train)
+    optimizer = build_optimizer(task, cfg.train)
     n, bs = len(splits.train["cells"]), cfg.train.batch_size
     scheduler = build_scheduler(optimizer, cfg.train, -(-n // bs))
-    assert cfg.train.precision in ("32", "bf16-mixed"), "the raw loop mirrors fp32 and CPU bf16 autocast only"
-    bf16 = cfg.train.precision == "bf16-mixed"
+    precision, _ = resolve_precision(cfg.train.precision, accelerator_for(cfg.train.device))
+    assert precision in ("32", "bf16-mixed"), "the raw loop mirrors fp32 and CPU bf16 autocast only"
+    bf16 = precision == "bf16-mixed"
     task.train()
     times = []
     for epoch in range(EPOCHS):
@@ -86,10 +87,11 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         common = [f"data.dir={work / 'data'}", f"train.max_epochs={EPOCHS}", "train.loggers=[]", "train.patience=null"]
-        quick = load_config(ROOT / "configs/nav/quick.yaml", common)
+        quick = load_recipe_config(ROOT / "configs/nav/quick.yaml", common)[1]
         # A ~1 ms/step model, where per-step engine cost shows most.
-        tiny = load_config(ROOT / "configs/nav/quick.yaml", common + ["model.dim=16", "model.depth=1", "model.token_hidden=16",
-                                                                       "model.recursions=1", "train.batch_size=32", "train.precision=32"])
+        tiny = load_recipe_config(ROOT / "configs/nav/quick.yaml", common + ["model.dim=16", "model.depth=1", "model.token_hidden=16",
+                                                                              "model.recursions=1", "train.batch_size=32",
+                                                                              "train.precision=32"])[1]
         results = {"quick": measure("nav quick model", quick, work), "tiny": measure("nav tiny model", tiny, work)}
     print(json.dumps({"ratio": round(results["quick"]["ratio"], 3), "ratio_tiny_model": round(results["tiny"]["ratio"], 3),
                       "quick_ms_per_step_raw": round(1e3 / results["quick"]["raw_steps_per_s"], 3),

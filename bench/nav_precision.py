@@ -1,9 +1,12 @@
-"""bf16-mixed vs fp32 training steps of the nav mixer on this machine's CPU (or GPU if present).
+"""bf16-mixed vs fp32 training steps of the nav mixer on this machine's CPU, beside what `precision: auto` picks.
 
 Same model, batch, optimizer and threads in one process; the step includes forward, set loss,
-backward and AdamW. Last line: JSON with `ratio` = bf16 steps/s / fp32 steps/s for the recipe2 model.
+backward and AdamW. Last line: JSON with `ratio` = bf16 steps/s / fp32 steps/s for the recipe2 model,
+`auto` (the precision `train.precision: auto` resolves to here) and `auto_reason`. `auto` is right when
+it picks bf16-mixed exactly where the ratio is above 1.
 
     python bench/nav_precision.py
+    ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 python bench/nav_precision.py   # an AVX2-only CPU
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 import torch  # noqa: E402
 
-from kiln.engine.trainer import set_threads  # noqa: E402
+from kiln.engine.devices import resolve_precision, set_threads  # noqa: E402
 from kiln.recipes.nav.config import NavModel  # noqa: E402
 from kiln.recipes.nav.model import build_model  # noqa: E402
 from kiln.recipes.nav.task import optimal_set_nll  # noqa: E402
@@ -48,12 +51,15 @@ def ms_per_step(model_cfg: NavModel, bf16: bool, batch: int = 128, steps: int = 
 
 def main() -> None:
     set_threads(None)
+    auto, reason = resolve_precision("auto", "cpu")
+    print(f"train.precision auto -> {auto}: {reason}")
     ratios = {}
     for name, cfg in MODELS.items():
         fp32, bf16 = ms_per_step(cfg, False), ms_per_step(cfg, True)
         ratios[name] = fp32 / bf16
         print(f"{name}: fp32 {fp32:.1f} ms/step, bf16-mixed {bf16:.1f} ms/step, speed-up {fp32 / bf16:.2f}x")
-    print(json.dumps({"ratio": round(next(iter(ratios.values())), 3), **{k: round(v, 3) for k, v in ratios.items()}}))
+    print(json.dumps({"ratio": round(next(iter(ratios.values())), 3), "auto": auto, "auto_reason": reason,
+                      **{k: round(v, 3) for k, v in ratios.items()}}))
 
 
 if __name__ == "__main__":

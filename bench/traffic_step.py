@@ -19,9 +19,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 import torch  # noqa: E402
 
-from kiln.config import load_config  # noqa: E402
-from kiln.engine.trainer import set_threads  # noqa: E402
-from kiln.recipes import get_recipe  # noqa: E402
+from kiln.engine.devices import set_threads  # noqa: E402
+from kiln.recipes import get_recipe, load_recipe_config  # noqa: E402
 from kiln.recipes.traffic.data import convert_los_loop  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -53,7 +52,7 @@ def main() -> None:
         data = Path(tmp) / "los-loop"
         convert_los_loop(source, data, log=lambda m: None)
         for name, overrides in VARIANTS.items():
-            cfg = load_config(ROOT / "configs/traffic/los_loop.yaml", [f"data.dir={data}", *overrides])
+            _, cfg = load_recipe_config(ROOT / "configs/traffic/los_loop.yaml", [f"data.dir={data}", *overrides])
             splits = recipe.load_data(cfg, lambda m: None)
             torch.manual_seed(0)
             task = recipe.build_task(cfg, splits.info).train()

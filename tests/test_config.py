@@ -2,8 +2,13 @@ from pathlib import Path
 
 import pytest
 
-from kiln.config import load_config, parse_override
+from kiln.config import parse_override
 from kiln.errors import KilnError
+from kiln.recipes import load_recipe_config
+
+
+def load_config(path, overrides=()):
+    return load_recipe_config(path, list(overrides))[1]
 
 REPO = Path(__file__).resolve().parents[1]
 

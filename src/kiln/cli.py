@@ -1,4 +1,9 @@
-"""`kiln <verb>`: parse, load the config, call one function. Heavy imports happen inside the verbs."""
+"""`kiln <verb>`: parse, load the config, call one function. Heavy imports happen inside the verbs.
+
+The CLI resolves the recipe (from the config's `recipe:` key or the run directory's config.yaml) and
+hands it to the engine. Flags that belong to one recipe (nav's `--dim`, `--map`) come from its
+registry entry; the flags every seed uses for training (`--lr`, `--epochs`, ...) are common.
+"""
 
 from __future__ import annotations
 
@@ -8,42 +13,77 @@ from pathlib import Path
 
 from kiln.errors import KilnError
 
-# The seeds' training flags, mapped onto config keys (`--lr 5e-4` == `train.lr=5e-4`).
-SEED_FLAGS = {
-    "--dim": "model.dim", "--depth": "model.depth", "--dropout": "model.dropout",
-    "--weight-decay": "train.weight_decay", "--lr": "train.lr", "--epochs": "train.max_epochs",
-    "--patience": "train.patience", "--batch-size": "train.batch_size", "--device": "train.device",
+# The seeds' training flags every recipe shares, mapped onto config keys (`--lr 5e-4` == `train.lr=5e-4`).
+TRAIN_FLAGS = {
+    "--lr": "train.lr", "--epochs": "train.max_epochs", "--patience": "train.patience", "--batch-size": "train.batch_size",
+    "--weight-decay": "train.weight_decay", "--device": "train.device",
 }
+
+
+def flag_dest(flag: str) -> str:
+    return "flag_" + flag.lstrip("-").replace("-", "_")
+
+
+def add_config_arguments(parser: argparse.ArgumentParser, recipes: dict) -> None:
+    """CONFIG, KEY=VALUE overrides, the common seed flags and every recipe's own training flags."""
+    parser.add_argument("config", nargs="?", help="YAML/JSON config, e.g. configs/nav/quick.yaml")
+    parser.add_argument("overrides", nargs="*", help="config overrides such as train.lr=5e-4 model.dim=128")
+    parser.add_argument("--config", dest="config_flag", metavar="CONFIG", help="the same as the positional CONFIG (the seeds' form)")
+    for flag, key in TRAIN_FLAGS.items():
+        parser.add_argument(flag, dest=flag_dest(flag), metavar="V", help=f"same as {key}=V")
+    owners: dict[str, list[str]] = {}
+    for name, recipe in recipes.items():
+        for flag, key in recipe.train_flags.items():
+            owners.setdefault(flag, []).append(f"{name}: {key}")
+    group = parser.add_argument_group("recipe flags (mapped onto the config's recipe)")
+    for flag, keys in sorted(owners.items()):
+        group.add_argument(flag, dest=flag_dest(flag), metavar="V", help="same as " + ", ".join(keys) + "=V")
 
 
 def build_parser() -> argparse.ArgumentParser:
     from kiln.recipes import RECIPES, get_recipe
 
-    parser = argparse.ArgumentParser(prog="kiln", description="Train, evaluate and inspect kiln recipes.")
+    recipes = {name: get_recipe(name) for name in sorted(RECIPES)}
+    parser = argparse.ArgumentParser(prog="kiln", description="Train, evaluate, export and inspect kiln recipes.")
     verbs = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
 
     train = verbs.add_parser("train", help="train a config (and evaluate the best model on the test split)",
                              description="Train CONFIG into a run directory; extra KEY=VALUE arguments override the config.")
-    train.add_argument("config", nargs="?", help="YAML/JSON config, e.g. configs/nav/quick.yaml")
-    train.add_argument("overrides", nargs="*", help="config overrides such as train.lr=5e-4 model.dim=128")
-    train.add_argument("--run-dir", type=Path, help="where the run goes (default runs/<recipe>/<config>-<time>)")
+    add_config_arguments(train, recipes)
+    train.add_argument("--run-dir", "--output-dir", "--checkpoint-dir", dest="run_dir", type=Path,
+                       help="where the run goes (default runs/<recipe>/<config>-<time>); --output-dir and --checkpoint-dir are the seeds' names")
     train.add_argument("--overwrite", action="store_true", help="replace a non-empty --run-dir")
-    train.add_argument("--resume", type=Path, metavar="RUN_DIR", help="continue RUN_DIR from checkpoints/last.ckpt")
+    train.add_argument("--resume", type=Path, metavar="RUN_DIR", help="continue RUN_DIR from its last checkpoint (and phase)")
     train.add_argument("--init-from", metavar="CHECKPOINT", help="start from these weights (best_model.pt, a .ckpt or a run dir)")
-    for flag, key in SEED_FLAGS.items():
-        train.add_argument(flag, dest=key, metavar="V", help=f"same as {key}=V")
 
     evaluate = verbs.add_parser("evaluate", help="re-evaluate a run's best model and rewrite test_results.json and report/")
     evaluate.add_argument("run_dir", type=Path)
-    evaluate.add_argument("--map", type=Path, help="nav: a MovingAI .map file to roll the policy out on")
-    evaluate.add_argument("--scen", type=Path, help="nav: a MovingAI .scen file with start/goal pairs for --map")
-    evaluate.add_argument("--num-pairs", type=int, default=200, help="nav: start/goal pairs sampled when --scen is absent")
+    evaluate.set_defaults(option_dests={})
+    for name, recipe in recipes.items():
+        if recipe.evaluate_arguments is not None:
+            before = {action.dest for action in evaluate._actions}
+            recipe.evaluate_arguments(evaluate.add_argument_group(f"{name} runs"))
+            evaluate.get_default("option_dests")[name] = [a.dest for a in evaluate._actions if a.dest not in before]
+
+    export = verbs.add_parser("export", help="export a run's model to ONNX, TorchScript or safetensors, checked against PyTorch")
+    export.add_argument("run_dir", type=Path)
+    export.add_argument("--format", required=True, choices=("onnx", "torchscript", "safetensors"))
+    export.add_argument("--out", type=Path, help="output file (default RUN/export/model.<ext>)")
+    export.add_argument("--weights", choices=("best", "final"), default="best", help="best_model.pt (default) or final_model.pt")
+
+    lr_find = verbs.add_parser("lr-find", help="learning-rate range test: loss vs an exponentially growing lr",
+                               description="Train CONFIG briefly while the lr grows from --min-lr to --max-lr; writes lr_find.png and lr_find.json.")
+    add_config_arguments(lr_find, recipes)
+    lr_find.add_argument("--min-lr", type=float, default=1e-7)
+    lr_find.add_argument("--max-lr", type=float, default=10.0)
+    lr_find.add_argument("--steps", type=int, default=100, help="optimizer steps (one lr each)")
+    lr_find.add_argument("--out", type=Path, help="directory for lr_find.png/json (default runs/<recipe>/<config>-lr_find)")
 
     data = verbs.add_parser("data", help="generate or convert a recipe's dataset directory")
     data_recipes = data.add_subparsers(dest="recipe", required=True, metavar="RECIPE")
-    for name in sorted(RECIPES):
-        recipe = get_recipe(name)
+    for name, recipe in recipes.items():
         sub = data_recipes.add_parser(name, help=f"{name} dataset")
+        sub.add_argument("--out", "--output-dir", dest="out", type=Path, required=True, help="dataset directory to create")
         recipe.data_arguments(sub)
 
     status = verbs.add_parser("status", help="show the state of runs (running, finished, interrupted, failed)")
@@ -55,52 +95,111 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def collect_overrides(args: argparse.Namespace) -> list[str]:
-    seeded = [f"{key}={getattr(args, key)}" for key in SEED_FLAGS.values() if getattr(args, key) is not None]
-    return seeded + list(args.overrides)
+def collect_overrides(args: argparse.Namespace, recipe) -> list[str]:
+    """Flags that map onto config keys, then KEY=VALUE overrides (which win)."""
+    flags = {**TRAIN_FLAGS, **recipe.train_flags}
+    for name, value in vars(args).items():
+        flag = "--" + name.removeprefix("flag_").replace("_", "-")
+        if name.startswith("flag_") and value is not None and flag not in flags:
+            raise KilnError(f"{flag} is not a flag of the {recipe.name} recipe; set the config key instead (KEY=VALUE)")
+    return [f"{key}={getattr(args, flag_dest(flag))}" for flag, key in flags.items()
+            if getattr(args, flag_dest(flag), None) is not None] + list(args.overrides)
+
+
+def config_path(args: argparse.Namespace) -> str:
+    if args.config_flag and args.config and "=" not in args.config:
+        raise KilnError("give the config once: either positional CONFIG or --config CONFIG")
+    if args.config_flag:  # `--config FILE key=value`: the first override landed in the CONFIG slot
+        if args.config:
+            args.overrides.insert(0, args.config)
+        return args.config_flag
+    if not args.config:
+        raise KilnError(f"kiln {args.verb} needs a CONFIG file, e.g. configs/nav/quick.yaml")
+    return args.config
+
+
+def run_config(run_dir: Path, overrides: list[str] = ()):
+    from kiln.recipes import load_recipe_config
+
+    if not (run_dir / "config.yaml").is_file():
+        raise KilnError(f"'{run_dir}' is not a kiln run directory (no config.yaml); pass the --run-dir of a kiln train run")
+    return load_recipe_config(run_dir / "config.yaml", list(overrides))
 
 
 def train(args: argparse.Namespace) -> int:
-    from kiln.config import load_config
+    from kiln.engine.devices import is_worker_process
     from kiln.engine.rundir import default_run_dir, live_owner, prepare_run_dir
+    from kiln.recipes import load_recipe_config, recipe_of
 
-    overrides = collect_overrides(args)
     if args.resume:
         if args.config and "=" in args.config:  # `kiln train --resume RUN train.max_epochs=20`
-            overrides.insert(0, args.config)
+            args.overrides.insert(0, args.config)
+        elif args.config or args.config_flag:
+            raise KilnError("--resume continues a run with its own config.yaml; give KEY=VALUE overrides, not a CONFIG")
         run_dir = args.resume
-        if not (run_dir / "checkpoints" / "last.ckpt").is_file():
-            raise KilnError(f"cannot resume '{run_dir}': no checkpoints/last.ckpt there; pass a run directory written by kiln train")
-        if (owner := live_owner(run_dir)) is not None:
+        if not is_worker_process() and (owner := live_owner(run_dir)) is not None:
             raise KilnError(f"cannot resume '{run_dir}': a kiln (pid {owner}) is still training it; stop it first (kill -INT {owner})")
-        cfg = load_config(run_dir / "config.yaml", overrides)
+        recipe, _ = run_config(run_dir)
+        _, cfg = run_config(run_dir, collect_overrides(args, recipe))
     else:
-        if not args.config:
-            raise KilnError("kiln train needs a CONFIG file (e.g. configs/nav/quick.yaml) or --resume RUN_DIR")
-        cfg = load_config(args.config, overrides)
-        run_dir = prepare_run_dir(args.run_dir or default_run_dir(cfg.recipe, cfg.name), args.overwrite)
+        path = config_path(args)
+        recipe = recipe_of(path)
+        _, cfg = load_recipe_config(path, collect_overrides(args, recipe))
+        run_dir = args.run_dir or default_run_dir(cfg.recipe, cfg.name)
+        if not is_worker_process():  # under DDP rank 0 prepares the directory; the others never write
+            run_dir = prepare_run_dir(run_dir, args.overwrite)
 
     from kiln.engine.trainer import fit
 
-    results = fit(cfg, run_dir, resume=bool(args.resume), init_from=args.init_from)
+    results = fit(cfg, recipe, run_dir, resume=bool(args.resume), init_from=args.init_from)
     if results.get("state") == "interrupted":
-        return 130
-    from kiln.engine.monitor import print_results
+        return 0 if is_worker_process() else 130  # a DDP launcher takes a worker's non-zero exit for a crash
+    if not is_worker_process():
+        from kiln.engine.monitor import print_results
 
-    print_results(results, f"test results: {run_dir}")
+        print_results(results, f"test results: {run_dir}")
     return 0
 
 
 def evaluate(args: argparse.Namespace) -> int:
+    from kiln.engine.monitor import print_results
     from kiln.engine.trainer import evaluate_run
 
-    options = {"map": args.map, "scen": args.scen, "num_pairs": args.num_pairs} if args.map else None
-    if args.scen and not args.map:
-        raise KilnError("--scen needs --map (the .map file its start/goal pairs refer to)")
-    results = evaluate_run(args.run_dir, options=options)
-    from kiln.engine.monitor import print_results
-
+    recipe, cfg = run_config(args.run_dir)
+    # recipe flags default to None, so `options` holds only what was given: an extra evaluation
+    options = {dest: getattr(args, dest) for dest in args.option_dests.get(recipe.name, []) if getattr(args, dest) is not None}
+    others = [dest for name, dests in args.option_dests.items() if name != recipe.name for dest in dests
+              if getattr(args, dest) is not None and dest not in args.option_dests.get(recipe.name, [])]
+    if others:
+        raise KilnError(f"--{others[0].replace('_', '-')} is not a flag of {recipe.name} runs")
+    results = evaluate_run(args.run_dir, recipe, cfg, options=options or None)
     print_results(results, f"{results.get('name', 'test results')}: {args.run_dir}")
+    return 0
+
+
+def export(args: argparse.Namespace) -> int:
+    import json
+
+    from kiln.engine.export import export_run
+
+    recipe, cfg = run_config(args.run_dir)
+    result = export_run(args.run_dir, recipe, cfg, args.format, args.out, weights=f"{args.weights}_model.pt")
+    print(json.dumps(result))
+    return 0
+
+
+def lr_find(args: argparse.Namespace) -> int:
+    import json
+
+    from kiln.engine.lr_find import lr_range_test
+    from kiln.recipes import load_recipe_config, recipe_of
+
+    path = config_path(args)
+    recipe = recipe_of(path)
+    _, cfg = load_recipe_config(path, collect_overrides(args, recipe))
+    out = args.out or Path("runs") / cfg.recipe / f"{cfg.name}-lr_find"
+    result = lr_range_test(cfg, recipe, out, min_lr=args.min_lr, max_lr=args.max_lr, steps=args.steps)
+    print(json.dumps(result))
     return 0
 
 
@@ -125,18 +224,22 @@ def logs(args: argparse.Namespace) -> int:
     return 0
 
 
+VERBS = {"train": train, "evaluate": evaluate, "export": export, "lr-find": lr_find, "data": data, "status": status, "logs": logs}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     # Overrides may come after flags (`kiln train CFG --run-dir D train.lr=1e-3`), which argparse
     # does not gather into one positional list, so collect the leftovers here.
     args, extra = parser.parse_known_args(argv)
-    unknown = [item for item in extra if args.verb != "train" or item.startswith("-") or "=" not in item]
+    takes_overrides = args.verb in ("train", "lr-find")
+    unknown = [item for item in extra if not takes_overrides or item.startswith("-") or "=" not in item]
     if unknown:
         parser.error(f"unrecognized arguments: {' '.join(unknown)}")
-    if args.verb == "train":
+    if takes_overrides:
         args.overrides = list(args.overrides) + extra
     try:
-        return {"train": train, "evaluate": evaluate, "data": data, "status": status, "logs": logs}[args.verb](args)
+        return VERBS[args.verb](args)
     except KilnError as err:
         print(f"kiln: error: {err}", file=sys.stderr)
         return 2

@@ -34,29 +34,57 @@ class SchedulerConfig(Section):
     restart_mult: int = Field(1, ge=1, description="cosine_warm_restarts: cycle length multiplier")
 
 
+class ParamGroup(Section):
+    """Optimizer settings for the parameters under one module-name prefix (e.g. model.encoder)."""
+
+    lr: float | None = Field(None, gt=0, description="learning rate of this group; null = train.lr")
+    weight_decay: float | None = Field(None, ge=0, description="weight decay of this group; null = train.weight_decay")
+
+
+class HealthConfig(Section):
+    """Training-health warnings, one line each in train.log; silent in a healthy run. null turns one off."""
+
+    loss_spike_factor: float | None = Field(3.0, gt=1, description="warn when a step's train loss exceeds this times its running median")
+    plateau_evals: int | None = Field(10, ge=1, description="warn after this many validations without improvement while patience is off")
+    grad_norm_max: float | None = Field(100.0, gt=0, description="warn when the total gradient norm (before clipping) exceeds this")
+
+
 class TrainConfig(Section):
-    batch_size: int = Field(64, gt=0)
+    batch_size: int = Field(64, gt=0, description="samples per device per micro-batch (global batch = batch_size x devices x accumulate_grad_batches)")
+    eval_batch_size: int = Field(1024, gt=0, description="samples per batch in validation and test evaluation")
     max_epochs: int = Field(10, gt=0)
+    max_steps: int | None = Field(None, gt=0, description="also stop after this many optimizer steps; null = epochs only")
     lr: float = Field(1e-3, gt=0)
     weight_decay: float = Field(0.0, ge=0)
     optimizer: Literal["adamw", "adam", "sgd"] = "adamw"
     betas: tuple[float, float] = (0.9, 0.999)
     momentum: float = Field(0.9, ge=0, description="sgd only")
     scheduler: SchedulerConfig = SchedulerConfig()
-    precision: Literal["32", "16-mixed", "bf16-mixed"] = "32"
+    param_groups: dict[str, ParamGroup] = Field(default_factory=dict, description="module-name prefix -> {lr, weight_decay}")
+    freeze: list[str] = Field(default_factory=list, description="module-name prefixes whose parameters are not trained")
+    precision: Literal["auto", "32", "16-mixed", "bf16-mixed"] = Field(
+        "auto", description="auto: bf16-mixed on GPUs with bf16 (16-mixed on older ones) and on CPUs with native bf16 "
+        "(AVX512-BF16 or AMX), else 32")
     accumulate_grad_batches: int = Field(1, gt=0)
     gradient_clip_val: float | None = Field(None, gt=0, description="max global grad norm; null = off")
     log_grad_norm: bool = Field(False, description="log gradient-norm statistics per epoch (mean/max total norm, max |grad|)")
-    patience: int | None = Field(None, ge=1, description="early stopping: epochs without improvement; null = off")
+    log_histograms: bool = Field(False, description="weight and gradient histograms to TensorBoard/W&B at each validation")
+    patience: int | None = Field(None, ge=1, description="early stopping: validations without improvement; null = off")
     monitor: str = Field("val_loss", description="metric that picks best.ckpt and drives early stopping")
     mode: Literal["min", "max"] = "min"
+    val_every_n_steps: int | None = Field(None, gt=0, description="validate every N optimizer steps instead of every epoch")
     checkpoint_every_n_epochs: int = Field(0, ge=0, description="also keep checkpoints/epoch_NNN.ckpt; 0 = off")
+    checkpoint_every_n_steps: int | None = Field(None, gt=0, description="also keep checkpoints/step_NNNNNNN.ckpt every N steps")
+    log_every_n_steps: int | None = Field(None, gt=0, description="log train loss and lr to the loggers every N steps; null = per validation")
     ema_decay: float | None = Field(None, gt=0, lt=1, description="exponential moving average of weights; null = off")
+    health: HealthConfig = HealthConfig()
     seed: int = 0
     deterministic: bool = False
-    num_workers: int = Field(0, ge=0, description="data-loading worker processes (in-memory recipes ignore it)")
-    threads: int | None = Field(None, gt=0, description="torch CPU threads; null = number of cores")
+    num_workers: int = Field(0, ge=0, description="DataLoader worker processes; 0 = batches gathered in the main process")
+    threads: int | None = Field(None, gt=0, description="torch CPU threads per process; null = the cores this process may use")
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    devices: int = Field(1, gt=0, description="processes (one per GPU, or CPU processes) on this machine")
+    strategy: Literal["auto", "ddp"] = Field("auto", description="ddp: DistributedDataParallel over train.devices processes")
     loggers: list[Literal["tensorboard", "csv", "wandb"]] = ["tensorboard"]
 
     @field_validator("precision", mode="before")
@@ -70,6 +98,10 @@ class TrainConfig(Section):
         return {"name": value} if isinstance(value, str) else value
 
 
+# Keys a phase may not change: they fix the processes and precision of the whole run.
+RUN_LEVEL_KEYS = ("train.devices", "train.strategy", "train.device", "train.precision", "train.threads", "train.loggers")
+
+
 class RunConfig(Section):
     """A whole run. Each recipe subclasses it and narrows `data` and `model` to its own sections."""
 
@@ -78,12 +110,48 @@ class RunConfig(Section):
     data: Section
     model: Section
     train: TrainConfig = TrainConfig()
+    phases: list[dict[str, Any]] | None = Field(
+        None, description="multi-phase training: each entry overrides data/model/train keys for one phase, "
+        "plus optional name and init (best | last: which weights of the previous phase it starts from)")
 
     @model_validator(mode="after")
     def _monitor_is_a_split_metric(self) -> RunConfig:
         if not self.train.monitor.startswith(("train_", "val_")):
             raise ValueError(f"train.monitor must name a train_* or val_* metric, got '{self.train.monitor}'")
         return self
+
+    def phase_configs(self) -> list[tuple[str, str, RunConfig]]:
+        """(name, init, config) per phase: the base config with the phase's overrides, validated whole."""
+        base = self.model_dump(mode="json", exclude={"phases"})
+        out = []
+        for k, phase in enumerate(self.phases or [], start=1):
+            label = f"phases[{k}]" + (f" ({phase['name']})" if isinstance(phase.get("name"), str) else "")
+            extra = set(phase) - {"name", "init", "data", "model", "train"}
+            if extra:
+                raise KilnError(f"{label}: unknown key '{sorted(extra)[0]}'; a phase may set name, init, data, model and train")
+            init = phase.get("init", "best")
+            if init not in ("best", "last"):
+                raise KilnError(f"{label}: init must be best or last (got {init!r})")
+            overrides = {key: phase[key] for key in ("data", "model", "train") if key in phase}
+            for key in RUN_LEVEL_KEYS:
+                section, field = key.split(".")
+                if field in (overrides.get(section) or {}):
+                    raise KilnError(f"{label}: {key} is set for the whole run and cannot change per phase; set it outside phases:")
+            merged = deep_merge(base, overrides)
+            merged["name"] = f"{self.name}-{phase.get('name', f'phase_{k}')}"
+            out.append((phase.get("name", f"phase_{k}"), init, validate(merged, type(self), label)))
+        return out
+
+
+def deep_merge(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    """base with overrides applied key by key; nested mappings merge, everything else is replaced."""
+    merged = dict(base)
+    for key, value in overrides.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = deep_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
 
 
 def read_config_file(path: str | Path) -> dict[str, Any]:
@@ -166,18 +234,48 @@ def validate(raw: dict[str, Any], schema: type[RunConfig], source: str) -> RunCo
         raise KilnError(f"{source}: {key}: {first['msg']}{got}") from None
 
 
-def load_config(path: str | Path, overrides: list[str] = ()) -> RunConfig:
-    """Read, override and validate a config file against its recipe's schema."""
-    from kiln.recipes import get_recipe
-
+def load_config(path: str | Path, overrides: list[str], schema: type[RunConfig]) -> RunConfig:
+    """Read, override and validate a config file against a recipe's schema (kiln.recipes.load_recipe_config
+    finds the schema from the file's `recipe:` key)."""
     raw = read_config_file(path)
-    if "recipe" not in raw:
-        raise KilnError(f"config file '{path}' has no 'recipe:' key; add e.g. 'recipe: nav'")
-    schema = get_recipe(str(raw["recipe"])).config
     raw = apply_overrides(raw, list(overrides), schema)
     raw.setdefault("name", Path(path).stem)
-    return validate(raw, schema, str(path))
+    cfg = validate(raw, schema, str(path))
+    cfg.phase_configs()  # every phase is checked before anything runs
+    return cfg
 
 
 def dump_config(config: RunConfig) -> str:
     return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)
+
+
+def add_schema_arguments(parser, schema: type[BaseModel]) -> None:
+    """One `--flag` per field of a flat settings model (e.g. a data generator), typed, with its default and
+    description as help: `kiln data <recipe>` flags derive from the schema instead of repeating it."""
+    import argparse
+
+    for name, field in schema.model_fields.items():
+        flag = "--" + name.replace("_", "-")
+        default = field.get_default(call_default_factory=True)
+        help_text = f"{field.description or name} (default: {default})"
+        annotation = field.annotation
+        if type(None) in typing.get_args(annotation):  # `int | None` takes an int
+            annotation = next(a for a in typing.get_args(annotation) if a is not type(None))
+        if annotation is bool:
+            parser.add_argument(flag, dest=name, action=argparse.BooleanOptionalAction, default=None, help=help_text)
+        elif typing.get_origin(annotation) is Literal:
+            parser.add_argument(flag, dest=name, choices=typing.get_args(annotation), default=None, help=help_text)
+        else:
+            kind = annotation if annotation in (int, float, str) else str
+            parser.add_argument(flag, dest=name, type=kind, default=None, metavar=name.upper(), help=help_text)
+
+
+def schema_from_arguments(args: Any, schema: type[BaseModel]) -> BaseModel:
+    """The settings a `kiln data` command line asks for: given flags over the schema's defaults; a bad value is a
+    one-line error naming the flag."""
+    given = {name: getattr(args, name) for name in schema.model_fields if getattr(args, name, None) is not None}
+    try:
+        return schema(**given)
+    except ValidationError as err:
+        first = err.errors()[0]
+        raise KilnError(f"--{str(first['loc'][0]).replace('_', '-')}: {first['msg']} (got {first['input']!r})") from None

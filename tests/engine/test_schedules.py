@@ -5,10 +5,11 @@ import torch
 
 from kiln.config import SchedulerConfig, TrainConfig
 from kiln.engine.schedules import build_optimizer, build_scheduler
+from kiln.errors import KilnError
 
 
 def lrs(train: TrainConfig, steps_per_epoch: int) -> list[float]:
-    optimizer = build_optimizer([torch.nn.Parameter(torch.zeros(1))], train)
+    optimizer = build_optimizer(torch.nn.Linear(1, 1), train)
     scheduler = build_scheduler(optimizer, train, steps_per_epoch)
     seen = []
     for _ in range(train.max_epochs * steps_per_epoch):
@@ -49,7 +50,48 @@ def test_cosine_warm_restarts_cycle_in_epochs():
 
 
 def test_optimizers():
-    sgd = build_optimizer([torch.nn.Parameter(torch.zeros(1))], TrainConfig(optimizer="sgd", momentum=0.8, lr=0.1))
+    sgd = build_optimizer(torch.nn.Linear(1, 1), TrainConfig(optimizer="sgd", momentum=0.8, lr=0.1))
     assert isinstance(sgd, torch.optim.SGD) and sgd.param_groups[0]["momentum"] == 0.8
-    adam = build_optimizer([torch.nn.Parameter(torch.zeros(1))], TrainConfig(optimizer="adam", betas=(0.8, 0.9)))
+    adam = build_optimizer(torch.nn.Linear(1, 1), TrainConfig(optimizer="adam", betas=(0.8, 0.9)))
     assert type(adam) is torch.optim.Adam and adam.param_groups[0]["betas"] == (0.8, 0.9)
+
+
+class WorldModelLike(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.encoder = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.Linear(4, 4))
+        self.dynamics = torch.nn.GRU(4, 4)
+        self.decoder = torch.nn.Linear(4, 4)
+
+
+def test_param_groups_carry_their_lrs_and_the_schedule_scales_each():
+    model = WorldModelLike()
+    train = TrainConfig(lr=1e-3, weight_decay=0.01, max_epochs=1, scheduler=SchedulerConfig(name="linear_decay"),
+                        param_groups={"encoder": {"lr": 1e-5}, "encoder.1": {"lr": 3e-5, "weight_decay": 0.0}, "dynamics": {"lr": 2e-4}})
+    optimizer = build_optimizer(model, train)
+    groups = {g["name"]: g for g in optimizer.param_groups}
+    assert {n: g["lr"] for n, g in groups.items()} == {"default": 1e-3, "encoder": 1e-5, "encoder.1": 3e-5, "dynamics": 2e-4}
+    assert groups["encoder.1"]["weight_decay"] == 0.0 and groups["encoder"]["weight_decay"] == 0.01
+    # the longest prefix claims a parameter; every parameter is in exactly one group
+    assert {id(p) for p in groups["encoder.1"]["params"]} == {id(p) for p in model.encoder[1].parameters()}
+    assert {id(p) for p in groups["encoder"]["params"]} == {id(p) for p in model.encoder[0].parameters()}
+    assert {id(p) for p in groups["default"]["params"]} == {id(p) for p in model.decoder.parameters()}
+    scheduler = build_scheduler(optimizer, train, 10)
+    for _ in range(5):
+        optimizer.step()
+        scheduler.step()
+    assert groups["dynamics"]["lr"] / groups["default"]["lr"] == pytest.approx(0.2)  # one schedule, each group's own lr
+
+
+def test_frozen_modules_get_no_updates_and_typos_name_the_closest_module():
+    model = WorldModelLike()
+    optimizer = build_optimizer(model, TrainConfig(freeze=["encoder", "dynamics"]))
+    trained = {id(p) for g in optimizer.param_groups for p in g["params"]}
+    assert trained == {id(p) for p in model.decoder.parameters()}
+    assert not any(p.requires_grad for p in model.encoder.parameters())
+    with pytest.raises(KilnError, match="train.param_groups: the model has no module 'encodr'; did you mean 'encoder'?"):
+        build_optimizer(WorldModelLike(), TrainConfig(param_groups={"encodr": {"lr": 1e-4}}))
+    with pytest.raises(KilnError, match="train.freeze: the model has no module 'decoders'; did you mean 'decoder'?"):
+        build_optimizer(WorldModelLike(), TrainConfig(freeze=["decoders"]))
+    with pytest.raises(KilnError, match="leaves no trainable parameters"):
+        build_optimizer(WorldModelLike(), TrainConfig(freeze=["encoder", "dynamics", "decoder"]))

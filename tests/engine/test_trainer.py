@@ -9,20 +9,30 @@ import time
 import pytest
 import torch
 
-from kiln.config import load_config
-from kiln.engine import trainer
+from kiln.engine import devices
+from kiln.engine.batches import TensorBatches
+from kiln.engine.media import make_loggers
 from kiln.engine.monitor import follow_log, print_status, read_status
-from kiln.engine.task import TensorBatches
 from kiln.engine.trainer import evaluate_run, fit
 from kiln.errors import KilnError
-from kiln.recipes import get_recipe
+from kiln.recipes import get_recipe, load_recipe_config
 
 EPOCH_LINE = re.compile(r"^Epoch (\d+)/(\d+) - Train Loss: [\d.]+, Train Acc: [\d.]+ Val Loss: [\d.]+, Val Acc: [\d.]+( \*)?$")
 
 
+def load_config(config_path, overrides=()):
+    return load_recipe_config(config_path, list(overrides))[1]
+
+
 def train(config_path, run_dir, overrides=(), **kwargs):
     run_dir.mkdir(parents=True, exist_ok=True)
-    return fit(load_config(config_path, list(overrides)), run_dir, **kwargs)
+    recipe, cfg = load_recipe_config(config_path, list(overrides))
+    return fit(cfg, recipe, run_dir, **kwargs)
+
+
+def resume(run_dir, overrides=()):
+    recipe, cfg = load_recipe_config(run_dir / "config.yaml", list(overrides))
+    return fit(cfg, recipe, run_dir, resume=True)
 
 
 def test_run_directory_layout(tiny_config, tmp_path):
@@ -41,7 +51,7 @@ def test_run_directory_layout(tiny_config, tmp_path):
     history = json.loads((run_dir / "history.json").read_text())
     for column in ("train_loss", "train_acc", "val_loss", "val_acc", "val_exact_acc", "val_rollout_success", "lr"):
         assert len(history[column]) == 3
-    assert (run_dir / "history.csv").read_text().splitlines()[0].startswith("epoch,train_loss,train_acc,val_loss,val_acc")
+    assert (run_dir / "history.csv").read_text().splitlines()[0].startswith("epoch,step,train_loss,train_acc,val_loss,val_acc")
     epoch_lines = [line for line in (run_dir / "train.log").read_text().splitlines() if line.startswith("Epoch ")]
     assert [EPOCH_LINE.match(line).group(1) for line in epoch_lines] == ["1", "2", "3"]
     assert json.loads((run_dir / "test_results.json").read_text()) == pytest.approx(results)
@@ -57,10 +67,10 @@ def test_best_model_is_weights_only_and_rebuilds_the_model(tiny_config, tmp_path
     cfg = recipe.config.model_validate(weights["config"])
     task = recipe.build_task(cfg, weights["data_info"])
     task.load_state_dict(weights["state_dict"])
-    again = recipe.evaluate(task.eval(), recipe.load_data(cfg), cfg, {})
+    again = recipe.evaluate(task.eval(), recipe.load_data(cfg, print), cfg, {})
     assert again == pytest.approx(results)
     assert torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)["epoch"] == 3
-    assert evaluate_run(run_dir) == pytest.approx(results)
+    assert evaluate_run(run_dir, recipe, load_config(run_dir / "config.yaml")) == pytest.approx(results)
 
 
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
@@ -84,7 +94,7 @@ def test_interrupted_mid_epoch_then_resumed_matches_an_uninterrupted_run(tiny_co
     assert torch.load(resumed / "checkpoints" / "last.ckpt", weights_only=True)["batch_in_epoch"] == 3
     assert "kiln train --resume" in (resumed / "train.log").read_text()
 
-    fit(load_config(resumed / "config.yaml"), resumed, resume=True)
+    resume(resumed)
     a = json.loads((straight / "history.json").read_text())
     b = json.loads((resumed / "history.json").read_text())
     for column in ("train_loss", "train_acc", "val_loss", "val_acc", "lr"):
@@ -112,7 +122,7 @@ def test_sigint_to_a_running_process_saves_and_resumes(tiny_config, tmp_path):
     assert status["state"] == "interrupted"
     saved = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)
     assert saved["epoch"] >= 1
-    fit(load_config(run_dir / "config.yaml", [f"train.max_epochs={saved['epoch'] + 1}"]), run_dir, resume=True)
+    resume(run_dir, [f"train.max_epochs={saved['epoch'] + 1}"])
     status = read_status(run_dir)
     assert status["state"] == "finished" and status["epoch"] == saved["epoch"] + 1
     assert len(json.loads((run_dir / "history.json").read_text())["epoch"]) == saved["epoch"] + 1
@@ -121,8 +131,8 @@ def test_sigint_to_a_running_process_saves_and_resumes(tiny_config, tmp_path):
 def test_resume_of_a_finished_run_asks_for_more_epochs(tiny_config, tmp_path):
     run_dir = tmp_path / "run"
     train(tiny_config, run_dir, ["train.max_epochs=1"])
-    with pytest.raises(KilnError, match=r"already trained 1 of train.max_epochs=1 epochs; pass e.g. train.max_epochs=11"):
-        fit(load_config(run_dir / "config.yaml"), run_dir, resume=True)
+    with pytest.raises(KilnError, match=r"already trained 1 of train.max_epochs=1 epochs .*; pass e.g. train.max_epochs=11"):
+        resume(run_dir)
 
 
 def test_early_stopping(tiny_config, tmp_path):
@@ -131,7 +141,7 @@ def test_early_stopping(tiny_config, tmp_path):
     train(tiny_config, run_dir, ["train.monitor=train_loss", "train.mode=max", "train.patience=1", "train.max_epochs=6"])
     status = json.loads((run_dir / "status.json").read_text())
     assert status["epoch"] == 2 and status["stop_reason"] == "early_stopping" and status["best_epoch"] == 1
-    assert "Early stopping: train_loss did not improve for 1 epochs" in (run_dir / "train.log").read_text()
+    assert "Early stopping: train_loss did not improve for 1 validations" in (run_dir / "train.log").read_text()
 
 
 def test_init_from_starts_with_the_given_weights(tiny_config, tmp_path):
@@ -170,9 +180,11 @@ def test_status_and_logs(tiny_config, tmp_path, capsys):
 
 
 def test_threads_are_set_to_the_cores(monkeypatch):
-    trainer.set_threads(None)
+    devices.set_threads(None)
     assert torch.get_num_threads() == len(os.sched_getaffinity(0))
-    trainer.set_threads(1)
+    devices.set_threads(1)
+    assert torch.get_num_threads() == 1
+    devices.set_threads(None, processes_on_this_machine=len(os.sched_getaffinity(0)))  # DDP shares the cores
     assert torch.get_num_threads() == 1
 
 
@@ -181,7 +193,7 @@ def test_unavailable_logger_and_device_are_one_line_errors(tiny_config, tmp_path
 
     if importlib.util.find_spec("wandb") is None:
         with pytest.raises(KilnError, match="wandb is not installed; run: pip install wandb"):
-            trainer.make_fabric(load_config(tiny_config, ["train.loggers=[wandb]"]), tmp_path)
+            make_loggers(["wandb"], tmp_path, "x")
     if not torch.cuda.is_available():
         with pytest.raises(KilnError, match="train.device=cuda but no CUDA GPU is visible"):
-            trainer.make_fabric(load_config(tiny_config, ["train.device=cuda"]), tmp_path)
+            devices.accelerator_for("cuda")

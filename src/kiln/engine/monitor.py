@@ -41,14 +41,15 @@ def print_status(run_dirs: list[Path]) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    table = Table("run", "state", "epoch", "step", "best (epoch)", "last seen")
+    table = Table("run", "state", "phase", "epoch", "step", "best (epoch)", "last seen")
     for run_dir in run_dirs:
         if not (run_dir / "status.json").is_file():
             continue
         s = read_status(run_dir)
         best = f"{s.get('monitor', '')} {s['best']:.4f} ({s.get('best_epoch')})" if s.get("best") is not None else "-"
         age = (datetime.now() - datetime.fromisoformat(s["heartbeat"])).total_seconds()
-        table.add_row(str(run_dir), s["state"], f"{s.get('epoch', 0)}/{s.get('max_epochs', '?')}", str(s.get("step", 0)),
+        phase = f"{s['phase']} {s.get('phase_name', '')}".strip() if s.get("phase") else "-"
+        table.add_row(str(run_dir), s["state"], phase, f"{s.get('epoch', 0)}/{s.get('max_epochs', '?')}", str(s.get("step", 0)),
                       best, f"{age:.0f}s ago" if age < 3600 else s["heartbeat"])
     if not table.rows:
         raise KilnError("no runs found; pass run directories, e.g. kiln status runs/nav/demo")

@@ -1,4 +1,4 @@
-"""The run directory: config.yaml, status.json, train.log, history.csv/json, checkpoints/, exports."""
+"""The run directory: config.yaml, run.json, status.json, train.log, history.csv/json, checkpoints/, exports."""
 
 from __future__ import annotations
 
@@ -67,32 +67,35 @@ def _jsonable(value: Any) -> Any:
     raise TypeError(f"cannot write {type(value).__name__} to JSON")
 
 
-def read_json(path: Path) -> Any:
-    return json.loads(path.read_text())
-
-
 class RunLog:
-    """Console + train.log: every line the user sees is also in the run's log."""
+    """Console + train.log: every line the user sees is also in the run's log (and a multi-phase run's
+    phase lines in both the phase's log and the run's). `quiet` is for DDP ranks other than 0."""
 
-    def __init__(self, path: Path | None = None):
-        self.path = path
+    def __init__(self, paths: Path | list[Path] | None = None, quiet: bool = False):
+        self.paths = [paths] if isinstance(paths, Path) else list(paths or [])
+        self.quiet = quiet
 
     def __call__(self, message: str) -> None:
+        if self.quiet:
+            return
         print(message, flush=True)
-        if self.path is not None:
-            with open(self.path, "a") as f:
+        for path in self.paths:
+            with open(path, "a") as f:
                 f.write(message + "\n")
 
 
 class Status:
-    """status.json: state, epoch, step, best metric, pid and a heartbeat for `kiln status`."""
+    """status.json: state, epoch, step, best metric, pid and a heartbeat for `kiln status`. A phase of a
+    multi-phase run writes its own and the run's (with `fixed` fields such as phase: 2/5)."""
 
-    def __init__(self, path: Path):
-        self.path, self.fields, self.last_write = path, {}, 0.0
+    def __init__(self, paths: Path | list[Path], **fixed: Any):
+        self.paths = [paths] if isinstance(paths, Path) else list(paths)
+        self.fields, self.fixed, self.last_write = {}, fixed, 0.0
 
     def update(self, **fields: Any) -> None:
         self.fields.update(fields, pid=os.getpid(), heartbeat=datetime.now().isoformat(timespec="seconds"))
-        write_json(self.path, self.fields)
+        for path in self.paths:
+            write_json(path, {**self.fields, **self.fixed})
         self.last_write = time.monotonic()
 
     def beat(self, every_s: float = 10.0, **fields: Any) -> None:
@@ -127,3 +130,47 @@ def is_better(value: float, best: float | None, mode: str) -> bool:
 
 def stdout_is_terminal() -> bool:
     return sys.stdout.isatty()
+
+
+def source_commit() -> dict[str, Any]:
+    """The git commit of the kiln source that runs (and whether it has uncommitted changes), when it is a checkout."""
+    import subprocess
+
+    src = Path(__file__).resolve().parent
+    try:
+        commit = subprocess.run(["git", "-C", str(src), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5)
+        dirty = subprocess.run(["git", "-C", str(src), "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=5)
+    except (OSError, subprocess.TimeoutExpired):
+        return {}
+    if commit.returncode:
+        return {}
+    return {"git_commit": commit.stdout.strip(), "git_dirty": bool(dirty.stdout.strip())}
+
+
+def write_run_record(run_dir: Path, precision: str, why: str, world_size: int) -> None:
+    """run.json: how to reproduce the run. Each `kiln train` on this directory (the first, every --resume)
+    appends an invocation: the exact command line, when, where, with which versions."""
+    import platform
+    import shlex
+    import sys
+    from importlib.metadata import PackageNotFoundError, version
+
+    import kiln
+
+    def installed(name: str) -> str | None:
+        try:
+            return version(name)
+        except PackageNotFoundError:
+            return None
+
+    path = run_dir / "run.json"
+    record = json.loads(path.read_text()) if path.is_file() else {"invocations": []}
+    record["invocations"].append({
+        "command": shlex.join([Path(sys.argv[0]).name if sys.argv[0].endswith("kiln") else sys.argv[0], *sys.argv[1:]]),
+        "cwd": os.getcwd(), "started": datetime.now().isoformat(timespec="seconds"), "host": platform.node(),
+        "kiln_version": kiln.__version__, **source_commit(),
+        "versions": {"python": platform.python_version(), **{n: installed(n) for n in ("torch", "lightning", "numpy")}},
+        "platform": platform.platform(), "precision": precision, "precision_reason": why, "processes": world_size,
+    })
+    write_json(path, record)

@@ -1,12 +1,16 @@
-"""What a recipe hands the engine: a Task (model + steps) and in-memory data splits."""
+"""What a recipe hands the engine: a Task (model + steps) and its data Splits."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Iterator
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor, nn
+from torch.utils.data import Dataset
+
+if TYPE_CHECKING:
+    from kiln.engine.media import MediaLog
 
 
 class Task(nn.Module):
@@ -15,7 +19,7 @@ class Task(nn.Module):
     Subclasses implement `training_step(batch) -> dict` (must contain "loss") and may override
     `validation_step`. Returned values are batch means; the engine averages them over the epoch,
     weighted by batch size, and logs them as train_<name> / val_<name>. The engine owns devices,
-    optimizers, schedules, precision, checkpoints and logging.
+    optimizers, schedules, precision, checkpoints and logging. Every other hook is optional.
     """
 
     # Metrics shown on the per-epoch console line, in this order ("loss" -> "Train Loss: ...").
@@ -29,6 +33,13 @@ class Task(nn.Module):
 
     def validation_step(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
         return self.training_step(batch)
+
+    @property
+    def device(self) -> torch.device:
+        tensor = next(self.parameters(), None)
+        if tensor is None:
+            tensor = next(self.buffers(), torch.empty(0))
+        return tensor.device
 
     def fit_data(self, train: dict[str, Tensor]) -> None:
         """Closed-form parts fitted on the training split before the loop (e.g. a historical average)."""
@@ -50,41 +61,22 @@ class Task(nn.Module):
             parts.append(", ".join(shown))
         return f"Epoch {epoch}/{max_epochs} - {' '.join(parts)}{' *' if best else ''}"
 
-    def export_state(self) -> dict[str, Tensor]:
-        """Weights written to best_model.pt / final_model.pt."""
-        return self.state_dict()
+    def log_media(self, media: MediaLog, batch: dict[str, Tensor], step: int) -> None:
+        """Images, figures and histograms for TensorBoard/W&B at each validation, from the first validation
+        batch (on the training device). Runs on rank 0 only, under no_grad."""
+
+    def export_module(self, batch: dict[str, Tensor]) -> tuple[nn.Module, tuple[Tensor, ...]] | None:
+        """A plain tensor-in, tensor-out module for `kiln export`, plus its inputs built from `batch` (held-out
+        samples, batch dimension first). None: this task has nothing to export."""
+        return None
 
 
 @dataclass
 class Splits:
-    """A dataset in memory: tensors per split with equal first dimension, plus dataset.json."""
+    """A dataset: per split either in-memory tensors (a dict of equal-length tensors) or a map-style
+    dataset whose items are such dicts (for data that does not fit in memory), plus dataset.json."""
 
-    train: dict[str, Tensor]
-    val: dict[str, Tensor]
-    test: dict[str, Tensor]
+    train: dict[str, Tensor] | Dataset
+    val: dict[str, Tensor] | Dataset
+    test: dict[str, Tensor] | Dataset
     info: dict[str, Any] = field(default_factory=dict)
-
-
-class TensorBatches:
-    """Mini-batches gathered from in-memory tensors: far cheaper per step than a DataLoader.
-
-    The shuffle order of epoch e depends only on (seed, e), so a resumed run replays it exactly
-    and can skip the batches it had already done.
-    """
-
-    def __init__(self, tensors: dict[str, Tensor], batch_size: int, shuffle: bool, seed: int = 0):
-        self.tensors, self.batch_size, self.shuffle, self.seed = tensors, batch_size, shuffle, seed
-        self.size = len(next(iter(tensors.values())))
-
-    def __len__(self) -> int:
-        return -(-self.size // self.batch_size)
-
-    def epoch(self, epoch: int = 0, start: int = 0) -> Iterator[dict[str, Tensor]]:
-        if self.shuffle:
-            order = torch.randperm(self.size, generator=torch.Generator().manual_seed(self.seed * 100_003 + epoch))
-        for i in range(start, len(self)):
-            lo, hi = i * self.batch_size, min((i + 1) * self.batch_size, self.size)
-            if self.shuffle:
-                yield {k: v[order[lo:hi]] for k, v in self.tensors.items()}
-            else:
-                yield {k: v[lo:hi] for k, v in self.tensors.items()}

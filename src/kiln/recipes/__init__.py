@@ -7,7 +7,7 @@ so `kiln --help` and config checks stay fast.
 from __future__ import annotations
 
 import importlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
@@ -29,17 +29,22 @@ class Recipe:
     config: type[RunConfig]
     # Make sure cfg.data.dir exists (generate it from the config's generator settings if it can).
     prepare_data: Callable[[RunConfig, Callable[[str], None]], None]
-    # Read the dataset directory into in-memory tensors plus its dataset.json (log: console + train.log).
+    # Read the dataset directory into Splits: in-memory tensors, or map-style datasets for data that does not
+    # fit in memory (log: console + train.log).
     load_data: Callable[[RunConfig, Callable[[str], None]], Splits]
     # Build the task (model + steps) for a config and the dataset's description.
     build_task: Callable[[RunConfig, dict[str, Any]], Task]
-    # Held-out metrics of a trained task; `options` carries recipe-specific evaluate flags.
+    # Held-out metrics of a trained task; `options` carries the recipe's own `kiln evaluate` flags.
     evaluate: Callable[[Task, Splits, RunConfig, dict[str, Any]], dict[str, Any]]
-    # Plots and report.md into run_dir/report from the run directory's files.
-    report: Callable[[Path, Task, Splits, RunConfig], None]
-    # `kiln data <name> ...`: add its flags to a parser, then build the dataset from parsed flags.
+    # Plots and report.md into run_dir/report, given the test results evaluate() returned.
+    report: Callable[[Path, Task, Splits, RunConfig, dict[str, Any]], None]
+    # `kiln data <name> ...`: add its flags to a parser (--out is common), then build the dataset from parsed flags.
     data_arguments: Callable[[argparse.ArgumentParser], None]
     make_data: Callable[[argparse.Namespace], None]
+    # The seed's training flags that map one to one onto config keys (`--dim 128` == `model.dim=128`).
+    train_flags: dict[str, str] = field(default_factory=dict)
+    # The recipe's own `kiln evaluate RUN ...` flags; their values reach evaluate() as `options`.
+    evaluate_arguments: Callable[[argparse.ArgumentParser], None] | None = None
 
 
 def generate_if_missing(data_dir: Path, settings: Any, make: Callable[[Path, Any, Callable[[str], None]], Any],
@@ -75,3 +80,21 @@ def get_recipe(name: str) -> Recipe:
     if name not in RECIPES:
         raise KilnError(f"unknown recipe '{name}'; available: {', '.join(sorted(RECIPES))}")
     return importlib.import_module(RECIPES[name]).RECIPE
+
+
+def recipe_of(path: str | Path) -> Recipe:
+    """The recipe a config file names in its `recipe:` key."""
+    from kiln.config import read_config_file
+
+    raw = read_config_file(path)
+    if "recipe" not in raw:
+        raise KilnError(f"config file '{path}' has no 'recipe:' key; add e.g. 'recipe: nav'")
+    return get_recipe(str(raw["recipe"]))
+
+
+def load_recipe_config(path: str | Path, overrides: list[str] = ()) -> tuple[Recipe, RunConfig]:
+    """Find a config file's recipe, then read, override and validate the file against its schema."""
+    from kiln.config import load_config
+
+    recipe = recipe_of(path)
+    return recipe, load_config(path, list(overrides), recipe.config)

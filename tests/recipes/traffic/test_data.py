@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from kiln.errors import KilnError
-from kiln.recipes.traffic.data import (build_splits, convert_los_loop, gather, load_series, split_bounds,
+from kiln.recipes.traffic.data import (build_splits, convert_los_loop, gather, load_series, split_bounds, split_starts,
                                        window_starts, write_dataset)
 from kiln.recipes.traffic.sim import simulate_city
 from kiln.recipes.traffic.task import strongest_edges, tgcn_table
@@ -50,7 +50,8 @@ def test_los_loop_converts_and_loads(los_loop):
     off_diagonal = (adjacency != 0) & ~np.eye(207, dtype=bool)
     assert series.edges.shape == (2, off_diagonal.sum())
     np.testing.assert_allclose(series.edge_weight, adjacency[series.edges[0], series.edges[1]], rtol=1e-6)
-    assert series.nodes["lat"].between(33.5, 34.5).all() and series.nodes["lon"].between(-119, -117.5).all()
+    nodes = pd.read_csv(los_loop / "nodes.csv")
+    assert nodes["lat"].between(33.5, 34.5).all() and nodes["lon"].between(-119, -117.5).all()
     assert "Number of nodes: 207" in lines and f"Number of edges: {off_diagonal.sum()}" in lines
     assert any(line.startswith("  Speed: mean=") for line in lines)
 
@@ -103,13 +104,14 @@ def test_chronological_splits_do_not_overlap(tmp_path):
     series = load_series(small_city(tmp_path, days=5), quiet)
     arrays, info = build_splits(series, "chronological", 12, 12, 0.15, 0.15, quiet)
     bounds = split_bounds(len(series.times), "chronological", 0.15, 0.15)
+    starts = split_starts(series, bounds, "chronological", 12, 12)
     assert bounds["train"][1] == bounds["val"][0] and bounds["val"][1] == bounds["test"][0]
-    last_train_target = arrays["train"]["start"].max() + 24
-    assert last_train_target <= bounds["val"][0] <= arrays["val"]["start"].min()
-    assert arrays["test"]["start"].min() >= bounds["test"][0]
+    last_train_target = starts["train"].max() + 24
+    assert last_train_target <= bounds["val"][0] <= starts["val"].min()
+    assert starts["test"].min() >= bounds["test"][0]
     assert arrays["train"]["weather"].shape[1:] == (24, 3) and np.isfinite(arrays["test"]["y"]).all()
     # x is the normalised history, y the raw future of the same series
-    s = arrays["val"]["start"][3]
+    s = starts["val"][3]
     np.testing.assert_allclose(arrays["val"]["y"][3], series.speed[s + 12:s + 24].T, rtol=1e-6)
     np.testing.assert_allclose(arrays["val"]["x"][3] * info["speed_std"] + info["speed_mean"], series.speed[s:s + 12].T, rtol=1e-4)
 

@@ -84,6 +84,17 @@ def test_predict_denormalises_to_the_data_unit():
     torch.testing.assert_close(pred["logits"], normalised["logits"])
 
 
+def test_predict_with_another_graph_keeps_the_stored_one():
+    model = make_model().eval()
+    x, hour, dow, _ = inputs()
+    temporal = {"hour": hour, "dow": dow}
+    before = model.predict(x, temporal=temporal)["means"]
+    no_edges = model.predict(x, edge_index=torch.zeros(2, 0, dtype=torch.long), temporal=temporal)["means"]
+    assert not torch.allclose(no_edges, before)  # the call used the graph it was given
+    torch.testing.assert_close(model.edge_index, PATH)
+    torch.testing.assert_close(model.predict(x, temporal=temporal)["means"], before)
+
+
 def test_drop_edge_only_in_training():
     model = make_model(drop_edge_p=0.5)
     assert model.graph(4).shape[1] == 4 * PATH.shape[1]

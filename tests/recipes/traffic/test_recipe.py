@@ -12,10 +12,19 @@ import pandas as pd
 import pytest
 import torch
 
-from kiln.config import load_config
 from kiln.engine.trainer import evaluate_run, fit
-from kiln.recipes import get_recipe
+from kiln.recipes import get_recipe, load_recipe_config
 from kiln.recipes.traffic.task import TrafficTask
+
+
+def load_config(path, overrides=()):
+    return load_recipe_config(path, list(overrides))[1]
+
+
+def train(path, run_dir, overrides=()):
+    recipe, cfg = load_recipe_config(path, list(overrides))
+    return fit(cfg, recipe, run_dir)
+
 
 SEED_COLUMNS = ["epoch", "train_loss", "train_mae", "train_rmse", "val_loss", "val_mae", "val_rmse", "val_mape", "val_coverage_80"]
 
@@ -23,7 +32,7 @@ SEED_COLUMNS = ["epoch", "train_loss", "train_mae", "train_rmse", "val_loss", "v
 def test_stmgt_trains_and_evaluates_end_to_end(traffic_config, tmp_path, capsys):
     run_dir = tmp_path / "run"
     run_dir.mkdir()
-    results = fit(load_config(traffic_config), run_dir)
+    results = train(traffic_config, run_dir)
     out = capsys.readouterr().out
     assert "Train Metrics -> MAE:" in out and "COVERAGE@80:" in out and "Number of edges: 144" in out
     with open(run_dir / "training_history.csv") as f:
@@ -42,7 +51,7 @@ def test_stmgt_trains_and_evaluates_end_to_end(traffic_config, tmp_path, capsys)
         assert (run_dir / "report" / name).is_file(), name
     weights = torch.load(run_dir / "best_model.pt", weights_only=True)
     assert weights["data_info"]["speed_mean"] == pytest.approx(weights["state_dict"]["model.speed_mean"].item())
-    again = evaluate_run(run_dir)
+    again = evaluate_run(run_dir, get_recipe("traffic"), load_config(run_dir / "config.yaml"))
     assert again["mae"] == pytest.approx(results["mae"], rel=1e-5)
 
 
@@ -66,7 +75,7 @@ def test_evaluation_metrics_match_a_direct_computation(traffic_config):
 def test_historical_average_is_fitted_in_closed_form(traffic_config, tmp_path, city_dir):
     run_dir = tmp_path / "ha"
     run_dir.mkdir()
-    results = fit(load_config(traffic_config, ["model.arch=historical_average"]), run_dir)
+    results = train(traffic_config, run_dir, ["model.arch=historical_average"])
     history = json.loads((run_dir / "history.json").read_text())
     assert history["epoch"] == [0] and "val_mae" in history
     # independent reference: pandas mean per (time-of-day, node) over the training steps
@@ -76,9 +85,9 @@ def test_historical_average_is_fitted_in_closed_form(traffic_config, tmp_path, c
     steps = np.sort(frame["timestamp"].unique())
     span = info["seq_len"] + info["pred_len"]
     train_steps = steps[info["bounds"]["train"][0]:info["bounds"]["train"][1] - span + 1]  # steps that start a training window
-    train = frame[frame["timestamp"].isin(train_steps)]
-    slot = train["timestamp"].dt.hour * 4 + train["timestamp"].dt.minute // 15
-    expected = train.groupby([slot, train["node_id"]])["speed_kmh"].mean().unstack().to_numpy()
+    rows = frame[frame["timestamp"].isin(train_steps)]
+    slot = rows["timestamp"].dt.hour * 4 + rows["timestamp"].dt.minute // 15
+    expected = rows.groupby([slot, rows["node_id"]])["speed_kmh"].mean().unstack().to_numpy()
     table = weights["state_dict"]["model.table"].numpy() * info["speed_std"] + info["speed_mean"]
     np.testing.assert_allclose(table, expected, rtol=1e-4)
     assert results["mae"] == pytest.approx(results["references"]["historical_average"]["mae"], rel=1e-4)
@@ -89,7 +98,7 @@ def test_point_baselines_train_in_the_same_harness(traffic_config, tmp_path, arc
     run_dir = tmp_path / arch
     run_dir.mkdir()
     extra = ["model.baseline={residual_channels: 8, dilation_channels: 8, skip_channels: 16, end_channels: 16}"] if arch == "graphwavenet" else []
-    results = fit(load_config(traffic_config, [f"model.arch={arch}", "train.max_epochs=1"] + extra), run_dir)
+    results = train(traffic_config, run_dir, [f"model.arch={arch}", "train.max_epochs=1"] + extra)
     assert results["model"] == arch and "coverage_80" not in results and results["mae"] > 0
     with open(run_dir / "training_history.csv") as f:
         header = next(csv.reader(f))

@@ -52,29 +52,22 @@ def load_data(cfg: NavConfig, log=print):
 
 
 def data_arguments(parser: argparse.ArgumentParser) -> None:
-    defaults = NavGenerator()
-    parser.add_argument("--out", type=Path, required=True, help="dataset directory to create")
-    parser.add_argument("--num-train", type=int, default=defaults.num_train, help="base training grids")
-    parser.add_argument("--num-val", type=int, default=defaults.num_val, help="validation grids")
-    parser.add_argument("--num-test", type=int, default=defaults.num_test, help="test grids")
-    parser.add_argument("--grid-size", type=int, default=defaults.grid_size)
-    parser.add_argument("--obstacle-density", type=float, default=defaults.obstacle_density)
-    parser.add_argument("--augment", action="store_true", help="add the 8 symmetries of each training grid")
-    parser.add_argument("--seed", type=int, default=defaults.seed)
+    from kiln.config import add_schema_arguments
+
+    add_schema_arguments(parser, NavGenerator)
 
 
 def make_data(args: argparse.Namespace) -> None:
-    from pydantic import ValidationError
-
+    from kiln.config import schema_from_arguments
     from kiln.engine.rundir import RunLog
 
-    fields = {k: getattr(args, k) for k in NavGenerator.model_fields}
-    try:
-        settings = NavGenerator(**fields)
-    except ValidationError as err:
-        first = err.errors()[0]
-        raise KilnError(f"--{str(first['loc'][0]).replace('_', '-')}: {first['msg']} (got {first['input']!r})") from None
-    generate(args.out, settings, RunLog())
+    generate(args.out, schema_from_arguments(args, NavGenerator), RunLog())
+
+
+def evaluate_arguments(parser) -> None:
+    parser.add_argument("--map", type=Path, help="a MovingAI .map file to roll the policy out on")
+    parser.add_argument("--scen", type=Path, help="a MovingAI .scen file with start/goal pairs for --map")
+    parser.add_argument("--num-pairs", type=int, help="start/goal pairs sampled when --scen is absent (default 200)")
 
 
 RECIPE = Recipe(
@@ -83,4 +76,7 @@ RECIPE = Recipe(
     evaluate=lazy("kiln.recipes.nav.task", "evaluate"),
     report=lazy("kiln.recipes.nav.report", "write_report"),
     data_arguments=data_arguments, make_data=make_data,
+    # the seed's train.py flags that are nav model keys
+    train_flags={"--dim": "model.dim", "--depth": "model.depth", "--dropout": "model.dropout"},
+    evaluate_arguments=evaluate_arguments,
 )

@@ -24,7 +24,7 @@ def sample_pairs(grid: np.ndarray, count: int, rng: np.random.Generator) -> tupl
     return free[picks[:, 0]], free[picks[:, 1]]
 
 
-def evaluate_map(task, map_path: Path, scen_path: Path | None, num_pairs: int, seed: int = 0) -> dict:
+def evaluate_map(task, map_path: Path, scen_path: Path | None, num_pairs: int, seed: int = 0, batch_size: int = 1024) -> dict:
     try:
         grid = read_movingai_map(map_path)
         starts, goals = read_movingai_scen(scen_path) if scen_path else sample_pairs(read_movingai_map(map_path), num_pairs, np.random.default_rng(seed))
@@ -53,7 +53,7 @@ def evaluate_map(task, map_path: Path, scen_path: Path | None, num_pairs: int, s
     optimal = optimal_action_sets(grids, dist, goals)
     split = to_tensors({"grids": grids, "starts": starts, "goals": goals, "dist": dist, "optimal": optimal,
                         "action": single_action_labels(optimal, starts)})
-    metrics = split_metrics(task, split)
+    metrics = split_metrics(task, split, batch_size)
     return {
         **results,
         **{k: metrics[k] for k in ("optimal_action_accuracy", "rollout_success", "rollout_optimality")},

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -52,12 +51,11 @@ def plot_rollouts(task, split: dict, out: Path) -> None:
     save_figure(fig, out)
 
 
-def write_report(run_dir: Path, task, splits, cfg) -> None:
+def write_report(run_dir: Path, task, splits, cfg, results: dict) -> None:
     report_dir = run_dir / "report"
     report_dir.mkdir(exist_ok=True)
     plot_rollouts(task, splits.test, report_dir / "rollouts.png")
     figures = {"Greedy rollouts on test grids (green: an optimal path, red: the policy)": "rollouts.png"}
     if plot_learning_curves(run_dir, report_dir / "learning_curves.png"):
         figures["Learning curves"] = "learning_curves.png"
-    metrics = json.loads((run_dir / "test_results.json").read_text())
-    write_summary(report_dir, f"nav run {cfg.name}", metrics, figures)
+    write_summary(report_dir, f"nav run {cfg.name}", results, figures)

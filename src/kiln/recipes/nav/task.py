@@ -12,6 +12,7 @@ import torch
 from torch import Tensor
 
 from kiln.engine.task import Splits, Task
+from kiln.errors import KilnError
 from kiln.recipes.nav.data import ACTION_DELTAS, STAY
 from kiln.recipes.nav.model import build_model
 
@@ -70,6 +71,17 @@ def rollout_metrics(logits: Tensor, batch: dict[str, Tensor]) -> dict[str, Tenso
     return {"success": reached.float(), "optimality": optimality}
 
 
+class FinalLogits(torch.nn.Module):
+    """The deployable policy: cell codes [B, G, G] (0 free, 1 wall, 2 goal) -> action logits [B, G*G, 5]."""
+
+    def __init__(self, model: torch.nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, cells: Tensor) -> Tensor:
+        return self.model(cells)[-1]
+
+
 class NavTask(Task):
     console_metrics = ("loss", "acc")
 
@@ -97,6 +109,10 @@ class NavTask(Task):
         return metrics
 
 
+    def export_module(self, batch: dict[str, Tensor]):
+        return FinalLogits(self.model), (batch["cells"],)
+
+
 def build_task(cfg, info: dict) -> NavTask:
     return NavTask(build_model(cfg.model, info["grid_size"]), info["grid_size"])
 
@@ -118,14 +134,15 @@ def to_tensors(split: dict[str, np.ndarray]) -> dict[str, Tensor]:
 
 @torch.no_grad()
 def predict_logits(task: NavTask, cells: Tensor, batch_size: int = 1024) -> Tensor:
+    """Final logits [N, G*G, 5] on the CPU, computed in batches on the task's device."""
     task.eval()
-    return torch.cat([task.model(cells[i:i + batch_size])[-1] for i in range(0, len(cells), batch_size)])
+    return torch.cat([task.model(cells[i:i + batch_size].to(task.device))[-1].float().cpu() for i in range(0, len(cells), batch_size)])
 
 
 @torch.no_grad()
-def split_metrics(task: NavTask, split: dict[str, Tensor]) -> dict[str, float]:
+def split_metrics(task: NavTask, split: dict[str, Tensor], batch_size: int = 1024) -> dict[str, float]:
     """Pooled metrics over a whole split (not means of batch means)."""
-    logits = predict_logits(task, split["cells"])
+    logits = predict_logits(task, split["cells"], batch_size)
     optimal = split["optimal"]
     n = len(logits)
     start_cell = split["starts"][:, 0] * task.grid_size + split["starts"][:, 1]
@@ -144,8 +161,12 @@ def split_metrics(task: NavTask, split: dict[str, Tensor]) -> dict[str, float]:
 
 
 def evaluate(task: NavTask, splits: Splits, cfg, options: dict) -> dict:
+    """Test-split metrics, or with the `--map` flags a rollout on a user's MovingAI map."""
+    if options.get("scen") and not options.get("map"):
+        raise KilnError("--scen needs --map (the .map file its start/goal pairs refer to)")
     if options.get("map"):
         from kiln.recipes.nav.maps import evaluate_map
 
-        return evaluate_map(task, options["map"], options.get("scen"), options.get("num_pairs", 200), seed=cfg.train.seed)
-    return {"split": "test", **split_metrics(task, splits.test)}
+        return evaluate_map(task, options["map"], options.get("scen"), options.get("num_pairs") or 200, seed=cfg.train.seed,
+                            batch_size=cfg.train.eval_batch_size)
+    return {"split": "test", **split_metrics(task, splits.test, cfg.train.eval_batch_size)}

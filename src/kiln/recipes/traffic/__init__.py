@@ -6,7 +6,6 @@ import argparse
 import json
 from pathlib import Path
 
-from kiln.errors import KilnError
 from kiln.recipes import Recipe, generate_if_missing, lazy, warn_if_made_differently
 from kiln.recipes.traffic.config import CityGenerator, TrafficConfig
 
@@ -56,22 +55,19 @@ def load_data(cfg: TrafficConfig, log=print):
 
 
 def data_arguments(parser: argparse.ArgumentParser) -> None:
-    defaults = CityGenerator()
-    parser.add_argument("--out", type=Path, required=True, help="dataset directory to create")
+    from kiln.config import add_schema_arguments
+
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--simulate", action="store_true", help="simulate the 62-node city (the embedded default data)")
     source.add_argument("--los-loop", type=Path, metavar="DIR",
                         help="convert Los-loop (los_speed.csv, los_adj.csv from github.com/lehaifeng/T-GCN data/)")
     parser.add_argument("--tgcn-references", action="store_true",
                         help="los-loop: also fit T-GCN's persistence and linear-SVR baselines (several minutes) into dataset.json")
-    parser.add_argument("--days", type=int, default=defaults.days, help="simulate: days of records")
-    parser.add_argument("--interval-minutes", type=int, default=defaults.interval_minutes, help="simulate: minutes per step")
-    parser.add_argument("--seed", type=int, default=defaults.seed, help="simulate: random seed")
+    add_schema_arguments(parser.add_argument_group("simulate"), CityGenerator)
 
 
 def make_data(args: argparse.Namespace) -> None:
-    from pydantic import ValidationError
-
+    from kiln.config import schema_from_arguments
     from kiln.engine.rundir import RunLog
 
     log = RunLog()
@@ -82,12 +78,7 @@ def make_data(args: argparse.Namespace) -> None:
         log(f"Wrote {args.out}: Los-loop, {info['num_nodes']} detectors, {info['num_edges']} edges, "
             f"{info['num_steps']} five-minute steps (mph)")
         return
-    try:
-        settings = CityGenerator(days=args.days, interval_minutes=args.interval_minutes, seed=args.seed)
-    except ValidationError as err:
-        first = err.errors()[0]
-        raise KilnError(f"--{str(first['loc'][0]).replace('_', '-')}: {first['msg']} (got {first['input']!r})") from None
-    simulate(args.out, settings, log)
+    simulate(args.out, schema_from_arguments(args, CityGenerator), log)
 
 
 RECIPE = Recipe(

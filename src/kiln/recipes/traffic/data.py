@@ -42,7 +42,6 @@ class TrafficSeries:
     node_ids: np.ndarray         # [N]
     edges: np.ndarray            # [2, E] node indices (0..N-1)
     edge_weight: np.ndarray      # [E]
-    nodes: pd.DataFrame          # node table in node order (lat/lon when known)
     unit: str                    # "km/h" or "mph"
     interval_minutes: int
     description: dict = field(default_factory=dict)  # dataset.json
@@ -117,16 +116,17 @@ def load_series(data_dir: Path, log: Callable[[str], None] = print) -> TrafficSe
         log("  Weather: none in this dataset (the model runs without its weather branch)")
 
     log("Building graph from traffic data...")
-    nodes, edges, weight = read_graph(data_dir, node_ids, log)
+    edges, weight = read_graph(data_dir, node_ids, log)
     log(f"Number of nodes: {len(node_ids)}")
     log(f"Number of edges: {edges.shape[1]}")
     description = json.loads((data_dir / "dataset.json").read_text()) if (data_dir / "dataset.json").is_file() else {}
-    return TrafficSeries(values, weather, times, run_ids, node_ids, edges, weight, nodes,
+    return TrafficSeries(values, weather, times, run_ids, node_ids, edges, weight,
                          SPEED_COLUMNS[speed_col], interval, description)
 
 
-def read_graph(data_dir: Path, node_ids: np.ndarray, log: Callable[[str], None]) -> tuple[pd.DataFrame, np.ndarray, np.ndarray]:
-    edges_path, nodes_path = data_dir / "edges.csv", data_dir / "nodes.csv"
+def read_graph(data_dir: Path, node_ids: np.ndarray, log: Callable[[str], None]) -> tuple[np.ndarray, np.ndarray]:
+    """edges.csv -> (edge index [2, E] in node order, weight [E]). nodes.csv (lat/lon) is read by the report."""
+    edges_path = data_dir / "edges.csv"
     if not edges_path.is_file():
         raise KilnError(f"'{edges_path}' not found; a traffic dataset needs its road graph as edges.csv (source,target[,weight])")
     edges = pd.read_csv(edges_path)
@@ -144,9 +144,7 @@ def read_graph(data_dir: Path, node_ids: np.ndarray, log: Callable[[str], None])
     if isolated:
         log(f"Warning: {len(isolated)} node(s) have no edges (e.g. {node_ids[isolated][:5].tolist()}); "
             "they are forecast from their own history only")
-    nodes = pd.read_csv(nodes_path) if nodes_path.is_file() else pd.DataFrame({"node_id": node_ids})
-    nodes = nodes.set_index("node_id").reindex(node_ids).reset_index()
-    return nodes, pairs.astype(np.int64), weight
+    return pairs.astype(np.int64), weight
 
 
 # ---------------------------------------------------------------- windows and splits
@@ -208,7 +206,6 @@ def make_split(series: TrafficSeries, starts: np.ndarray, seq_len: int, pred_len
         "x": ((x - stats["speed_mean"]) / stats["speed_std"]).transpose(0, 2, 1).astype(np.float32),
         "y": y.transpose(0, 2, 1).astype(np.float32),
         "hour": cal[..., 0], "dow": cal[..., 1], "slot": cal[..., 2],
-        "start": starts.astype(np.int64),
     }
     if series.weather is not None:
         w = gather(series.weather, starts, span)
@@ -217,24 +214,34 @@ def make_split(series: TrafficSeries, starts: np.ndarray, seq_len: int, pred_len
     return out
 
 
-def build_splits(series: TrafficSeries, protocol: str, seq_len: int, pred_len: int, val_fraction: float,
-                 test_fraction: float, log: Callable[[str], None] = print) -> tuple[dict, dict]:
-    """-> ({split: arrays}, info). Under the tgcn protocol the test windows are T-GCN's: every start
-    with at least the 15-minute block of targets, NaN where the targets run past the data."""
-    bounds = split_bounds(len(series.times), protocol, val_fraction, test_fraction)
-    stats = normalisation(series, bounds["train"])
-    steps_per_day = max(1, 1440 // series.interval_minutes)
-    horizons = tgcn_horizons(series.interval_minutes)
-    splits = {}
+def split_starts(series: TrafficSeries, bounds: dict[str, tuple[int, int]], protocol: str, seq_len: int,
+                 pred_len: int) -> dict[str, np.ndarray]:
+    """The first step of every window of each split. Under the tgcn protocol the test windows are T-GCN's:
+    every start with at least the 15-minute block of targets, NaN where the targets run past the data."""
+    out = {}
     for name, (lo, hi) in bounds.items():
         if name == "test" and protocol == "tgcn":
-            shortest = min(horizons.values(), default=pred_len)
+            shortest = min(tgcn_horizons(series.interval_minutes).values(), default=pred_len)
             starts = np.arange(lo, hi - seq_len - shortest)  # range(len - seq - pre) as in T-GCN's code
         else:
             starts = window_starts(series.times, lo, hi, seq_len + pred_len, series.interval_minutes)
         if len(starts) == 0:
             raise KilnError(f"the {name} split ({hi - lo} steps) is shorter than seq_len + pred_len = {seq_len + pred_len}; "
                             "use more data or shorter windows")
+        out[name] = starts
+    return out
+
+
+def build_splits(series: TrafficSeries, protocol: str, seq_len: int, pred_len: int, val_fraction: float,
+                 test_fraction: float, log: Callable[[str], None] = print) -> tuple[dict, dict]:
+    """-> ({split: arrays}, info), windows as split_starts() places them."""
+    bounds = split_bounds(len(series.times), protocol, val_fraction, test_fraction)
+    stats = normalisation(series, bounds["train"])
+    steps_per_day = max(1, 1440 // series.interval_minutes)
+    horizons = tgcn_horizons(series.interval_minutes)
+    splits = {}
+    for name, starts in split_starts(series, bounds, protocol, seq_len, pred_len).items():
+        lo, hi = bounds[name]
         splits[name] = make_split(series, starts, seq_len, pred_len, stats, steps_per_day)
         runs = len(np.unique(series.run_ids[lo:hi]))
         log(f"Split: {name}")

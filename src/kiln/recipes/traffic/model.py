@@ -161,14 +161,19 @@ class STMGT(nn.Module):
     def predict(self, x_traffic: Tensor, edge_index: Tensor | None = None, x_weather: Tensor | None = None,
                 temporal: dict[str, Tensor] | None = None) -> dict[str, Tensor]:
         """Raw speeds [B, N, T] (+ raw weather [B, T+P, W], temporal {"hour", "dow"} [B, T+P]) -> denormalised
-        means/stds [B, N, P, K] in the data's unit and mixture logits. `edge_index` replaces the stored graph."""
-        if edge_index is not None:
-            self.edge_index, self._edges_cache = edge_index.long().to(self.speed_mean.device), None
-        B = x_traffic.shape[0]
+        means/stds [B, N, P, K] in the data's unit and mixture logits. `edge_index` [2, E] is the graph for
+        this call only (e.g. with a road closed); the stored graph stays."""
+        B, device = x_traffic.shape[0], self.speed_mean.device
         if temporal is None:
-            temporal = {k: torch.zeros(B, self.seq_len + self.pred_len, dtype=torch.long) for k in ("hour", "dow")}
-        x = (x_traffic - self.speed_mean) / self.speed_std
-        w = (x_weather - self.weather_mean) / self.weather_std if x_weather is not None and self.weather_encoder is not None else None
-        out = self(x, temporal["hour"], temporal["dow"], w)
+            temporal = {k: torch.zeros(B, self.seq_len + self.pred_len, dtype=torch.long, device=device) for k in ("hour", "dow")}
+        stored = self.edge_index, self._edges_cache
+        if edge_index is not None:
+            self.edge_index, self._edges_cache = edge_index.long().to(device), None
+        try:
+            x = (x_traffic - self.speed_mean) / self.speed_std
+            w = (x_weather - self.weather_mean) / self.weather_std if x_weather is not None and self.weather_encoder is not None else None
+            out = self(x, temporal["hour"], temporal["dow"], w)
+        finally:
+            self.edge_index, self._edges_cache = stored
         return {"means": out["means"] * self.speed_std + self.speed_mean, "stds": out["stds"] * self.speed_std,
                 "logits": out["logits"]}

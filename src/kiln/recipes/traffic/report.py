@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -96,13 +95,12 @@ def plot_mixture(pred: dict, out: Path) -> None:
     save_figure(fig, out)
 
 
-def write_report(run_dir: Path, task, splits, cfg) -> None:
+def write_report(run_dir: Path, task, splits, cfg, results: dict) -> None:
     report = run_dir / "report"
     report.mkdir(exist_ok=True)
-    results = json.loads((run_dir / "test_results.json").read_text())
     info = splits.info
     unit, interval = info["unit"], info["interval_minutes"]
-    pred = predict_split(task, splits.test)
+    pred = predict_split(task, splits.test, cfg.train.eval_batch_size)
     figures = {}
     if plot_learning_curves(run_dir, report / "learning_curves.png"):
         figures["Learning curves"] = "learning_curves.png"

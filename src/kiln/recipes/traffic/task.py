@@ -16,7 +16,6 @@ from kiln.recipes.traffic.config import TrafficConfig
 from kiln.recipes.traffic.references import HistoricalAverage
 
 COLLAPSE = 0.8  # the seed's warning sign: one component carrying more than 80% of the weight
-EVAL_BATCH = 128
 RAIN_MM = 0.05  # a forecast step counts as rainy above this precipitation
 
 
@@ -60,6 +59,39 @@ def strongest_edges(edge_index: Tensor, weight: Tensor, num_nodes: int, k: int) 
     return edge_index[:, keep], weight[keep]
 
 
+class MixtureForecast(torch.nn.Module):
+    """Deployable STMGT: raw speeds x [B, N, T] in the data's unit, hour and day of week [B, T+P] ->
+    mixture means and stds [B, N, P, K] in the data's unit, and mixture logits [B, N, P, K]."""
+
+    def __init__(self, model: torch.nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: Tensor, hour: Tensor, dow: Tensor, weather: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
+        m = self.model
+        w = (weather - m.weather_mean) / m.weather_std if weather is not None else None
+        out = m((x - m.speed_mean) / m.speed_std, hour, dow, w)
+        return out["means"] * m.speed_std + m.speed_mean, out["stds"] * m.speed_std, out["logits"]
+
+
+class WeatherMixtureForecast(MixtureForecast):
+    """MixtureForecast with raw weather [B, T+P, 3] (temperature, wind, precipitation) as a fourth input."""
+
+    def forward(self, x: Tensor, hour: Tensor, dow: Tensor, weather: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        return super().forward(x, hour, dow, weather)
+
+
+class PointForecast(torch.nn.Module):
+    """Deployable point baseline: raw speeds x [B, N, T] -> forecast [B, N, P], both in the data's unit."""
+
+    def __init__(self, model: torch.nn.Module, mean: float, std: float):
+        super().__init__()
+        self.model, self.mean, self.std = model, mean, std
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.model((x - self.mean) / self.std) * self.std + self.mean
+
+
 class TrafficTask(Task):
     console_metrics = ("loss", "mae", "rmse")
     history_file = ("training_history.csv", ("epoch", "train_loss", "train_mae", "train_rmse", "val_loss", "val_mae",
@@ -85,6 +117,19 @@ class TrafficTask(Task):
         if isinstance(self.model, HistoricalAverage):
             return self.model(batch["slot"])
         return self.model(batch["x"])
+
+    def export_module(self, batch: dict[str, Tensor]):
+        """Raw-unit inputs in, raw-unit forecasts out (the historical average is a lookup table: nothing to export)."""
+        if isinstance(self.model, HistoricalAverage):
+            return None
+        x = batch["x"] * self.speed_std + self.speed_mean
+        if not self.probabilistic:
+            return PointForecast(self.model, self.speed_mean, self.speed_std), (x,)
+        if not self.use_weather:
+            return MixtureForecast(self.model), (x, batch["hour"], batch["dow"])
+        m = self.model
+        weather = batch["weather"] * m.weather_std + m.weather_mean
+        return WeatherMixtureForecast(self.model), (x, batch["hour"], batch["dow"], weather)
 
     def training_step(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
         return self.step(batch, regularise=True)
@@ -158,14 +203,15 @@ class TrafficTask(Task):
 # ---------------------------------------------------------------- evaluation
 
 @torch.no_grad()
-def predict_split(task: TrafficTask, tensors: dict[str, Tensor]) -> dict[str, Tensor]:
-    """Denormalised forecasts for a whole split: {"point": [S, N, P]} plus means/stds/logits [S, N, P, K]."""
+def predict_split(task: TrafficTask, tensors: dict[str, Tensor], batch_size: int) -> dict[str, Tensor]:
+    """Denormalised forecasts for a whole split, on the CPU: {"point": [S, N, P]} plus means/stds/logits [S, N, P, K]."""
     task.eval()
     parts = []
     size = len(tensors["x"])
-    for lo in range(0, size, EVAL_BATCH):
-        batch = {k: v[lo:lo + EVAL_BATCH] for k, v in tensors.items()}
+    for lo in range(0, size, batch_size):
+        batch = {k: v[lo:lo + batch_size].to(task.device) for k, v in tensors.items()}
         out = task.outputs(batch)
+        out = {k: v.float().cpu() for k, v in out.items()} if isinstance(out, dict) else out.float().cpu()
         if task.probabilistic:
             part = {"means": out["means"] * task.speed_std + task.speed_mean, "stds": out["stds"] * task.speed_std,
                     "logits": out["logits"]}
@@ -193,14 +239,16 @@ def evaluate(task: TrafficTask, splits, cfg: TrafficConfig, options: dict) -> di
     test = splits.test
     y = test["y"]
     complete = torch.isfinite(y).all(-1).all(-1)  # windows with every target inside the data
-    pred = predict_split(task, test)
+    batch_size = cfg.train.eval_batch_size
+    pred = predict_split(task, test, batch_size)
     full = {k: v[complete] for k, v in pred.items()}
     y_full = y[complete]
     results = {"model": cfg.model.arch, "unit": info["unit"], "samples": int(complete.sum()),
                **forecast_metrics(full, y_full)}
-    losses = [task.validation_step({k: v[complete][lo:lo + EVAL_BATCH] for k, v in test.items()})["loss"]
-              for lo in range(0, int(complete.sum()), EVAL_BATCH)]
-    results["loss"] = round(torch.stack(losses).mean().item(), 6)
+    windows = {k: v[complete] for k, v in test.items()}
+    losses = [task.validation_step({k: v[lo:lo + batch_size].to(task.device) for k, v in windows.items()})["loss"].cpu()
+              * len(windows["x"][lo:lo + batch_size]) for lo in range(0, len(windows["x"]), batch_size)]
+    results["loss"] = round(torch.stack(losses).sum().item() / len(windows["x"]), 6)
     if "means" in full:
         results["calibration"] = calibration_curve(full["means"], full["stds"], full["logits"], y_full)
         results["mixture_usage"] = [round(float(w), 4) for w in torch.softmax(full["logits"], -1).mean((0, 1, 2))]
