@@ -93,3 +93,60 @@ def test_kiln_data_nav_writes_a_dataset_and_refuses_to_overwrite(tmp_path, capsy
     assert "not empty" in capsys.readouterr().err
     assert main(["data", "nav", "--obstacle-density", "1.5", "--out", str(tmp_path / "e")]) == 2
     assert "--obstacle-density: Input should be less than 1" in capsys.readouterr().err
+
+
+def test_recipe_flags_come_from_the_recipe(tiny_config, tmp_path, capsys):
+    from kiln.recipes import get_recipe
+
+    assert get_recipe("nav").train_flags["--dim"] == "model.dim"
+    help_text = run_kiln("train", "--help").stdout
+    assert "--dim" in help_text and "nav: model.dim" in help_text
+    traffic = tmp_path / "traffic.yaml"
+    traffic.write_text("recipe: traffic\n")
+    assert main(["train", str(traffic), "--dim", "8"]) == 2
+    assert "--dim is not a flag of the traffic recipe" in capsys.readouterr().err
+
+
+def test_seed_flag_names_are_aliases(tiny_config, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert main(["train", "--config", str(tiny_config), "train.max_epochs=1", "--output-dir", str(out), "--lr", "0.01"]) == 0
+    assert "lr: 0.01" in (out / "config.yaml").read_text()
+    assert main(["train", "--config", str(tiny_config), "--checkpoint-dir", str(tmp_path / "ck"), "train.max_epochs=1"]) == 0
+    assert (tmp_path / "ck" / "best_model.pt").is_file()
+    assert main(["train", str(tiny_config), "--config", str(tiny_config)]) == 2
+    assert "give the config once" in capsys.readouterr().err
+    assert main(["data", "nav", "--num-train", "8", "--num-val", "4", "--num-test", "4", "--output-dir", str(tmp_path / "d")]) == 0
+    assert (tmp_path / "d" / "dataset.json").is_file()
+
+
+def test_data_flags_derive_from_the_generator_schema():
+    from kiln.recipes.nav.config import NavGenerator
+
+    help_text = " ".join(run_kiln("data", "nav", "--help").stdout.split())
+    for name, field in NavGenerator.model_fields.items():
+        assert "--" + name.replace("_", "-") in help_text
+    assert "--augment, --no-augment" in help_text and "(default: 5000)" in help_text
+
+
+def test_evaluate_flags_belong_to_their_recipe(tiny_config, tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    assert main(["train", str(tiny_config), "--run-dir", str(run_dir), "train.max_epochs=1"]) == 0
+    capsys.readouterr()
+    assert main(["evaluate", str(run_dir), "--scen", "x.scen"]) == 2
+    assert "--scen needs --map" in capsys.readouterr().err
+    assert main(["evaluate", str(run_dir)]) == 0
+    assert "test results" in capsys.readouterr().out
+
+
+def test_resume_of_a_phased_run_needs_no_top_level_checkpoint(tiny_config, tmp_path, capsys):
+    import yaml
+
+    config = yaml.safe_load(tiny_config.read_text())
+    config["phases"] = [{"train": {"max_epochs": 1}}, {"train": {"max_epochs": 1, "lr": 1e-3}}]
+    path = tmp_path / "phased.yaml"
+    path.write_text(yaml.safe_dump(config))
+    run_dir = tmp_path / "run"
+    assert main(["train", str(path), "--run-dir", str(run_dir)]) == 0
+    assert main(["train", "--resume", str(run_dir)]) == 2
+    assert "already finished all 2 phases" in capsys.readouterr().err
+    assert main(["evaluate", str(run_dir)]) == 0

@@ -2,8 +2,10 @@
 
 The lr grows exponentially from --min-lr to --max-lr over --steps optimizer steps while the model
 trains through the engine's own step (same precision, accumulation, clipping and parameter groups);
-the test stops early once the smoothed loss exceeds 4x its minimum or turns non-finite. The
-suggestion is the lr of the steepest descent of the smoothed loss (against log lr), before its minimum.
+the test stops early once the smoothed loss (a causal EMA, as fastai's) exceeds 4x its minimum or turns
+non-finite. The suggestion is the lr of the steepest descent of the loss against log lr, before its
+minimum, on a centred moving average: an EMA lags by ~1/(1 - beta) steps, which at 100 steps over five
+decades would move the suggestion up by most of a decade.
 
 torch-lr-finder runs its own loop (model(inputs), criterion(outputs, labels), its own AMP), which
 would bypass the engine's step; the short loop here keeps one code path for training.
@@ -43,15 +45,21 @@ def divergence_scale(curve: np.ndarray) -> float:
     return float(low) if low > 0 else max(float(curve[0] - low), 1e-8)
 
 
+def centred(losses: list[float]) -> np.ndarray:
+    """A moving average over ~5% of the points on each side, without lag (edges repeat the end values)."""
+    half = max(1, len(losses) // 20)
+    padded = np.concatenate([[losses[0]] * half, losses, [losses[-1]] * half])
+    return np.convolve(padded, np.ones(2 * half + 1) / (2 * half + 1), mode="valid")
+
+
 def suggest(lrs: list[float], losses: list[float]) -> float | None:
-    """The lr where the smoothed loss falls fastest per decade of lr, up to the smoothed minimum."""
-    curve = smoothed(losses)
+    """The lr where the loss falls fastest per decade of lr, up to its minimum (both on the centred average)."""
+    curve = centred(losses)
     end = int(np.argmin(curve)) + 1
-    start = min(len(curve) // 10, max(end - 3, 0))  # the first steps are noise of the EMA start
-    if end - start < 3:
+    if end < 3:
         return None
-    slope = np.gradient(curve[start:end], np.log10(lrs[start:end]))
-    return float(lrs[start + int(np.argmin(slope))])
+    slope = np.gradient(curve[:end], np.log10(lrs[:end]))
+    return float(lrs[int(np.argmin(slope))])
 
 
 def lr_range_test(cfg: RunConfig, recipe, out: Path, *, min_lr: float = 1e-7, max_lr: float = 10.0, steps: int = 100) -> dict[str, Any]:
@@ -105,8 +113,8 @@ def lr_range_test(cfg: RunConfig, recipe, out: Path, *, min_lr: float = 1e-7, ma
                 stop = f"reached --max-lr after {steps} steps"
                 break
         epoch += 1
-    suggestion = suggest(lrs, losses)
-    curve = smoothed(losses) if losses else np.array([])
+    suggestion = suggest(lrs, losses) if len(losses) >= 3 else None
+    curve = centred(losses) if losses else np.array([])
     result = {"suggested_lr": suggestion, "min_loss_lr": float(lrs[int(np.argmin(curve))]) if losses else None,
               "steps": len(lrs), "stopped": stop, "path": str(out)}
     write_json(out / "lr_find.json", {**result, "min_lr": min_lr, "max_lr": max_lr, "lr": lrs, "loss": losses,
@@ -119,7 +127,7 @@ def lr_range_test(cfg: RunConfig, recipe, out: Path, *, min_lr: float = 1e-7, ma
 def plot(lrs: list[float], losses: list[float], curve: np.ndarray, suggestion: float | None, out: Path, name: str | None) -> None:
     fig, ax = plt.subplots(figsize=(6, 4))
     ax.plot(lrs, losses, color="lightgrey", lw=1, label="loss per step")
-    ax.plot(lrs, curve, color="tab:blue", label="smoothed")
+    ax.plot(lrs, curve, color="tab:blue", label="moving average")
     if suggestion:
         ax.axvline(suggestion, color="tab:red", ls="--", label=f"suggested {suggestion:.2g}")
     ax.set_xscale("log")
