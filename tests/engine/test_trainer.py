@@ -9,6 +9,8 @@ import time
 import pytest
 import torch
 
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
 from kiln.engine import devices
 from kiln.engine.batches import TensorBatches
 from kiln.engine.media import make_loggers
@@ -44,7 +46,9 @@ def test_run_directory_layout(tiny_config, tmp_path):
             "report/rollouts.png", "report/learning_curves.png", "report/metrics.json", "report/report.md",
             "csv/metrics.csv"} <= files
     assert not any(name.endswith(".tmp") for name in files)
-    assert list((run_dir / "tb").glob("events.out.tfevents.*"))
+    events = EventAccumulator(str(run_dir / "tb"))
+    events.Reload()
+    assert [e.step for e in events.Images("val/rollouts")] == [6, 12, 18]  # nav's media hook, at each validation
 
     status = json.loads((run_dir / "status.json").read_text())
     assert status["state"] == "finished" and status["epoch"] == 3 and status["pid"] == os.getpid()

@@ -46,7 +46,8 @@ def as_tuple(out) -> tuple[Tensor, ...]:
 def write_onnx(module: nn.Module, inputs: tuple[Tensor, ...], path: Path) -> None:
     import logging
 
-    logging.getLogger("torch.onnx._internal.exporter._registration").setLevel(logging.ERROR)  # "torchvision is not installed"
+    for noisy in ("torch.onnx._internal.exporter._registration", "onnxscript"):  # "torchvision is not installed", folding notes
+        logging.getLogger(noisy).setLevel(logging.ERROR)
     batch = torch.export.Dim("batch")
     names = [f"input_{i}" for i in range(len(inputs))]
     with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):

@@ -301,8 +301,7 @@ class Run:
     def forward_backward(self, batch: dict[str, Tensor], window: int, is_update: bool) -> None:
         s = self.state
         with self.fabric.no_backward_sync(self.model, enabled=not is_update):
-            with self.fabric.autocast():
-                out = self.model(batch, "train")
+            out = self.model(batch, "train")  # Fabric's wrapper applies the precision's autocast
             self.fabric.backward(out["loss"] / window)
         n = batch_size_of(batch)
         accumulate(s.sums, out, n)
@@ -315,18 +314,20 @@ class Run:
         s, t = self.state, self.t
         norm = self.fabric.clip_gradients(self.model, self.optimizer, max_norm=t.gradient_clip_val or math.inf,
                                           error_if_nonfinite=False)  # the total norm before clipping
-        loss = torch.stack(self.window).float().mean()
+        loss = self.window[0] if len(self.window) == 1 else torch.stack(self.window).mean()
         self.window = []
+        if self.fabric.world_size == 1:
+            loss_value, norm_value = torch.stack([loss.float(), norm.float().to(loss.device)]).tolist()
+            stop = self.signals["stop"]
+        else:  # one all-reduce: the mean loss and norm, whether any rank saw a non-finite value or was asked to stop
+            flags = torch.stack([loss.float(), norm.float().to(loss.device), torch.tensor(float(self.signals["stop"]), device=loss.device)])
+            finite = torch.isfinite(flags[:2])
+            flags = torch.cat([flags[:2].nan_to_num() / self.fabric.world_size, (~finite).float().sum()[None], flags[2:]])
+            loss_value, norm_value, bad, stop = self.fabric.all_reduce(flags, reduce_op="sum").tolist()
+            loss_value, norm_value = (loss_value, norm_value) if not bad else (math.nan, math.nan)
         # 16-mixed scales the loss: an inf gradient there is the scaler's business (it skips that step)
-        bad = ~torch.isfinite(loss) | (~torch.isfinite(norm) if self.precision != "16-mixed" else torch.zeros((), dtype=torch.bool))
-        flags = torch.stack([bad.float().to(loss.device), torch.tensor(float(self.signals["stop"]), device=loss.device),
-                             loss.nan_to_num(), norm.float().nan_to_num().to(loss.device)])
-        if self.fabric.world_size > 1:
-            flags = self.fabric.all_reduce(flags, reduce_op="sum") / torch.tensor([1, 1, self.fabric.world_size, self.fabric.world_size],
-                                                                                  device=flags.device)
-        bad_count, stop, loss_value, norm_value = flags.tolist()
-        if bad_count:
-            what = "loss" if not torch.isfinite(loss) else "gradient norm"
+        if not math.isfinite(loss_value) or (not math.isfinite(norm_value) and self.precision != "16-mixed"):
+            what = "loss" if not math.isfinite(loss.item()) else "gradient norm"
             raise NonFinite(f"the {what} became non-finite at epoch {s.epoch + 1}, step {s.step + 1}; stopped before that update, "
                             f"checkpoints/last.ckpt keeps the last good state; lower train.lr, set train.gradient_clip_val "
                             f"or check the data for NaN/inf")
@@ -407,7 +408,10 @@ class Run:
             for logger in self.loggers:
                 logger.log_metrics({k: v for k, v in row.items() if k not in ("epoch", "step")}, step=s.step)
             if self.media:
-                self.task.log_media(self.media, first_val_batch, s.step)
+                with torch.no_grad():
+                    self.evaluated.eval()  # the validated weights (EMA when on), in eval mode
+                    self.evaluated.log_media(self.media, first_val_batch, s.step)
+                    self.model.train()
                 if t.log_histograms:
                     log_parameter_histograms(self.media, self.evaluated, s.step, "weights")
             if improved:

@@ -169,3 +169,30 @@ def test_a_missing_dataset_names_the_command_that_makes_it(traffic_config, tmp_p
     with pytest.raises(KilnError, match="kiln data traffic --simulate --out .*nowhere or kiln data traffic --los-loop PATH"):
         get_recipe("traffic").prepare_data(cfg, lambda m: None)
     assert not (tmp_path / "nowhere").exists()
+
+
+def test_stmgt_exports_in_every_format_in_the_data_unit(traffic_config, tmp_path):
+    import onnxruntime
+
+    from kiln.engine.export import PARITY, export_run
+
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    train(traffic_config, run_dir, ["train.max_epochs=1"])
+    recipe, cfg = get_recipe("traffic"), load_config(run_dir / "config.yaml")
+    result = export_run(run_dir, recipe, cfg, "onnx")
+    assert result["max_abs_diff"] <= PARITY and result["inputs"] == [[62, 12], [16], [16], [16, 3]]
+    # the exported graph takes raw km/h and weather and answers in km/h, like STMGT.predict
+    splits = recipe.load_data(cfg, lambda m: None)
+    task = TrafficTask(cfg, splits.info).eval()
+    task.load_state_dict(torch.load(run_dir / "best_model.pt", weights_only=True)["state_dict"])
+    test = {k: v[:5] for k, v in splits.test.items()}
+    raw_x = test["x"] * task.speed_std + task.speed_mean
+    raw_weather = test["weather"] * task.model.weather_std + task.model.weather_mean
+    session = onnxruntime.InferenceSession(result["path"])
+    means = session.run(None, dict(zip([i.name for i in session.get_inputs()],
+                                       [raw_x.numpy(), test["hour"].numpy(), test["dow"].numpy(), raw_weather.numpy()])))[0]
+    expected = task.model.predict(raw_x, x_weather=raw_weather, temporal={"hour": test["hour"], "dow": test["dow"]})["means"]
+    np.testing.assert_allclose(means, expected.numpy(), atol=1e-4)
+    for fmt in ("torchscript", "safetensors"):  # checked at batch sizes 1, 3 and 16 against PyTorch
+        assert export_run(run_dir, recipe, cfg, fmt)["max_abs_diff"] <= PARITY

@@ -27,12 +27,13 @@ def optimal_path(dist: np.ndarray, start: np.ndarray) -> np.ndarray:
     return np.array(path)
 
 
-def plot_rollouts(task, split: dict, out: Path) -> None:
-    cells = split["cells"][:GRIDS_SHOWN]
+def draw_rollouts(task, split: dict, count: int = GRIDS_SHOWN):
+    """A figure of greedy rollouts on the first `count` grids of a split (green: an optimal path, red: the policy)."""
+    split = {k: v[:count].cpu() for k, v in split.items()}
+    cells = split["cells"]
     size = cells.shape[-1]
     actions = predict_logits(task, cells).argmax(-1).view(-1, size, size)
-    reached, _, trail = greedy_rollout(actions, cells == 1, split["starts"][:GRIDS_SHOWN], split["goals"][:GRIDS_SHOWN],
-                                       4 * size * size, record=True)
+    reached, _, trail = greedy_rollout(actions, cells == 1, split["starts"], split["goals"], 4 * size * size, record=True)
     trail = torch.stack(trail, 1).numpy()  # [B, steps, 2]
     cols = 4
     fig, axes = plt.subplots(-(-len(cells) // cols), cols, figsize=(3 * cols, 3 * -(-len(cells) // cols)), squeeze=False)
@@ -48,13 +49,13 @@ def plot_rollouts(task, split: dict, out: Path) -> None:
         ax.plot(*split["goals"][b].numpy()[::-1], "*", color="gold", mec="k", ms=14)
         ax.set_title(f"{'reached' if reached[b] else 'FAILED'}: {len(best) - 1} optimal moves", fontsize=9)
     axes.flat[0].legend(loc="lower left", fontsize=7)
-    save_figure(fig, out)
+    return fig
 
 
 def write_report(run_dir: Path, task, splits, cfg, results: dict) -> None:
     report_dir = run_dir / "report"
     report_dir.mkdir(exist_ok=True)
-    plot_rollouts(task, splits.test, report_dir / "rollouts.png")
+    save_figure(draw_rollouts(task, splits.test), report_dir / "rollouts.png")
     figures = {"Greedy rollouts on test grids (green: an optimal path, red: the policy)": "rollouts.png"}
     if plot_learning_curves(run_dir, report_dir / "learning_curves.png"):
         figures["Learning curves"] = "learning_curves.png"

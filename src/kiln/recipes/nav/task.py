@@ -112,6 +112,11 @@ class NavTask(Task):
     def export_module(self, batch: dict[str, Tensor]):
         return FinalLogits(self.model), (batch["cells"],)
 
+    def log_media(self, media, batch: dict[str, Tensor], step: int) -> None:
+        from kiln.recipes.nav.report import draw_rollouts
+
+        media.figure("val/rollouts", draw_rollouts(self, batch, count=4), step)
+
 
 def build_task(cfg, info: dict) -> NavTask:
     return NavTask(build_model(cfg.model, info["grid_size"]), info["grid_size"])
