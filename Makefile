@@ -23,6 +23,7 @@ test: setup
 
 bench: setup
 	$(PY) bench/engine_overhead.py
+	$(PY) bench/engine_loader.py
 	$(PY) bench/nav_datagen.py
 	$(PY) bench/nav_precision.py
 	$(PY) bench/traffic_step.py
