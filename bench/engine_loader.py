@@ -3,8 +3,8 @@
 Both runs train the nav quick model through kiln (`fit`) on the same dataset: once with batches gathered
 from in-memory tensors in the main process (train.num_workers=0) and once through a torch DataLoader
 with worker processes (train.num_workers=2), which is the path a recipe takes for data that does not
-fit in memory. Each side's rate is its best epoch's `train_time_s` after a warm-up epoch, in 2
-interleaved rounds. Last line: JSON with `ratio` = DataLoader steps/s / in-memory steps/s.
+fit in memory. Each side's rate is its best epoch's `train_time_s` after a warm-up epoch, over 4
+interleaved rounds on 5,000 training grids (short rounds: this VM's speed drifts, see engine_overhead.py). Last line: JSON with `ratio` = DataLoader steps/s / in-memory steps/s.
 
     python bench/engine_loader.py [--workers 2]
 """
@@ -28,12 +28,13 @@ from kiln.recipes import load_recipe_config  # noqa: E402
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=4)
     args = parser.parse_args()
     set_threads(None)
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        common = [f"data.dir={work / 'data'}", f"train.max_epochs={EPOCHS}", "train.loggers=[]", "train.patience=null"]
+        common = [f"data.dir={work / 'data'}", "data.generate.num_train=5000", f"train.max_epochs={EPOCHS}",
+                  "train.loggers=[]", "train.patience=null"]
         memory = load_recipe_config(ROOT / "configs/nav/quick.yaml", common + ["train.num_workers=0"])[1]
         loader = load_recipe_config(ROOT / "configs/nav/quick.yaml", common + [f"train.num_workers={args.workers}"])[1]
         rates = {"memory": [], "loader": []}

@@ -58,10 +58,13 @@ class ToyTask(Task):
             self.head = nn.Linear(hidden, 1)
         else:
             self.head = nn.Linear(dim, 1)
-        self.settings, self.calls = cfg.model, 0
+        self.settings, self.calls, self.epochs_started = cfg.model, 0, []
 
     def predict(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(torch.tanh(self.encoder(x)) if hasattr(self, "encoder") else x).squeeze(-1)
+
+    def on_epoch_start(self, epoch, max_epochs):
+        self.epochs_started.append((epoch, max_epochs))
 
     def training_step(self, batch):
         self.calls += 1

@@ -73,6 +73,25 @@ def test_an_interrupt_inside_an_accumulation_window_resumes_to_identical_weights
         assert torch.equal(final_weights(resumed)[key], value), key
 
 
+def test_the_task_hears_of_each_epoch_and_of_the_resumed_one(toy_cfg, toy, run_toy, monkeypatch):
+    tasks = []
+    recording = dataclasses.replace(toy, build_task=lambda cfg, info: tasks.append(toy.build_task(cfg, info)) or tasks[-1])
+    cfg = toy_cfg(max_epochs=3)
+    original = TensorBatches.epoch
+
+    def interrupting(self, epoch=0, start=0):
+        for i, batch in enumerate(original(self, epoch, start), start=start):
+            if self.shuffle and epoch == 1 and i == 1:
+                os.kill(os.getpid(), signal.SIGINT)
+            yield batch
+
+    monkeypatch.setattr(TensorBatches, "epoch", interrupting)
+    run_toy("run", cfg, recipe=recording)
+    monkeypatch.setattr(TensorBatches, "epoch", original)
+    run_toy("run", cfg, recipe=recording, resume=True)
+    assert tasks[0].epochs_started == [(0, 3), (1, 3)] and tasks[1].epochs_started == [(1, 3), (2, 3)]
+
+
 def test_a_non_finite_loss_stops_at_its_step_and_keeps_the_last_good_checkpoint(toy_cfg, run_toy, tmp_path):
     cfg = toy_cfg(model={"poison_call": 6})  # 4 steps per epoch: call 6 is epoch 2, step 6
     with pytest.raises(KilnError, match=r"the loss became non-finite at epoch 2, step 6; stopped before that update"):

@@ -41,6 +41,10 @@ class Task(nn.Module):
             tensor = next(self.buffers(), torch.empty(0))
         return tensor.device
 
+    def on_epoch_start(self, epoch: int, max_epochs: int) -> None:
+        """Called before each training epoch (0-based `epoch`; again for the resumed one after --resume): for
+        schedules of recipe knobs across a run or phase, e.g. teacher forcing decaying linearly over its epochs."""
+
     def fit_data(self, train: dict[str, Tensor]) -> None:
         """Closed-form parts fitted on the training split before the loop (e.g. a historical average)."""
 

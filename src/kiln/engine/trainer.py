@@ -265,6 +265,7 @@ class Run:
 
     def train_epoch(self) -> None:
         s = self.state
+        self.task.on_epoch_start(s.epoch, self.t.max_epochs)
         self.model.train()
         started = time.perf_counter()
         bar = self.progress.add_task(f"epoch {s.epoch + 1}", total=self.batches_per_epoch, completed=s.batch_in_epoch) if self.progress else None
