@@ -150,3 +150,24 @@ def test_resume_of_a_phased_run_needs_no_top_level_checkpoint(tiny_config, tmp_p
     assert main(["train", "--resume", str(run_dir)]) == 2
     assert "already finished all 2 phases" in capsys.readouterr().err
     assert main(["evaluate", str(run_dir)]) == 0
+
+
+def test_a_recipe_brings_its_own_commands(monkeypatch, capsys):
+    import dataclasses
+    import types
+
+    from kiln import recipes
+
+    seen = {}
+    nav = recipes.get_recipe("nav")
+    tool = (lambda parser: parser.add_argument("run"), lambda args: seen.setdefault("run", args.run) and 0)
+    module = types.SimpleNamespace(RECIPE=dataclasses.replace(nav, name="tooly", commands={"inspect": tool}, train_flags={},
+                                                              evaluate_arguments=None))
+    monkeypatch.setitem(recipes.RECIPES, "tooly", "kiln_test_tooly")
+    monkeypatch.setitem(__import__("sys").modules, "kiln_test_tooly", module)
+    assert main(["tooly", "inspect", "runs/x"]) == 0 and seen == {"run": "runs/x"}
+    try:
+        main(["tooly"])
+    except SystemExit as exit:
+        assert exit.code == 2
+    assert "the following arguments are required: COMMAND" in capsys.readouterr().err

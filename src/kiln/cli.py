@@ -86,6 +86,14 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_argument("--out", "--output-dir", dest="out", type=Path, required=True, help="dataset directory to create")
         recipe.data_arguments(sub)
 
+    for name, recipe in recipes.items():  # `kiln <recipe> <command>`: tools a recipe brings (e.g. kiln printer compensate)
+        if recipe.commands:
+            tools = verbs.add_parser(name, help=f"{name} tools: {', '.join(recipe.commands)}").add_subparsers(
+                dest="command", required=True, metavar="COMMAND")
+            for command, (add_arguments, run) in recipe.commands.items():
+                add_arguments(tools.add_parser(command))
+                tools.choices[command].set_defaults(run_command=run)
+
     status = verbs.add_parser("status", help="show the state of runs (running, finished, interrupted, failed)")
     status.add_argument("run_dirs", nargs="*", type=Path, help="run directories (default: every run under runs/)")
 
@@ -239,6 +247,8 @@ def main(argv: list[str] | None = None) -> int:
     if takes_overrides:
         args.overrides = list(args.overrides) + extra
     try:
+        if args.verb not in VERBS:  # a recipe's own command
+            return args.run_command(args) or 0
         return VERBS[args.verb](args)
     except KilnError as err:
         print(f"kiln: error: {err}", file=sys.stderr)

@@ -45,6 +45,9 @@ class Recipe:
     train_flags: dict[str, str] = field(default_factory=dict)
     # The recipe's own `kiln evaluate RUN ...` flags; their values reach evaluate() as `options`.
     evaluate_arguments: Callable[[argparse.ArgumentParser], None] | None = None
+    # Tools of the recipe's own, run as `kiln <recipe> <command> ...`: command -> (add its arguments, run it).
+    commands: dict[str, tuple[Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int | None]]] = \
+        field(default_factory=dict)
 
 
 def generate_if_missing(data_dir: Path, settings: Any, make: Callable[[Path, Any, Callable[[str], None]], Any],
