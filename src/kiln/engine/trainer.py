@@ -231,7 +231,7 @@ class Run:
                 self.period_started = time.perf_counter()
                 while not self.done():
                     self.train_epoch()
-                if not s.history or s.history[-1]["step"] != s.step:  # steps trained since the last validation
+                if not s.history or s.history[-1].get("step") != s.step:  # steps trained since the last validation
                     self.end_period()
         except Interrupted:
             self.save_checkpoint("last.ckpt")
