@@ -26,11 +26,12 @@ def make_cfg(**model):
 def test_shapes_through_encoder_dynamics_and_decoder():
     task = WorldTask(make_cfg(latent_dim=6), {"action_dim": 3})
     frames, actions = torch.rand(2, 5, 3, 32, 32), torch.rand(2, 5, 3)
-    latents = task.model.encode(frames)
+    latents, content = task.model.encode(frames, context=2)
     assert latents.shape == (2, 5, 6, 8, 8)  # 32 / 2^2 = init_size 8
+    assert [c.shape for c in content] == [(2, 8, 16, 16), (2, 8, 8, 8)]  # the last observed frame's stage features
     assert task.model.dynamics(latents[:, :2], actions[:, 1]).shape == (2, 6, 8, 8)
     assert task.model.rollout(latents[:, :2], actions[:, 1:4]).shape == (2, 3, 6, 8, 8)
-    decoded = task.model.decode(latents)
+    decoded = task.model.decode(latents, content)
     assert decoded.shape == frames.shape and 0 <= decoded.min() and decoded.max() <= 1
     out = task.predict(frames, actions, steps=3)
     assert out["pred"].shape == (2, 3, 3, 32, 32)

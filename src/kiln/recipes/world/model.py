@@ -7,14 +7,16 @@ Shapes, for frames of side S, encoder stages c_1..c_n and latent_dim D:
     encoder   n stages, each a stride-2 conv + residual block -> 1x1 conv
     latent z  [B, D, s, s]       s = S / 2^n = decoder.init_size
     dynamics  z_{t+1} = z_t + f([z_{t-K+1} .. z_t], coords, a_t)   (num_layers residual blocks, FiLM on the action)
-    decoder   1x1 conv -> n stages, each a residual block + conv + 2x pixel shuffle -> sigmoid   [B, 3, S, S]
+    decoder   1x1 conv -> n stages, each (+ a content skip) a residual block + conv + 2x pixel shuffle -> sigmoid
 
 A spatial latent (rather than one vector) keeps where things are: CarRacing's camera follows and turns
 with the car, so every action moves the whole picture, and a conv dynamics model can express that
 motion locally. The two coordinate channels let it tell the car's position (fixed, near the bottom
 centre) and the dashboard from the rest, since a turn moves pixels far from the car more.
 Multi-step prediction rolls the dynamics forward in latent space on its own predictions and decodes
-every step.
+every step. With decoder.skip_connections the decoder also sees the encoder's feature maps of the
+last observed frame (the content skips of Denton & Fergus 2018, SVG): textures, the dashboard and the
+score need not squeeze through the latent, which then carries what changes.
 """
 
 from __future__ import annotations
@@ -62,10 +64,13 @@ class Encoder(nn.Module):
         self.out = nn.Sequential(nn.GroupNorm(groups_for(stages[-1]), stages[-1]), nn.SiLU(), nn.Conv2d(stages[-1], latent_dim, 1))
         self.checkpointing = False
 
-    def forward(self, x: Tensor) -> Tensor:
+    def forward(self, x: Tensor) -> tuple[Tensor, list[Tensor]]:
+        """The latent, and every stage's feature map (finest first) for the decoder's content skips."""
+        features = []
         for stage in self.stages:
             x = checkpoint(stage, x, use_reentrant=False) if self.checkpointing and self.training else stage(x)
-        return self.out(x)
+            features.append(x)
+        return self.out(x), features
 
 
 class Decoder(nn.Module):
@@ -73,19 +78,24 @@ class Decoder(nn.Module):
     stage's channels and a pixel shuffle (Shi et al. 2016) that doubles the resolution; the last stage's "next
     channels" are the 3 colours, so again no conv runs at full resolution."""
 
-    def __init__(self, stages: list[int], latent_dim: int):
+    def __init__(self, stages: list[int], latent_dim: int, skip_channels: list[int] | None):
         super().__init__()
         self.inp = nn.Conv2d(latent_dim, stages[0], 1)
         widths = [*stages, 3]
+        # content skips: encoder stage n-1-i has the resolution decoder stage i starts at
+        self.skips = nn.ModuleList(nn.Conv2d(c, w, 1) for c, w in zip(skip_channels[::-1], stages)) if skip_channels else None
         self.stages = nn.ModuleList(
             nn.Sequential(ResBlock(widths[i]), nn.GroupNorm(groups_for(widths[i]), widths[i]), nn.SiLU(),
                           nn.Conv2d(widths[i], 4 * widths[i + 1], 3, padding=1), nn.PixelShuffle(2))
             for i in range(len(stages)))
         self.checkpointing = False
 
-    def forward(self, z: Tensor) -> Tensor:
+    def forward(self, z: Tensor, content: list[Tensor] | None = None) -> Tensor:
+        """z [B, D, s, s]; content: the encoder's feature maps of the last observed frame (finest first)."""
         x = self.inp(z)
-        for stage in self.stages:
+        for i, stage in enumerate(self.stages):
+            if self.skips is not None:
+                x = x + self.skips[i](content[-1 - i])
             x = checkpoint(stage, x, use_reentrant=False) if self.checkpointing and self.training else stage(x)
         return torch.sigmoid(x)
 
@@ -121,19 +131,24 @@ class WorldModel(nn.Module):
         self.encoder = Encoder(cfg.encoder.stages, cfg.latent_dim)
         self.dynamics = Dynamics(cfg.latent_dim, cfg.context_frames, action_dim, cfg.dynamics.hidden_dim,
                                  cfg.dynamics.num_layers, cfg.dynamics.dropout)
-        self.decoder = Decoder(cfg.decoder.stages, cfg.latent_dim)
+        self.decoder = Decoder(cfg.decoder.stages, cfg.latent_dim, cfg.encoder.stages if cfg.decoder.skip_connections else None)
 
     def enable_gradient_checkpointing(self) -> None:
         """Recompute encoder and decoder stage activations during backward instead of keeping them (less memory)."""
         self.encoder.checkpointing = self.decoder.checkpointing = True
 
-    def encode(self, frames: Tensor) -> Tensor:
-        """[B, L, 3, S, S] -> [B, L, D, s, s]."""
-        return self.encoder(frames.flatten(0, 1)).unflatten(0, frames.shape[:2])
+    def encode(self, frames: Tensor, context: int) -> tuple[Tensor, list[Tensor]]:
+        """[B, L, 3, S, S] -> latents [B, L, D, s, s], and the content features of frame `context` - 1 (the last
+        observed one) that every decoded frame of the window sees through the skips."""
+        latents, features = self.encoder(frames.flatten(0, 1))
+        content = [f.unflatten(0, frames.shape[:2])[:, context - 1] for f in features]
+        return latents.unflatten(0, frames.shape[:2]), content
 
-    def decode(self, latents: Tensor) -> Tensor:
-        """[B, L, D, s, s] -> [B, L, 3, S, S]."""
-        return self.decoder(latents.flatten(0, 1)).unflatten(0, latents.shape[:2])
+    def decode(self, latents: Tensor, content: list[Tensor]) -> Tensor:
+        """[B, L, D, s, s] -> [B, L, 3, S, S], every frame with the same content features [B, C_i, h_i, w_i]."""
+        b, length = latents.shape[:2]
+        repeated = [c.repeat_interleave(length, 0) for c in content]
+        return self.decoder(latents.flatten(0, 1), repeated).unflatten(0, (b, length))
 
     def rollout(self, context: Tensor, actions: Tensor) -> Tensor:
         """Open-loop prediction in latent space. context [B, K, D, s, s]: the observed latents; actions [B, H, A]:

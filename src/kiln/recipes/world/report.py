@@ -48,8 +48,8 @@ def draw_filmstrip(truth: torch.Tensor, pred: torch.Tensor, context: int, title:
 @torch.no_grad()
 def imagine(task, context_frames: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
     """Decoded open-loop rollout from observed frames [K, 3, S, S] under actions [T, A] -> [T, 3, S, S]."""
-    latents = task.model.encode(context_frames[None].to(task.device))
-    return task.model.decode(task.model.rollout(latents, actions[None].to(task.device)))[0].cpu()
+    latents, content = task.model.encode(context_frames[None].to(task.device), len(context_frames))
+    return task.model.decode(task.model.rollout(latents, actions[None].to(task.device)), content)[0].cpu()
 
 
 def draw_imagined(rows: dict[str, torch.Tensor], start: torch.Tensor, every: int = 3):

@@ -66,9 +66,10 @@ class WorldTask(Task):
         """frames [B, L, 3, S, S] (the first K observed), actions [B, L, A] -> latents of every frame, their
         reconstructions, and `steps` rolled-out latents and decoded predictions of frames K .. K + steps - 1."""
         k = self.context
-        latents = self.model.encode(frames)
+        latents, content = self.model.encode(frames, k)
         rolled = self.model.rollout(latents[:, :k], actions[:, k - 1:k - 1 + steps])
-        return {"latents": latents, "recon": self.model.decode(latents), "rolled": rolled, "pred": self.model.decode(rolled)}
+        return {"latents": latents, "recon": self.model.decode(latents, content), "rolled": rolled,
+                "pred": self.model.decode(rolled, content)}
 
     def losses(self, frames: Tensor, out: dict[str, Tensor], steps: int) -> dict[str, Tensor]:
         k = self.context
