@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 from kiln.engine.report import plot_learning_curves, plt, save_figure, write_summary
-from kiln.recipes.world.data import to_float
+from kiln.recipes.world.data import CARRACING_ACTIONS, to_float
 
 SEQUENCES_SHOWN = 3
 IMAGINED_STEPS = 30
@@ -106,12 +106,13 @@ def write_report(run_dir: Path, task, splits, cfg, results: dict) -> None:
     save_figure(draw_filmstrip(frames.cpu(), torch.cat([torch.zeros_like(frames[:, :k]), pred], 1).cpu(), k,
                                f"Test sequences (held-out tracks): truth vs {task.eval_horizon}-step prediction"),
                 report_dir / "filmstrip.png")
-    context = frames[0, :k].cpu()
-    rows = {name: imagine(task, context, torch.tensor(action).expand(IMAGINED_STEPS, -1)) for name, action in SCRIPTS}
-    save_figure(draw_imagined(rows, context[-1]), report_dir / "imagined.png")
-    write_gif(rows, report_dir / "imagined.gif")
-    figures = {"Truth vs prediction on test sequences": "filmstrip.png",
-               f"Imagined rollouts ({', '.join(rows)}), animated in imagined.gif": "imagined.png"}
+    figures = {"Truth vs prediction on test sequences": "filmstrip.png"}
+    if splits.info.get("action_names") == CARRACING_ACTIONS:  # the scripts are CarRacing's [steer, gas, brake]
+        context = frames[0, :k].cpu()
+        rows = {name: imagine(task, context, torch.tensor(action).expand(IMAGINED_STEPS, -1)) for name, action in SCRIPTS}
+        save_figure(draw_imagined(rows, context[-1]), report_dir / "imagined.png")
+        write_gif(rows, report_dir / "imagined.gif")
+        figures[f"Imagined rollouts ({', '.join(rows)}), animated in imagined.gif"] = "imagined.png"
     if plot_learning_curves(run_dir, report_dir / "learning_curves.png"):
         figures["Learning curves"] = "learning_curves.png"
     scalars = {key: value for key, value in results.items() if not isinstance(value, dict)}
