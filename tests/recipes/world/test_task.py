@@ -28,15 +28,19 @@ def test_shapes_through_encoder_dynamics_and_decoder():
     frames, actions = torch.rand(2, 5, 3, 32, 32), torch.rand(2, 5, 3)
     latents, content = task.model.encode(frames, context=2)
     assert latents.shape == (2, 5, 6, 8, 8)  # 32 / 2^2 = init_size 8
-    assert [c.shape for c in content] == [(2, 8, 16, 16), (2, 8, 8, 8)]  # the last observed frame's stage features
+    assert [c.shape for c in content] == [(2, 8, 16, 16), (2, 8, 8, 8), (2, 3, 32, 32)]  # the last observed frame: features, itself
     assert task.model.dynamics(latents[:, :2], actions[:, 1]).shape == (2, 6, 8, 8)
     assert task.model.rollout(latents[:, :2], actions[:, 1:4]).shape == (2, 3, 6, 8, 8)
-    decoded = task.model.decode(latents, content)
-    assert decoded.shape == frames.shape and 0 <= decoded.min() and decoded.max() <= 1
+    assert task.model.decode(latents, content).shape == frames.shape
     out = task.predict(frames, actions, steps=3)
     assert out["pred"].shape == (2, 3, 3, 32, 32)
-    # the untrained dynamics is the identity step, so every rolled-out latent equals the last observed one
+    # the untrained dynamics is the identity step, so every rolled-out latent equals the last observed one,
+    # and the untrained decoder's change is zero: the prediction is copy-last exactly
     torch.testing.assert_close(out["rolled"], latents[:, 1:2].expand(2, 3, 6, 8, 8))
+    torch.testing.assert_close(out["pred"], frames[:, 1:2].expand(2, 3, 3, 32, 32))
+    plain = WorldTask(make_cfg(decoder={**TINY_MODEL["decoder"], "predict_change": False, "skip_connections": False}), {"action_dim": 3})
+    decoded = plain.predict(frames, actions, steps=3)["pred"]
+    assert decoded.shape == (2, 3, 3, 32, 32) and 0 <= decoded.min() and decoded.max() <= 1
 
 
 def test_the_rollout_depends_on_the_actions():

@@ -86,6 +86,7 @@ class Decoder(Section):
     stages: list[int] = Field([64, 32], min_length=1, description="channels per stage; each stage doubles the resolution")
     init_size: int = Field(16, gt=0, description="side of the latent map the decoder starts from")
     skip_connections: bool = Field(True, description="each stage also sees the encoder's features of the last observed frame (SVG's content skips)")
+    predict_change: bool = Field(True, description="the output is a change added to the last observed frame (untrained = copy-last)")
 
 
 class WorldModel(Section):

@@ -7,7 +7,8 @@ Shapes, for frames of side S, encoder stages c_1..c_n and latent_dim D:
     encoder   n stages, each a stride-2 conv + residual block -> 1x1 conv
     latent z  [B, D, s, s]       s = S / 2^n = decoder.init_size
     dynamics  z_{t+1} = z_t + f([z_{t-K+1} .. z_t], coords, a_t)   (num_layers residual blocks, FiLM on the action)
-    decoder   1x1 conv -> n stages, each (+ a content skip) a residual block + conv + 2x pixel shuffle -> sigmoid
+    decoder   1x1 conv -> n stages, each (+ a content skip) a residual block + conv + 2x pixel shuffle
+              -> last observed frame + that change (predict_change), or sigmoid of it
 
 A spatial latent (rather than one vector) keeps where things are: CarRacing's camera follows and turns
 with the car, so every action moves the whole picture, and a conv dynamics model can express that
@@ -16,7 +17,9 @@ centre) and the dashboard from the rest, since a turn moves pixels far from the 
 Multi-step prediction rolls the dynamics forward in latent space on its own predictions and decodes
 every step. With decoder.skip_connections the decoder also sees the encoder's feature maps of the
 last observed frame (the content skips of Denton & Fergus 2018, SVG): textures, the dashboard and the
-score need not squeeze through the latent, which then carries what changes.
+score need not squeeze through the latent, which then carries what changes. With
+decoder.predict_change (default on) the decoder's output is a change added to the last observed
+frame, so an untrained model is exactly copy-last and training can only learn what moves.
 """
 
 from __future__ import annotations
@@ -78,8 +81,9 @@ class Decoder(nn.Module):
     stage's channels and a pixel shuffle (Shi et al. 2016) that doubles the resolution; the last stage's "next
     channels" are the 3 colours, so again no conv runs at full resolution."""
 
-    def __init__(self, stages: list[int], latent_dim: int, skip_channels: list[int] | None):
+    def __init__(self, stages: list[int], latent_dim: int, skip_channels: list[int] | None, predict_change: bool):
         super().__init__()
+        self.predict_change = predict_change
         self.inp = nn.Conv2d(latent_dim, stages[0], 1)
         widths = [*stages, 3]
         # content skips: encoder stage n-1-i has the resolution decoder stage i starts at
@@ -88,16 +92,21 @@ class Decoder(nn.Module):
             nn.Sequential(ResBlock(widths[i]), nn.GroupNorm(groups_for(widths[i]), widths[i]), nn.SiLU(),
                           nn.Conv2d(widths[i], 4 * widths[i + 1], 3, padding=1), nn.PixelShuffle(2))
             for i in range(len(stages)))
+        if predict_change:  # starts as "nothing changes": the last observed frame itself
+            nn.init.zeros_(self.stages[-1][-2].weight)
+            nn.init.zeros_(self.stages[-1][-2].bias)
         self.checkpointing = False
 
-    def forward(self, z: Tensor, content: list[Tensor] | None = None) -> Tensor:
-        """z [B, D, s, s]; content: the encoder's feature maps of the last observed frame (finest first)."""
+    def forward(self, z: Tensor, content: list[Tensor] | None = None, last: Tensor | None = None) -> Tensor:
+        """z [B, D, s, s]; content: the encoder's feature maps of the last observed frame (finest first); last: that
+        frame [B, 3, S, S], which the output changes when predict_change is on (then unclamped: the losses pull it
+        into [0, 1], and metrics clamp it)."""
         x = self.inp(z)
         for i, stage in enumerate(self.stages):
             if self.skips is not None:
                 x = x + self.skips[i](content[-1 - i])
             x = checkpoint(stage, x, use_reentrant=False) if self.checkpointing and self.training else stage(x)
-        return torch.sigmoid(x)
+        return last + x if self.predict_change else torch.sigmoid(x)
 
 
 class Dynamics(nn.Module):
@@ -131,24 +140,25 @@ class WorldModel(nn.Module):
         self.encoder = Encoder(cfg.encoder.stages, cfg.latent_dim)
         self.dynamics = Dynamics(cfg.latent_dim, cfg.context_frames, action_dim, cfg.dynamics.hidden_dim,
                                  cfg.dynamics.num_layers, cfg.dynamics.dropout)
-        self.decoder = Decoder(cfg.decoder.stages, cfg.latent_dim, cfg.encoder.stages if cfg.decoder.skip_connections else None)
+        self.decoder = Decoder(cfg.decoder.stages, cfg.latent_dim, cfg.encoder.stages if cfg.decoder.skip_connections else None,
+                               cfg.decoder.predict_change)
 
     def enable_gradient_checkpointing(self) -> None:
         """Recompute encoder and decoder stage activations during backward instead of keeping them (less memory)."""
         self.encoder.checkpointing = self.decoder.checkpointing = True
 
     def encode(self, frames: Tensor, context: int) -> tuple[Tensor, list[Tensor]]:
-        """[B, L, 3, S, S] -> latents [B, L, D, s, s], and the content features of frame `context` - 1 (the last
-        observed one) that every decoded frame of the window sees through the skips."""
+        """[B, L, 3, S, S] -> latents [B, L, D, s, s], and what every decoded frame of the window sees of the last
+        observed frame (index context - 1): its encoder features (finest first), then the frame itself."""
         latents, features = self.encoder(frames.flatten(0, 1))
-        content = [f.unflatten(0, frames.shape[:2])[:, context - 1] for f in features]
+        content = [f.unflatten(0, frames.shape[:2])[:, context - 1] for f in features] + [frames[:, context - 1]]
         return latents.unflatten(0, frames.shape[:2]), content
 
     def decode(self, latents: Tensor, content: list[Tensor]) -> Tensor:
-        """[B, L, D, s, s] -> [B, L, 3, S, S], every frame with the same content features [B, C_i, h_i, w_i]."""
+        """[B, L, D, s, s] -> [B, L, 3, S, S], every frame with the same content of the last observed frame."""
         b, length = latents.shape[:2]
         repeated = [c.repeat_interleave(length, 0) for c in content]
-        return self.decoder(latents.flatten(0, 1), repeated).unflatten(0, (b, length))
+        return self.decoder(latents.flatten(0, 1), repeated[:-1], repeated[-1]).unflatten(0, (b, length))
 
     def rollout(self, context: Tensor, actions: Tensor) -> Tensor:
         """Open-loop prediction in latent space. context [B, K, D, s, s]: the observed latents; actions [B, H, A]:

@@ -4,7 +4,8 @@ A batch is a window of L frames and their actions. The first K = context_frames 
 model encodes them, rolls the dynamics forward L - K steps in latent space (each step on its own
 previous prediction) and decodes every step. Losses (weights from model.*_weight):
 
-    recon       MSE of decode(encode(x_t)) against x_t, every frame of the window
+    recon       MSE of decode(encode(x_t)) against x_t, every frame of the window (with predict_change the
+                decoder changes the last observed frame, so this is "get from there to x_t given x_t's latent")
     pred        MSE of the decoded rollout against the true future frames
     perceptual  1 - SSIM of every decoded frame (recon and rollout) against its target. No pretrained
                 network exists offline, so this is the SSIM-based variant (torchmetrics' differentiable SSIM)
@@ -34,13 +35,13 @@ REPORTED_HORIZONS = (1, 5, 10)
 
 
 def frame_psnr(pred: Tensor, target: Tensor) -> Tensor:
-    """Per-frame PSNR in dB of [N, 3, H, W] images in [0, 1] -> [N]."""
-    return peak_signal_noise_ratio(pred.float(), target.float(), data_range=1.0, reduction="none", dim=(1, 2, 3))
+    """Per-frame PSNR in dB of [N, 3, H, W] images in [0, 1] (predictions clamped into it) -> [N]."""
+    return peak_signal_noise_ratio(pred.float().clamp(0, 1), target.float(), data_range=1.0, reduction="none", dim=(1, 2, 3))
 
 
 def frame_ssim(pred: Tensor, target: Tensor) -> Tensor:
     """Per-frame SSIM (11x11 Gaussian window, sigma 1.5) of [N, 3, H, W] images in [0, 1] -> [N]."""
-    return structural_similarity_index_measure(pred.float(), target.float(), data_range=1.0, reduction="none")
+    return structural_similarity_index_measure(pred.float().clamp(0, 1), target.float(), data_range=1.0, reduction="none")
 
 
 def horizons_for(eval_horizon: int) -> list[int]:
@@ -108,10 +109,13 @@ class WorldTask(Task):
         return metrics
 
     def scores(self, frames: Tensor, out: dict[str, Tensor]) -> dict[str, Any]:
-        """Per-frame PSNR and SSIM [B] for reconstruction (the last observed frame), k-step prediction and
-        copy-last at each reported horizon k, all on the same frames."""
-        last = frames[:, self.context - 1]
-        result: dict[str, Any] = {"recon": self.pair(out["recon"][:, self.context - 1], last), "pred": {}, "copy_last": {}}
+        """Per-frame PSNR and SSIM for reconstruction (decode(encode(x)) of every future frame of the window: what
+        the latent can hold, the ceiling of prediction), and [B] for k-step prediction and copy-last at each
+        reported horizon k, all on the same frames."""
+        k0 = self.context
+        last = frames[:, k0 - 1]
+        result: dict[str, Any] = {"recon": self.pair(out["recon"][:, k0:].flatten(0, 1), frames[:, k0:].flatten(0, 1)),
+                                  "pred": {}, "copy_last": {}}
         for k in horizons_for(self.eval_horizon):
             target = frames[:, self.context - 1 + k]
             result["pred"][k] = self.pair(out["pred"][:, k - 1], target)
@@ -154,6 +158,7 @@ def evaluate(task: WorldTask, splits: Splits, cfg, options: dict) -> dict[str, A
     batch_size = min(cfg.train.eval_batch_size, 64)
     horizons = horizons_for(task.eval_horizon)
     sums: dict[str, float] = {}
+    counts: dict[str, int] = {}
     count = 0
     task.eval()
     for first in range(0, len(test), batch_size):
@@ -169,6 +174,7 @@ def evaluate(task: WorldTask, splits: Splits, cfg, options: dict) -> dict[str, A
             for metric, values in pair.items():
                 name = "/".join((*key, metric))
                 sums[name] = sums.get(name, 0.0) + values.sum().item()
+                counts[name] = counts.get(name, 0) + values.numel()
         count += len(frames)
     results: dict[str, Any] = {"split": "test", "windows": count, "context_frames": task.context,
                                "averaging": "per-frame mean of PSNR (dB) and SSIM, data_range 1.0"}
@@ -177,6 +183,6 @@ def evaluate(task: WorldTask, splits: Splits, cfg, options: dict) -> dict[str, A
         node = results
         for part in path:
             node = node.setdefault(part, {})
-        node[metric] = total / count
+        node[metric] = total / counts[name]
     results["gain_over_copy_last_db"] = {str(k): results["pred"][str(k)]["psnr"] - results["copy_last"][str(k)]["psnr"] for k in horizons}
     return results
