@@ -65,6 +65,7 @@ def test_frame_psnr_and_ssim_agree_with_torchmetrics_and_closed_forms():
     offset = frame_psnr(torch.full((1, 3, 8, 8), 0.6), torch.full((1, 3, 8, 8), 0.5))
     assert offset.item() == pytest.approx(10 * math.log10(1 / 0.01), rel=1e-5)
     assert frame_ssim(target, target).min().item() == pytest.approx(1.0, abs=1e-5)
+    assert frame_psnr(target, target).max().item() == 60.0  # identical frames: capped, not inf
 
 
 class KnownFrames(torch.utils.data.Dataset):

@@ -32,11 +32,15 @@ from kiln.recipes.world.data import WindowDataset, augment, to_float
 from kiln.recipes.world.model import WorldModel
 
 REPORTED_HORIZONS = (1, 5, 10)
+# Identical frames (a car standing still) have infinite PSNR, which would make every mean infinite; 60 dB is far
+# above any real error of 8-bit frames (a one-level error everywhere is 48 dB).
+MAX_PSNR = 60.0
 
 
 def frame_psnr(pred: Tensor, target: Tensor) -> Tensor:
-    """Per-frame PSNR in dB of [N, 3, H, W] images in [0, 1] (predictions clamped into it) -> [N]."""
-    return peak_signal_noise_ratio(pred.float().clamp(0, 1), target.float(), data_range=1.0, reduction="none", dim=(1, 2, 3))
+    """Per-frame PSNR in dB of [N, 3, H, W] images in [0, 1] (predictions clamped into it) -> [N], at most MAX_PSNR."""
+    psnr = peak_signal_noise_ratio(pred.float().clamp(0, 1), target.float(), data_range=1.0, reduction="none", dim=(1, 2, 3))
+    return psnr.clamp(max=MAX_PSNR)
 
 
 def frame_ssim(pred: Tensor, target: Tensor) -> Tensor:
