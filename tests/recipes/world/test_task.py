@@ -123,9 +123,10 @@ def test_module_learning_rates_become_parameter_groups():
     assert groups["model.dynamics"]["lr"] == 1e-3 and groups["model.dynamics"]["weight_decay"] == 0.0
     encoder_params = {id(p) for p in task.model.encoder.parameters()}
     assert {id(p) for p in groups["model.encoder"]["params"]} == encoder_params
-    with pytest.raises(Exception, match="disagree"):
-        WorldConfig.model_validate({"data": {"generate": None}, "model": {**TINY_MODEL, "encoder_lr": 1e-5},
-                                    "train": {"param_groups": {"model.encoder": {"lr": 1e-4}}}})
+    # a phase that changes model.encoder_lr wins over the group its base config made
+    phased = WorldConfig.model_validate({"data": {"generate": None}, "model": {**TINY_MODEL, "encoder_lr": 1e-5},
+                                         "phases": [{"model": {"encoder_lr": 2e-4}}]})
+    assert phased.phase_configs()[0][2].train.param_groups["model.encoder"].lr == 2e-4
 
 
 def test_frame_size_and_stages_must_agree():

@@ -127,14 +127,13 @@ class WorldConfig(RunConfig):
         if generate is not None and generate.size != self.model.decoder.init_size * 2 ** len(self.model.decoder.stages):
             raise ValueError(f"frames of size {generate.size} need model.decoder.init_size * 2^len(stages) = {generate.size} "
                              f"(got {self.model.decoder.init_size} * 2^{len(self.model.decoder.stages)})")
-        # the seed's encoder_lr / dynamics_lr / decoder_lr are per-module parameter groups of the engine
+        # the seed's encoder_lr / dynamics_lr / decoder_lr are per-module parameter groups of the engine; they win over
+        # a group's lr (a phase that changes model.encoder_lr must not clash with the group its base config made)
         for module in ("encoder", "dynamics", "decoder"):
             lr, key = getattr(self.model, f"{module}_lr"), f"model.{module}"
             if lr is None:
                 continue
             given = self.train.param_groups.get(key)
-            if given is not None and given.lr is not None and given.lr != lr:
-                raise ValueError(f"model.{module}_lr={lr} and train.param_groups['{key}'].lr={given.lr} disagree; set one")
             groups = dict(self.train.param_groups)
             groups[key] = ParamGroup(lr=lr, weight_decay=given.weight_decay if given else None)
             object.__setattr__(self.train, "param_groups", groups)  # no re-validation loop
