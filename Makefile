@@ -11,12 +11,13 @@ setup: .venv/.installed
 	$(PIP) install -q --upgrade pip
 	# torch first, pinned: the CPU wheel on disk, never the multi-GB CUDA build.
 	$(PIP) install -q torch==2.13.0
-	$(PIP) install -q -e ".[dev]"
+	$(PIP) install -q -e ".[dev,world]"
 	touch $@
 
 demo: setup
 	.venv/bin/kiln train configs/nav/quick.yaml --run-dir runs/nav/demo --overwrite
 	.venv/bin/kiln train configs/traffic/quick.yaml --run-dir runs/traffic/demo --overwrite
+	.venv/bin/kiln train configs/world/quick.yaml --run-dir runs/world/demo --overwrite
 
 test: setup
 	$(PY) -m pytest
@@ -27,6 +28,7 @@ bench: setup
 	$(PY) bench/nav_datagen.py
 	$(PY) bench/nav_precision.py
 	$(PY) bench/traffic_step.py
+	$(PY) bench/world_collect.py
 
 clean:
 	rm -rf .venv runs data

@@ -1,0 +1,134 @@
+"""World model and metrics: shapes through encoder, dynamics and decoder; PSNR/SSIM against torchmetrics'
+functional forms and closed forms; copy-last on known frames; gradient checkpointing; parameter groups."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from torchmetrics.functional.image import peak_signal_noise_ratio, structural_similarity_index_measure
+
+from kiln.engine.schedules import build_optimizer
+from kiln.engine.task import Splits
+from kiln.recipes.world.config import WorldConfig
+from kiln.recipes.world.task import WorldTask, evaluate, frame_psnr, frame_ssim
+
+from .conftest import TINY_MODEL
+
+
+def make_cfg(**model):
+    return WorldConfig.model_validate({"data": {"generate": None, "sequence_length": 5, "eval_horizon": 10},
+                                       "model": {**TINY_MODEL, **model}})
+
+
+def test_shapes_through_encoder_dynamics_and_decoder():
+    task = WorldTask(make_cfg(latent_dim=6), {"action_dim": 3})
+    frames, actions = torch.rand(2, 5, 3, 32, 32), torch.rand(2, 5, 3)
+    latents, content = task.model.encode(frames, context=2)
+    assert latents.shape == (2, 5, 6, 8, 8)  # 32 / 2^2 = init_size 8
+    assert [c.shape for c in content] == [(2, 8, 16, 16), (2, 8, 8, 8), (2, 3, 32, 32)]  # the last observed frame: features, itself
+    assert task.model.dynamics(latents[:, :2], actions[:, 1]).shape == (2, 6, 8, 8)
+    assert task.model.rollout(latents[:, :2], actions[:, 1:4]).shape == (2, 3, 6, 8, 8)
+    assert task.model.decode(latents, content).shape == frames.shape
+    out = task.predict(frames, actions, steps=3)
+    assert out["pred"].shape == (2, 3, 3, 32, 32)
+    # the untrained dynamics is the identity step, so every rolled-out latent equals the last observed one,
+    # and the untrained decoder's change is zero: the prediction is copy-last exactly
+    torch.testing.assert_close(out["rolled"], latents[:, 1:2].expand(2, 3, 6, 8, 8))
+    torch.testing.assert_close(out["pred"], frames[:, 1:2].expand(2, 3, 3, 32, 32))
+    plain = WorldTask(make_cfg(decoder={**TINY_MODEL["decoder"], "predict_change": False, "skip_connections": False}), {"action_dim": 3})
+    decoded = plain.predict(frames, actions, steps=3)["pred"]
+    assert decoded.shape == (2, 3, 3, 32, 32) and 0 <= decoded.min() and decoded.max() <= 1
+
+
+def test_the_rollout_depends_on_the_actions():
+    torch.manual_seed(0)
+    task = WorldTask(make_cfg(), {"action_dim": 3})
+    torch.nn.init.normal_(task.model.dynamics.out[-1].weight, std=0.1)
+    latents = torch.randn(1, 2, 4, 8, 8)
+    left, right = (task.model.rollout(latents, torch.tensor([[[s, 0.5, 0.0]] * 2])) for s in (-1.0, 1.0))
+    assert (left - right).abs().mean() > 1e-3
+
+
+def test_frame_psnr_and_ssim_agree_with_torchmetrics_and_closed_forms():
+    torch.manual_seed(1)
+    target = torch.rand(4, 3, 32, 32)
+    pred = (target + 0.05 * torch.randn_like(target)).clamp(0, 1)
+    psnr = frame_psnr(pred, target)
+    for i in range(4):  # per-frame: each value is torchmetrics' PSNR of that frame alone
+        assert psnr[i].item() == pytest.approx(peak_signal_noise_ratio(pred[i:i + 1], target[i:i + 1], data_range=1.0).item(), rel=1e-5)
+        assert frame_ssim(pred, target)[i].item() == pytest.approx(
+            structural_similarity_index_measure(pred[i:i + 1], target[i:i + 1], data_range=1.0).item(), rel=1e-5)
+    # a constant offset d has MSE d^2, so PSNR = 10 log10(1 / d^2)
+    offset = frame_psnr(torch.full((1, 3, 8, 8), 0.6), torch.full((1, 3, 8, 8), 0.5))
+    assert offset.item() == pytest.approx(10 * math.log10(1 / 0.01), rel=1e-5)
+    assert frame_ssim(target, target).min().item() == pytest.approx(1.0, abs=1e-5)
+    assert frame_psnr(target, target).max().item() == 60.0  # identical frames: capped, not inf
+
+
+class KnownFrames(torch.utils.data.Dataset):
+    """Windows with frames whose values are known, to check copy-last by hand."""
+
+    def __init__(self, frames):
+        self.frames = frames  # uint8 [N, L, S, S, 3]
+
+    def __len__(self):
+        return len(self.frames)
+
+    def __getitems__(self, indices):
+        return {"frames": self.frames[indices], "actions": torch.zeros(len(indices), self.frames.shape[1], 3)}
+
+
+def test_copy_last_baseline_on_known_frames_and_the_results_layout():
+    rng = np.random.default_rng(2)
+    frames = torch.from_numpy(rng.integers(0, 256, (5, 12, 32, 32, 3), dtype=np.uint8))
+    task = WorldTask(make_cfg(), {"action_dim": 3})
+    cfg = make_cfg()
+    results = evaluate(task, Splits(train={}, val={}, test=KnownFrames(frames), info={}), cfg, {})
+    x = frames.numpy().astype(np.float64) / 255
+    for k in (1, 5, 10):  # frame t + k against frame t (the last of the 2 observed), per-frame PSNR, averaged
+        mse = ((x[:, 1] - x[:, 1 + k]) ** 2).mean(axis=(1, 2, 3))
+        assert results["copy_last"][str(k)]["psnr"] == pytest.approx(np.mean(10 * np.log10(1 / mse)), rel=1e-5)
+    assert set(results["recon"]) == {"psnr", "ssim"}
+    assert set(results["pred"]) == set(results["copy_last"]) == {"1", "5", "10"}
+    assert results["windows"] == 5
+    assert results["gain_over_copy_last_db"]["5"] == pytest.approx(results["pred"]["5"]["psnr"] - results["copy_last"]["5"]["psnr"])
+
+
+def test_gradient_checkpointing_gives_the_same_gradients():
+    torch.manual_seed(3)
+    cfg = make_cfg()
+    plain = WorldTask(cfg, {"action_dim": 3})
+    checkpointed = WorldTask(cfg.model_copy(update={"model": cfg.model.model_copy(update={"gradient_checkpointing": True})}),
+                             {"action_dim": 3})
+    checkpointed.load_state_dict(plain.state_dict())
+    assert checkpointed.model.encoder.checkpointing and checkpointed.model.decoder.checkpointing
+    batch = {"frames": torch.randint(0, 256, (2, 5, 32, 32, 3), dtype=torch.uint8), "actions": torch.rand(2, 5, 3)}
+    plain.augment = checkpointed.augment = None
+    for task in (plain, checkpointed):
+        task.training_step(batch)["loss"].backward()
+    for (name, a), b in zip(plain.named_parameters(), checkpointed.parameters()):
+        torch.testing.assert_close(b.grad, a.grad, msg=name)
+
+
+def test_module_learning_rates_become_parameter_groups():
+    cfg = WorldConfig.model_validate({"data": {"generate": None}, "model": {**TINY_MODEL, "encoder_lr": 1e-5, "decoder_lr": 3e-4},
+                                      "train": {"lr": 1e-3, "param_groups": {"model.dynamics": {"weight_decay": 0.0}}}})
+    task = WorldTask(cfg, {"action_dim": 3})
+    optimizer = build_optimizer(task, cfg.train)
+    groups = {g["name"]: g for g in optimizer.param_groups}
+    assert groups["model.encoder"]["lr"] == 1e-5 and groups["model.decoder"]["lr"] == 3e-4
+    assert groups["model.dynamics"]["lr"] == 1e-3 and groups["model.dynamics"]["weight_decay"] == 0.0
+    encoder_params = {id(p) for p in task.model.encoder.parameters()}
+    assert {id(p) for p in groups["model.encoder"]["params"]} == encoder_params
+    # a phase that changes model.encoder_lr wins over the group its base config made
+    phased = WorldConfig.model_validate({"data": {"generate": None}, "model": {**TINY_MODEL, "encoder_lr": 1e-5},
+                                         "phases": [{"model": {"encoder_lr": 2e-4}}]})
+    assert phased.phase_configs()[0][2].train.param_groups["model.encoder"].lr == 2e-4
+
+
+def test_frame_size_and_stages_must_agree():
+    with pytest.raises(Exception, match="init_size"):
+        WorldConfig.model_validate({"model": {**TINY_MODEL}, "data": {"generate": {"size": 64}}})
