@@ -111,7 +111,7 @@ def boat(w: Writer, k: int, n: int, centre: np.ndarray) -> None:
 
 
 def benchy(w: Writer, k: int, n: int, centre: np.ndarray) -> None:
-    """A benchy-like tug: transom hull, then a cabin and a round chimney on the upper layers."""
+    """A benchy-like tug: transom hull with a round chimney stack, then a cabin with a ship's wheel on the upper layers."""
     h = k / max(n - 1, 1)
     if h < 0.55:
         w.walls_and_infill(hull(60, 22 + 8 * h, transom=14) + centre, k)
@@ -120,8 +120,11 @@ def benchy(w: Writer, k: int, n: int, centre: np.ndarray) -> None:
         cabin = np.array([[-18, -8], [4, -8], [4, 8], [-18, 8]], float) + centre
         w.path(cabin, "perimeter", closed=True)
         w.path(offset(cabin, LINE_WIDTH), "perimeter", closed=True)
-    if h > 0.7:
+    if h > 0.3:  # the round chimney stack (through the deck) and, in the cabin, the ship's wheel
         w.circle(centre + np.array([-8.0, 0.0]), 3.0, "perimeter")
+    if h >= 0.55:
+        for radius in (3.5, 3.05):
+            w.circle(centre + np.array([-3.0, 0.0]), radius, "perimeter", clockwise=radius < 3.3)
 
 
 def bearing(w: Writer, k: int, n: int, centre: np.ndarray) -> None:

@@ -63,10 +63,9 @@ class Printer:
         self.rate = s.sample_rate
         self.axes = [Axis(s.resonance_x_hz, s.damping_x, s.friction, s.friction_velocity, s.sample_rate),
                      Axis(s.resonance_y_hz, s.damping_y, s.friction, s.friction_velocity, s.sample_rate)]
-        self.shapers = [shaper_pulses(s.shaper, s.shaper_x_hz or s.resonance_x_hz, s.shaper_damping)
-                        if s.shaper != "none" else (np.ones(1), np.zeros(1)),
-                        shaper_pulses(s.shaper, s.shaper_y_hz or s.resonance_y_hz, s.shaper_damping)
-                        if s.shaper != "none" else (np.ones(1), np.zeros(1))]
+        # per axis: (amplitudes, time shifts) of the shaper's pulses; one unshifted pulse without shaping
+        self.shapers = [shaper_pulses(s.shaper, frequency, s.shaper_damping) if s.shaper != "none" else (np.ones(1), np.zeros(1))
+                        for frequency in (s.shaper_x_hz or s.resonance_x_hz, s.shaper_y_hz or s.resonance_y_hz)]
 
     def plan(self, moves: Moves) -> Plan:
         s = self.s
