@@ -143,3 +143,13 @@ def test_kiln_data_printer_reads_a_users_file_and_reports_malformed_lines(tmp_pa
     assert "part line 7: cannot read 'Y'" in out and "Wrote" in out
     info = json.loads((tmp_path / "d" / "dataset.json").read_text())
     assert info["models_simulated"]["part"]["malformed_lines"] == [[7, "cannot read 'Y' as a letter followed by a number"]]
+
+
+def test_a_folder_of_gcode_files_is_one_model_per_file(tmp_path, capsys):
+    folder = tmp_path / "prints"
+    folder.mkdir()
+    for name in ("a", "b"):
+        (folder / f"{name}.gcode").write_text(TRIANGLE.read_text())
+    assert main(["data", "printer", "--out", str(tmp_path / "d"), "--models", str(folder), "--layers", "all"]) == 0
+    info = json.loads((tmp_path / "d" / "dataset.json").read_text())
+    assert sorted(info["models_simulated"]) == ["a", "b"] and info["num_trajectories"] == 2

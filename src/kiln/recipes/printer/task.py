@@ -66,6 +66,8 @@ class PrinterTask(Task):
     def validation_step(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
         started = time.perf_counter()
         pred = self.predict_last(batch["input_features"])
+        if pred.is_cuda:
+            torch.cuda.synchronize()
         per_window_us = (time.perf_counter() - started) * 1e6 / len(pred)
         target = batch["targets"]
         loss = None
