@@ -4,7 +4,9 @@ The seed's StreamingPredictor keeps the last 20 samples and re-runs that window 
 PyTorch for every new sample; kiln's keeps the LSTM state and runs one step per sample on ONNX Runtime.
 Both run the same LSTM (the quick config's size, or a trained run's with --run) over the same simulated layer,
 one sample at a time, in alternating blocks so that load on the machine hits both alike.
-The last line is JSON: ratio (the seed's median per-sample time over kiln's), p50_ms and p99_ms (kiln's).
+The last line is JSON: ratio (the seed's median per-sample time over kiln's), p50_ms and p99_ms (kiln's wall-clock
+latency), cpu_p99_ms (kiln's per-sample CPU time of this thread: the latency without the time the scheduler gave
+to other processes, which dominates the wall-clock p99 on a shared machine) and load (the 1-minute load average).
 
     .venv/bin/python bench/printer_stream.py [--run runs/printer/demo] [--samples 3000]
 """
@@ -13,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import tempfile
 import time
@@ -97,23 +100,28 @@ def main() -> None:
         parity = float(np.abs(streamed - reference).max())
         ours.reset()
 
-        kiln_ms, seed_ms = [], []
+        kiln_ms, kiln_cpu_ms, seed_ms = [], [], []
         for lo in range(0, n, args.block):
             for i in range(lo, min(lo + args.block, n)):
+                cpu_started = time.thread_time_ns()
                 kiln_ms.append(ours.predict(*seed_inputs[i])[2])
+                kiln_cpu_ms.append((time.thread_time_ns() - cpu_started) / 1e6)
             for i in range(lo, min(lo + args.block, n)):
                 started = time.perf_counter()
                 seed.predict(features[i])
                 seed_ms.append((time.perf_counter() - started) * 1000)
-    kiln_ms, seed_ms = np.array(kiln_ms[50:]), np.array(seed_ms[50:])  # drop the first calls (allocation, caches)
+    kiln_ms, kiln_cpu_ms, seed_ms = (np.array(v[50:]) for v in (kiln_ms, kiln_cpu_ms, seed_ms))  # drop the first calls
     p = {name: (float(np.percentile(v, 50)), float(np.percentile(v, 99))) for name, v in (("kiln", kiln_ms), ("seed", seed_ms))}
     print(f"LSTM {task.model.lstm.num_layers}x{task.model.lstm.hidden_size}, {len(task.feature_names)} features, {n} samples each "
           f"(torch {torch.__version__}, 1 thread)")
     print(f"  seed: re-run a {WINDOW}-step window in eager PyTorch   p50 {p['seed'][0]:.4f} ms  p99 {p['seed'][1]:.4f} ms")
     print(f"  kiln: one LSTM step, state kept, ONNX Runtime      p50 {p['kiln'][0]:.4f} ms  p99 {p['kiln'][1]:.4f} ms")
+    print(f"  kiln's CPU time per sample (this thread, no preemption)  p50 {np.percentile(kiln_cpu_ms, 50):.4f} ms  "
+          f"p99 {np.percentile(kiln_cpu_ms, 99):.4f} ms  (load average {os.getloadavg()[0]:.1f})")
     print(f"  streamed vs whole-sequence LSTM: max |difference| {parity:.2e} mm")
     print(json.dumps({"ratio": round(p["seed"][0] / p["kiln"][0], 2), "p50_ms": round(p["kiln"][0], 5), "p99_ms": round(p["kiln"][1], 5),
                       "seed_p50_ms": round(p["seed"][0], 5), "seed_p99_ms": round(p["seed"][1], 5), "parity_mm": parity,
+                      "cpu_p99_ms": round(float(np.percentile(kiln_cpu_ms, 99)), 5), "load": round(os.getloadavg()[0], 2),
                       "samples": n}))
 
 
