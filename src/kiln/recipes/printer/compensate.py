@@ -45,6 +45,7 @@ def plot(result: dict, layer, out: Path) -> None:
 
 
 def compensate(run_dir: Path, gcode: Path, layers: str | None = None, out: Path | None = None, log=print) -> dict:
+    from kiln.engine.rundir import write_json
     from kiln.engine.trainer import load_run_task
     from kiln.recipes import get_recipe
     from kiln.recipes.printer.config import PrinterGenerator
@@ -98,7 +99,7 @@ def compensate(run_dir: Path, gcode: Path, layers: str | None = None, out: Path 
     out = Path(out) if out else run_dir / "compensation" / Path(gcode).stem
     out.mkdir(parents=True, exist_ok=True)
     plot(result, shown, out / "compensation.png")
-    (out / "compensation.json").write_text(json.dumps(result, indent=2) + "\n")
+    write_json(out / "compensation.json", result)  # temporary sibling, then renamed
     log(f"{gcode}: {result['layers']} layers, {result['samples']:,} samples; RMS error {b['rms'] * 1000:.1f} -> "
         f"{a['rms'] * 1000:.1f} um ({result['rms_reduction']:.0%} less), max {b['max'] * 1000:.1f} -> {a['max'] * 1000:.1f} um; "
         f"plot {out / 'compensation.png'}")

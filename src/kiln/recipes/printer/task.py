@@ -183,7 +183,7 @@ def evaluate(task: PrinterTask, splits, cfg: PrinterConfig, options: dict) -> di
     results = {"model": cfg.model.arch, "unit": "mm", "samples": len(target), **regression_metrics(pred, target)}
     ridge_metrics = regression_metrics(ridge, target)
     results.update({"ridge_r2": ridge_metrics["r2"], "ridge_mae": ridge_metrics["mae"], "ridge_rmse": ridge_metrics["rmse"],
-                    "ridge": ridge_metrics, "error_rms_mm": float(np.sqrt((target ** 2).mean()))})
+                    "ridge": ridge_metrics, "error_rms_mm": float(np.sqrt((target ** 2).sum(1).mean()))})
     stream = read_split(Path(cfg.data.dir) / "processed" / "test")
     results["test_models"] = sorted(set(stream["models"]))
     results["test_layers"] = len(stream["models"])
