@@ -105,6 +105,7 @@ def test_train_evaluate_report_export_stream_and_compensate(printer_config, tmp_
     line = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert set(line) >= {"rms_before_mm", "rms_after_mm", "max_before_mm", "max_after_mm"}
     assert line["rms_after_mm"] < line["rms_before_mm"] and (tmp_path / "comp" / "compensation.png").is_file()
+    assert json.loads((tmp_path / "comp" / "compensation.json").read_text()) == line
 
 
 def test_ridge_alone_takes_the_closed_form_path(printer_config, tmp_path, capsys):
