@@ -6,18 +6,22 @@ PIP := $(PY) -m pip
 
 setup: .venv/.installed
 
-.venv/.installed: pyproject.toml
+.venv/.installed: pyproject.toml Makefile
 	test -x $(PY) || python3 -m venv .venv
 	$(PIP) install -q --upgrade pip
 	# torch first, pinned: the CPU wheel on disk, never the multi-GB CUDA build.
 	$(PIP) install -q torch==2.13.0
 	$(PIP) install -q -e ".[dev,world]"
+	# printer tests: pyGCodeDecode (MIT) is the planner's reference and ships real slicer G-code; --no-deps because
+	# its only other dependency, pyvista (VTK), serves its 3D plots, which kiln never imports.
+	$(PIP) install -q --no-deps "pyGCodeDecode==1.5.1"
 	touch $@
 
 demo: setup
 	.venv/bin/kiln train configs/nav/quick.yaml --run-dir runs/nav/demo --overwrite
 	.venv/bin/kiln train configs/traffic/quick.yaml --run-dir runs/traffic/demo --overwrite
 	.venv/bin/kiln train configs/world/quick.yaml --run-dir runs/world/demo --overwrite
+	.venv/bin/kiln train configs/printer/quick.yaml --run-dir runs/printer/demo --overwrite
 
 test: setup
 	$(PY) -m pytest
@@ -29,6 +33,7 @@ bench: setup
 	$(PY) bench/nav_precision.py
 	$(PY) bench/traffic_step.py
 	$(PY) bench/world_collect.py
+	$(PY) bench/printer_stream.py
 
 clean:
 	rm -rf .venv runs data

@@ -63,3 +63,27 @@ def test_kiln_export_prints_json_last_and_keeps_no_failed_file(tiny_config, tmp_
     assert main(["export", str(tmp_path / "missing"), "--format", "onnx"]) == 2
     assert "is not a kiln run directory" in capsys.readouterr().err
     assert not list(tmp_path.glob("*.tmp"))
+
+
+def test_a_module_may_name_its_onnx_inputs_and_outputs(toy_cfg, toy, run_toy):
+    cfg = toy_cfg(max_epochs=1)
+    _, run_dir = run_toy("run", cfg)
+
+    class Named(torch.nn.Module):
+        input_names, output_names = ("features",), ("prediction",)
+
+        def __init__(self, head):
+            super().__init__()
+            self.head = head
+
+        def forward(self, x):
+            return self.head(x)
+
+    class NamedExport(type(toy.build_task(cfg, {}))):
+        def export_module(self, batch):
+            return Named(self.head), (batch["x"],)
+
+    result = export_run(run_dir, dataclasses.replace(toy, build_task=lambda cfg, info: NamedExport(cfg)), cfg, "onnx")
+    session = onnxruntime.InferenceSession(result["path"])
+    assert [i.name for i in session.get_inputs()] == ["features"] and [o.name for o in session.get_outputs()] == ["prediction"]
+    assert session.run(["prediction"], {"features": np.zeros((3, 4), np.float32)})[0].shape == (3, 1)

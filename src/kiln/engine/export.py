@@ -49,12 +49,14 @@ def write_onnx(module: nn.Module, inputs: tuple[Tensor, ...], path: Path) -> Non
     for noisy in ("torch.onnx._internal.exporter._registration", "onnxscript"):  # "torchvision is not installed", folding notes
         logging.getLogger(noisy).setLevel(logging.ERROR)
     batch = torch.export.Dim("batch")
-    names = [f"input_{i}" for i in range(len(inputs))]
+    # a module may name its graph's inputs and outputs (`input_names`, `output_names`), e.g. a seed's deployment names
+    names = list(getattr(module, "input_names", None) or [f"input_{i}" for i in range(len(inputs))])
     with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
         warnings.simplefilter("ignore")
         try:
             torch.onnx.export(module, tuple(x[:TRACE_BATCH] for x in inputs), str(path), dynamo=True, verbose=False,
-                              input_names=names, dynamic_shapes=tuple({0: batch} for _ in inputs), external_data=False)
+                              input_names=names, output_names=getattr(module, "output_names", None),
+                              dynamic_shapes=tuple({0: batch} for _ in inputs), external_data=False)
         except Exception as err:
             reason = str(err).strip().splitlines()[0][:300] if str(err).strip() else type(err).__name__
             raise KilnError(f"ONNX export failed: {reason}; an operator of this model has no ONNX form yet, "

@@ -20,7 +20,12 @@ if TYPE_CHECKING:
     from kiln.config import RunConfig
     from kiln.engine.task import Splits, Task
 
-RECIPES = {"nav": "kiln.recipes.nav", "traffic": "kiln.recipes.traffic", "world": "kiln.recipes.world"}
+RECIPES = {
+    "nav": "kiln.recipes.nav",
+    "traffic": "kiln.recipes.traffic",
+    "world": "kiln.recipes.world",
+    "printer": "kiln.recipes.printer",
+}
 
 
 @dataclass(frozen=True)

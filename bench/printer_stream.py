@@ -1,0 +1,129 @@
+"""Per-sample latency of the printer recipe's streaming predictor against the seed's.
+
+The seed's StreamingPredictor keeps the last 20 samples and re-runs that window through the model in eager
+PyTorch for every new sample; kiln's keeps the LSTM state and runs one step per sample on ONNX Runtime.
+Both run the same LSTM (the quick config's size, or a trained run's with --run) over the same simulated layer,
+one sample at a time, in alternating blocks so that load on the machine hits both alike.
+The last line is JSON: ratio (the seed's median per-sample time over kiln's), p50_ms and p99_ms (kiln's wall-clock
+latency), cpu_p99_ms (kiln's per-sample CPU time of this thread: the latency without the time the scheduler gave
+to other processes, which dominates the wall-clock p99 on a shared machine) and load (the 1-minute load average).
+
+    .venv/bin/python bench/printer_stream.py [--run runs/printer/demo] [--samples 3000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from collections import deque
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from kiln.recipes.printer.config import PrinterConfig, PrinterGenerator
+from kiln.recipes.printer.data import feature_names, stream_features
+from kiln.recipes.printer.gcode import read_gcode
+from kiln.recipes.printer.models import procedural_gcode
+from kiln.recipes.printer.sim import Printer, simulate_moves
+from kiln.recipes.printer.stream import StreamingPredictor
+from kiln.recipes.printer.task import PrinterTask
+
+WINDOW = 20  # the seed's StreamingPredictor(seq_len=20)
+
+
+class SeedStreamingPredictor:
+    """The seed's Stage 5 example: a deque of the last 20 samples, normalised, re-run through the model."""
+
+    def __init__(self, model, mean: np.ndarray, std: np.ndarray, seq_len: int = WINDOW):
+        self.model, self.mean, self.std = model, mean, std
+        self.history = deque(maxlen=seq_len)
+
+    def predict(self, features: np.ndarray):
+        self.history.append(features)
+        sequence = (np.array(self.history) - self.mean) / self.std
+        input_tensor = torch.FloatTensor(sequence).unsqueeze(0)
+        with torch.no_grad():
+            prediction = self.model(input_tensor)[0][:, -1]
+        return prediction[0].numpy()
+
+
+def task_and_features(run: Path | None) -> tuple[PrinterTask, np.ndarray, list]:
+    """A task (a trained run's, or the quick config's shape with its initial weights: latency does not depend on
+    the weights) and the features and seed inputs of one simulated layer."""
+    settings = PrinterGenerator(model_layers=10)
+    trajectory = simulate_moves(Printer(settings), read_gcode(procedural_gcode("boat", 10)), "boat", "first:2")[-1]
+    if run is not None:
+        stream = StreamingPredictor.from_run(run)
+        from kiln.engine.trainer import load_run_task
+        from kiln.recipes import get_recipe
+
+        task = load_run_task(run, get_recipe("printer"), {})
+    else:
+        cfg = PrinterConfig.model_validate({"recipe": "printer", "data": {"position": False},
+                                            "model": {"hidden_size": 32, "num_layers": 2, "dropout": 0.0}})
+        names = feature_names(cfg.data.position, cfg.data.acceleration, cfg.data.velocity_lags_ms)
+        info = {"feature_names": names, "sample_rate": 1000.0, "feature_mean": [0.0] * len(names),
+                "feature_std": [50.0] * len(names), "error_mean": [0.0, 0.0], "error_std": [0.02, 0.02]}
+        torch.manual_seed(0)
+        task = PrinterTask(cfg, info).eval()
+    data = task.feature_names
+    lags = [float(n[6:-2]) for n in data if n.startswith("vx_lag")]
+    features = stream_features(trajectory.signals, task.sample_rate, "x_ref" in data, "ax_ref" in data, lags)
+    seed_inputs = [tuple(trajectory.signals[k][i] for k in ("x_ref", "y_ref", "vx_ref", "vy_ref")) for i in range(len(features))]
+    return task, features, seed_inputs
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--run", type=Path, help="a trained printer run (default: the quick config's LSTM shape)")
+    parser.add_argument("--samples", type=int, default=3000, help="samples streamed by each predictor")
+    parser.add_argument("--block", type=int, default=250, help="samples per alternating block")
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+
+    task, features, seed_inputs = task_and_features(args.run)
+    n = min(args.samples, len(features))
+    with tempfile.TemporaryDirectory() as tmp:
+        ours = StreamingPredictor.from_task(task, Path(tmp) / "stream_step.onnx")
+        seed = SeedStreamingPredictor(task.model, np.array(task.stats["feature_mean"]), np.array(task.stats["feature_std"]))
+
+        # the streamed errors equal the LSTM's outputs on the whole sequence (what makes one step per sample enough)
+        from kiln.recipes.printer.task import predict_stream
+
+        reference = predict_stream(task, torch.from_numpy(features[:200]))
+        streamed = np.array([ours.predict(*seed_inputs[i])[:2] for i in range(200)])
+        parity = float(np.abs(streamed - reference).max())
+        ours.reset()
+
+        kiln_ms, kiln_cpu_ms, seed_ms = [], [], []
+        for lo in range(0, n, args.block):
+            for i in range(lo, min(lo + args.block, n)):
+                cpu_started = time.thread_time_ns()
+                kiln_ms.append(ours.predict(*seed_inputs[i])[2])
+                kiln_cpu_ms.append((time.thread_time_ns() - cpu_started) / 1e6)
+            for i in range(lo, min(lo + args.block, n)):
+                started = time.perf_counter()
+                seed.predict(features[i])
+                seed_ms.append((time.perf_counter() - started) * 1000)
+    kiln_ms, kiln_cpu_ms, seed_ms = (np.array(v[50:]) for v in (kiln_ms, kiln_cpu_ms, seed_ms))  # drop the first calls
+    p = {name: (float(np.percentile(v, 50)), float(np.percentile(v, 99))) for name, v in (("kiln", kiln_ms), ("seed", seed_ms))}
+    print(f"LSTM {task.model.lstm.num_layers}x{task.model.lstm.hidden_size}, {len(task.feature_names)} features, {n} samples each "
+          f"(torch {torch.__version__}, 1 thread)")
+    print(f"  seed: re-run a {WINDOW}-step window in eager PyTorch   p50 {p['seed'][0]:.4f} ms  p99 {p['seed'][1]:.4f} ms")
+    print(f"  kiln: one LSTM step, state kept, ONNX Runtime      p50 {p['kiln'][0]:.4f} ms  p99 {p['kiln'][1]:.4f} ms")
+    print(f"  kiln's CPU time per sample (this thread, no preemption)  p50 {np.percentile(kiln_cpu_ms, 50):.4f} ms  "
+          f"p99 {np.percentile(kiln_cpu_ms, 99):.4f} ms  (load average {os.getloadavg()[0]:.1f})")
+    print(f"  streamed vs whole-sequence LSTM: max |difference| {parity:.2e} mm")
+    print(json.dumps({"ratio": round(p["seed"][0] / p["kiln"][0], 2), "p50_ms": round(p["kiln"][0], 5), "p99_ms": round(p["kiln"][1], 5),
+                      "seed_p50_ms": round(p["seed"][0], 5), "seed_p99_ms": round(p["seed"][1], 5), "parity_mm": parity,
+                      "cpu_p99_ms": round(float(np.percentile(kiln_cpu_ms, 99)), 5), "load": round(os.getloadavg()[0], 2),
+                      "samples": n}))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,112 @@
+"""`kiln printer compensate RUN GCODE`: print a G-code file with the learned error taken out of the command.
+
+For every simulated layer: plan the file with the run's printer, predict the error of the planned path with the
+trained LSTM (streamed over the layer), ask the firmware to follow reference - predicted error instead (the
+same planner, shaper and belt axes), simulate again, and compare the error against the planned path before and
+after. The last output line is JSON.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from kiln.errors import KilnError
+
+
+def error_stats(error: np.ndarray) -> dict[str, float]:
+    size = np.linalg.norm(error, axis=1)
+    return {"rms": float(np.sqrt((size ** 2).mean())), "max": float(size.max())}
+
+
+def plot(result: dict, layer, out: Path) -> None:
+    from kiln.engine.report import plt, save_figure
+
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5), gridspec_kw={"width_ratios": [1, 2]})
+    axes[0].plot(layer["x_ref"], layer["y_ref"], color="black", lw=0.6, label="planned path")
+    scale = 0.5 / max(np.abs(layer["before"]).max(), 1e-9)   # exaggerate the deviations to make them visible
+    for key, colour in (("before", "tab:red"), ("after", "tab:green")):
+        e = layer[key]
+        axes[0].plot(layer["x_ref"] + scale * e[:, 0], layer["y_ref"] + scale * e[:, 1], lw=0.6, color=colour, label=f"{key} (x{scale:.0f})")
+    axes[0].set_aspect("equal")
+    axes[0].legend(fontsize=7)
+    t = np.arange(len(layer["before"])) / layer["rate"]
+    for key, colour in (("before", "tab:red"), ("after", "tab:green")):
+        axes[1].plot(t, np.linalg.norm(layer[key], axis=1) * 1000, lw=0.7, color=colour, label=key)
+    axes[1].set_xlabel("time in layer (s)")
+    axes[1].set_ylabel("|actual - planned| (um)")
+    axes[1].set_title(f"RMS {result['rms_before_mm'] * 1000:.1f} -> {result['rms_after_mm'] * 1000:.1f} um over "
+                      f"{result['layers']} layer(s)")
+    axes[1].legend(fontsize=8)
+    save_figure(fig, out)
+
+
+def compensate(run_dir: Path, gcode: Path, layers: str | None = None, out: Path | None = None, log=print) -> dict:
+    from kiln.engine.rundir import write_json
+    from kiln.engine.trainer import load_run_task
+    from kiln.recipes import get_recipe
+    from kiln.recipes.printer.config import PrinterGenerator
+    from kiln.recipes.printer.data import stream_features
+    from kiln.recipes.printer.gcode import read_gcode_file
+    from kiln.recipes.printer.model import RealTimeCorrector
+    from kiln.recipes.printer.sim import SETTLE_S, WARMUP_S, Printer, select_layers
+    from kiln.recipes.printer.task import predict_stream
+
+    run_dir = Path(run_dir)
+    if not (run_dir / "best_model.pt").is_file():
+        raise KilnError(f"'{run_dir}' has no best_model.pt; train it first (kiln train CONFIG --run-dir {run_dir})")
+    saved = torch.load(run_dir / "best_model.pt", weights_only=True)
+    task = load_run_task(run_dir, get_recipe("printer"), {})
+    if not isinstance(task.model, RealTimeCorrector):
+        raise KilnError(f"'{run_dir}' trained the ridge baseline alone; compensation uses the LSTM (model.arch: lstm)")
+    data_dir = Path(saved["config"]["data"]["dir"])
+    dataset = json.loads((data_dir / "dataset.json").read_text()) if (data_dir / "dataset.json").is_file() else None
+    if dataset is None:
+        raise KilnError(f"the run's dataset '{data_dir}' (with the simulated printer's settings) is gone; regenerate it")
+    settings = PrinterGenerator(**{k: dataset[k] for k in PrinterGenerator.model_fields})
+    names = saved["data_info"]["feature_names"]
+    lags = [float(n[6:-2]) for n in names if n.startswith("vx_lag")]
+    printer = Printer(settings)
+    moves = read_gcode_file(gcode)
+    for line, reason in moves.errors[:5]:
+        log(f"Warning: {gcode} line {line}: {reason} (skipped)")
+    plan = printer.plan(moves)
+    settle = int(round((SETTLE_S + WARMUP_S) * printer.rate))  # scored from the layer's first move on
+    before, after, shown = [], [], None
+    for layer in select_layers(layers or settings.layers, len(moves.layer_z)):
+        times = printer.layer_times(plan, int(layer))
+        if times is None or len(times) <= settle + 1:
+            continue
+        plain = printer.simulate(plan, times)
+        features = stream_features(plain, printer.rate, "x_ref" in names, "ax_ref" in names, lags)
+        predicted = predict_stream(task, torch.from_numpy(features))   # the error the LSTM expects (its state warms up first)
+        corrected = printer.simulate(plan, times, offset=-predicted)
+        e0 = np.stack([plain["x_act"] - plain["x_ref"], plain["y_act"] - plain["y_ref"]], 1)[settle:]
+        e1 = np.stack([corrected["x_act"] - corrected["x_ref"], corrected["y_act"] - corrected["y_ref"]], 1)[settle:]
+        before.append(e0)
+        after.append(e1)
+        if shown is None or len(e0) > len(shown["before"]):
+            shown = {"x_ref": plain["x_ref"][settle:], "y_ref": plain["y_ref"][settle:], "before": e0, "after": e1, "rate": printer.rate}
+    if not before:
+        raise KilnError(f"no layer of '{gcode}' was simulated with layers '{layers or settings.layers}'; pass --layers all")
+    b, a = error_stats(np.concatenate(before)), error_stats(np.concatenate(after))
+    result = {"gcode": str(gcode), "layers": len(before), "samples": int(sum(len(e) for e in before)),
+              "rms_reduction": 1 - a["rms"] / b["rms"],
+              "rms_before_mm": b["rms"], "rms_after_mm": a["rms"], "max_before_mm": b["max"], "max_after_mm": a["max"]}
+    out = Path(out) if out else run_dir / "compensation" / Path(gcode).stem
+    out.mkdir(parents=True, exist_ok=True)
+    plot(result, shown, out / "compensation.png")
+    write_json(out / "compensation.json", result)  # temporary sibling, then renamed
+    log(f"{gcode}: {result['layers']} layers, {result['samples']:,} samples; RMS error {b['rms'] * 1000:.1f} -> "
+        f"{a['rms'] * 1000:.1f} um ({result['rms_reduction']:.0%} less), max {b['max'] * 1000:.1f} -> {a['max'] * 1000:.1f} um; "
+        f"plot {out / 'compensation.png'}")
+    return result
+
+
+def run(args) -> int:
+    result = compensate(args.run_dir, args.gcode, args.layers, args.out)
+    print(json.dumps(result))
+    return 0

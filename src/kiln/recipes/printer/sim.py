@@ -1,0 +1,137 @@
+"""Stage 1: G-code -> planned reference -> shaped motor command -> carriage position, per printed layer.
+
+`simulate_moves` plans the whole file (junctions and lookahead need every move), then samples the selected
+layers at `sample_rate` from a short settling time before each layer starts, so every layer begins from the
+motion state the printer really has there. Each (model, layer) is one trajectory: the unit that the data
+splits never cut. Everything runs on whole arrays: 40,000 samples take well under a second.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from kiln.errors import KilnError
+from kiln.recipes.printer.dynamics import Axis
+from kiln.recipes.printer.gcode import Moves, read_gcode, read_gcode_file
+from kiln.recipes.printer.models import MODELS, procedural_gcode
+from kiln.recipes.printer.planner import Plan, plan_moves, sample_plan, shaper_pulses
+
+SETTLE_S = 0.3  # simulated first and dropped: the start-at-rest transient decays (~7 decay times of a 40 Hz, zeta 0.1 axis)
+WARMUP_S = 0.2  # then kept before the layer, unscored: history for a model that starts from rest with the trajectory
+CHANNELS = ("x_ref", "y_ref", "vx_ref", "vy_ref", "ax_ref", "ay_ref", "x_cmd", "y_cmd", "x_act", "y_act")
+
+
+@dataclass
+class Trajectory:
+    """One simulated layer: reference, command and actual position per sample ([N] arrays, mm and mm/s)."""
+
+    model: str
+    layer: int
+    time: np.ndarray
+    signals: dict[str, np.ndarray]   # CHANNELS
+    warmup: int                      # samples before the layer's first move (history only: never scored)
+
+    @property
+    def error(self) -> np.ndarray:
+        """[N, 2] actual - reference (mm)."""
+        s = self.signals
+        return np.stack([s["x_act"] - s["x_ref"], s["y_act"] - s["y_ref"]], 1)
+
+
+def select_layers(spec: str, count: int) -> np.ndarray:
+    """'all', 'sampled:N' (every N-th layer, the seed's form), 'first:N' or 'A-B' (inclusive, 0-based)."""
+    if spec == "all":
+        return np.arange(count)
+    if m := re.fullmatch(r"sampled:(\d+)", spec):
+        return np.arange(0, count, max(int(m.group(1)), 1))
+    if m := re.fullmatch(r"first:(\d+)", spec):
+        return np.arange(min(int(m.group(1)), count))
+    if m := re.fullmatch(r"(\d+)-(\d+)", spec):
+        return np.arange(int(m.group(1)), min(int(m.group(2)) + 1, count))
+    raise KilnError(f"layers '{spec}' is not one of all, sampled:N, first:N or A-B")
+
+
+class Printer:
+    """The machine: planner settings, input shaper and the two belt axes (a PrinterGenerator's fields)."""
+
+    def __init__(self, s):
+        self.s = s
+        self.rate = s.sample_rate
+        self.axes = [Axis(s.resonance_x_hz, s.damping_x, s.friction, s.friction_velocity, s.sample_rate),
+                     Axis(s.resonance_y_hz, s.damping_y, s.friction, s.friction_velocity, s.sample_rate)]
+        # per axis: (amplitudes, time shifts) of the shaper's pulses; one unshifted pulse without shaping
+        self.shapers = [shaper_pulses(s.shaper, frequency, s.shaper_damping) if s.shaper != "none" else (np.ones(1), np.zeros(1))
+                        for frequency in (s.shaper_x_hz or s.resonance_x_hz, s.shaper_y_hz or s.resonance_y_hz)]
+
+    def plan(self, moves: Moves) -> Plan:
+        s = self.s
+        return plan_moves(moves, s.acceleration, s.max_velocity, s.firmware, s.junction_deviation, s.square_corner_velocity)
+
+    def command(self, plan: Plan, times: np.ndarray, offset: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Shaped motor command and its velocity [2, N] at `times`. `offset(times)` [N, 2], when given, is added to
+        the reference before shaping (compensation pre-distorts the path the firmware is asked to follow)."""
+        position, velocity = np.zeros((2, len(times))), np.zeros((2, len(times)))
+        for axis, (amplitudes, shifts) in enumerate(self.shapers):
+            for amplitude, shift in zip(amplitudes, shifts):
+                sample = sample_plan(plan, times - shift)
+                position[axis] += amplitude * sample["position"][:, axis]
+                velocity[axis] += amplitude * sample["velocity"][:, axis]
+                if offset is not None:
+                    position[axis] += amplitude * np.interp(times - shift, times, offset[:, axis])
+        return position, velocity
+
+    def simulate(self, plan: Plan, times: np.ndarray, offset: np.ndarray | None = None) -> dict[str, np.ndarray]:
+        """All CHANNELS at `times` (equally spaced at the sample rate), the axes starting at rest at the first command."""
+        ref = sample_plan(plan, times)
+        command, command_velocity = self.command(plan, times, offset)
+        actual = [axis(command[k], command_velocity[k]) for k, axis in enumerate(self.axes)]
+        return {"x_ref": ref["position"][:, 0], "y_ref": ref["position"][:, 1],
+                "vx_ref": ref["velocity"][:, 0], "vy_ref": ref["velocity"][:, 1],
+                "ax_ref": ref["acceleration"][:, 0], "ay_ref": ref["acceleration"][:, 1],
+                "x_cmd": command[0], "y_cmd": command[1], "x_act": actual[0], "y_act": actual[1]}
+
+    def layer_times(self, plan: Plan, layer: int) -> np.ndarray | None:
+        """Sample times of one layer, from SETTLE_S + WARMUP_S before its first move to its last move's end."""
+        moves = np.flatnonzero(plan.layer == layer)
+        if len(moves) == 0:
+            return None
+        begin, end = plan.t_start[moves[0]], plan.t_start[moves[-1]] + plan.move_time[moves[-1]]
+        first = np.floor((begin - SETTLE_S - WARMUP_S) * self.rate)
+        return np.arange(first, np.ceil(end * self.rate) + 1) / self.rate
+
+
+def simulate_moves(printer: Printer, moves: Moves, model: str, layers: str) -> list[Trajectory]:
+    plan = printer.plan(moves)
+    out = []
+    settle, warmup = int(round(SETTLE_S * printer.rate)), int(round(WARMUP_S * printer.rate))
+    for layer in select_layers(layers, len(moves.layer_z)):
+        times = printer.layer_times(plan, int(layer))
+        if times is None or len(times) <= settle + warmup + 1:
+            continue
+        signals = printer.simulate(plan, times)
+        out.append(Trajectory(model, int(layer), times[settle:], {k: v[settle:] for k, v in signals.items()}, warmup))
+    return out
+
+
+def model_sources(spec: str, model_layers: int) -> list[tuple[str, Moves]]:
+    """(name, moves) per entry of a comma-separated list of procedural model names, G-code files and folders."""
+    sources = []
+    for entry in [e.strip() for e in spec.split(",") if e.strip()]:
+        if entry in MODELS:
+            sources.append((entry, read_gcode(procedural_gcode(entry, model_layers))))
+            continue
+        path = Path(entry)
+        files = sorted(path.glob("*.gcode")) + sorted(path.glob("*.gco")) if path.is_dir() else [path]
+        if not path.exists():
+            raise KilnError(f"model '{entry}' is neither a procedural model ({', '.join(MODELS)}) nor an existing "
+                            "G-code file or folder")
+        if not files:
+            raise KilnError(f"folder '{path}' has no .gcode files")
+        sources += [(f.stem, read_gcode_file(f)) for f in files]
+    if not sources:
+        raise KilnError("no models given; name procedural models or G-code files, e.g. --models 3dbenchy,boat")
+    return sources

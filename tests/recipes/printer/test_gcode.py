@@ -1,0 +1,89 @@
+"""The G-code reader: modes, arcs, malformed lines, real slicer files (pyGCodeDecode's examples)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pyGCodeDecode
+import pytest
+
+from kiln.errors import KilnError
+from kiln.recipes.printer.gcode import MM_PER_ARC_SEGMENT, read_gcode, read_gcode_file
+
+EXAMPLES = Path(pyGCodeDecode.__file__).parent / "examples" / "data"
+
+
+def test_modes_units_and_set_position():
+    moves = read_gcode("\n".join([
+        "G21", "G90", "G1 X10 Y0 E1 F600",  # absolute XYZ and E
+        "G91", "G1 X5 Y5 E2",               # G91: relative XYZ and E (as Marlin)
+        "G90 ; back to absolute", "M83", "G1 X20 E0.5",  # M83: E relative again while XYZ is absolute
+        "G92 X0 Y0 E0", "G1 X1 Y1",          # G92 redefines the current position
+        "G20", "G1 X2 F60",                 # inches: X2 = 50.8 mm, F60 in/min = 25.4 mm/s
+    ]))
+    np.testing.assert_allclose(moves.end[:, :2], [[10, 0], [15, 5], [20, 5], [1, 1], [50.8, 1]])
+    np.testing.assert_allclose(moves.start[3, :2], [0, 0])
+    np.testing.assert_allclose(moves.extrude, [1, 2, 0.5, 0, 0])
+    np.testing.assert_allclose(moves.feedrate, [10, 10, 10, 10, 25.4])
+    assert moves.line.tolist() == [3, 5, 8, 10, 12] and not moves.errors
+
+
+def test_malformed_lines_are_reported_and_the_rest_is_read():
+    moves = read_gcode("G1 X1 Y1 E1 F1200\nG1 X1O Y5\nhello there\nG1 X Y2\nG1 X2 X3\nG2 X5 Y5 R1\nG1 F-5\nG1 X4 Y4 E1\n"
+                       "M117 any text, even G1 X9\nG1 X5 Q3\n")
+    lines = dict(moves.errors)
+    assert sorted(lines) == [2, 3, 4, 5, 6, 7, 10]
+    assert "'O'" in lines[2] and "no G/M/T command" in lines[3] and "'X'" in lines[4] and "twice" in lines[5]
+    assert "too small" in lines[6] and "feedrate" in lines[7] and "takes no Q" in lines[10]
+    np.testing.assert_allclose(moves.end[:, :2], [[1, 1], [4, 4]])  # the good lines around them still count
+    assert moves.ignored["M117"] == 1
+
+
+@pytest.mark.parametrize("command", ["G2", "G3"])
+def test_arcs_follow_the_circle_in_their_direction(command):
+    # half circle from (10, 0) to (-10, 0) around the origin; G2 goes through y < 0, G3 through y > 0
+    ij = read_gcode(f"G1 X10 Y0\n{command} X-10 Y0 I-10 J0 E3")
+    points = ij.end[1:, :2]
+    np.testing.assert_allclose(np.hypot(points[:, 0], points[:, 1]), 10, atol=1e-9)
+    chords = np.linalg.norm(ij.end[1:, :2] - ij.start[1:, :2], axis=1)
+    assert chords.max() <= MM_PER_ARC_SEGMENT * 1.05 and np.isclose(chords.sum(), 2 * 10 * np.sin(np.pi / 2 / len(chords)) * len(chords))
+    assert np.sign(points[len(points) // 2, 1]) == (-1 if command == "G2" else 1)
+    assert np.isclose(ij.extrude[1:].sum(), 3)
+    radius = read_gcode(f"G1 X10 Y0\n{command} X-10 Y0 R10 E3")  # the R form draws the same arc
+    np.testing.assert_allclose(radius.end, ij.end, atol=1e-9)
+
+
+def test_layers_are_heights_of_printing_moves_not_z_hops():
+    moves = read_gcode("M83\nG1 Z0.2\nG1 X10 E1\nG1 Z0.6\nG1 X0\nG1 Z0.2\nG1 X5 E1\nG1 Z0.4\nG1 X9\nG1 X0 E1\n")
+    np.testing.assert_allclose(moves.layer_z, [0.2, 0.4])
+    assert moves.layer.tolist() == [0, 0, 0, 0, 0, 0, 1, 1, 1]
+
+
+@pytest.mark.parametrize("name", ["triangle", "bee", "cubhelix"])
+def test_real_slicer_files_read_cleanly_and_agree_with_pygcodedecode(name):
+    """Path length of every printing and travel move equals pyGCodeDecode's parse of the same file."""
+    from pyGCodeDecode import gcode_interpreter
+
+    moves = read_gcode_file(EXAMPLES / f"{name}.gcode")
+    assert not moves.errors and len(moves.layer_z) >= 1
+    setup = gcode_interpreter.setup(presets_file=EXAMPLES / "printer_presets.yaml", printer="prusa_mini", verbosity_level=0)
+    states = gcode_interpreter.generate_states(filepath=EXAMPLES / f"{name}.gcode", initial_machine_setup=setup.check_initial_setup())
+    vectors = [s.state_position.get_vec(withExtrusion=True) for s in states]
+    positions = np.array([v for v in vectors if None not in v], float)  # it leaves positions undefined until the first move
+    theirs = np.linalg.norm(np.diff(positions[:, :3], axis=0), axis=1).sum()
+    ours = np.linalg.norm(moves.end - moves.start, axis=1).sum()
+    before_theirs = np.linalg.norm(positions[0, :3] - moves.start[0])  # our path from the origin to where theirs begins
+    assert np.isclose(ours, theirs + before_theirs, rtol=1e-9)
+    assert np.isclose(moves.extrude.sum(), positions[-1, 3] - positions[0, 3], rtol=1e-9)
+
+
+def test_files_without_moves_or_extrusion_are_clear_errors(tmp_path):
+    (tmp_path / "empty.gcode").write_text("; nothing\nM104 S200\n")
+    (tmp_path / "travel.gcode").write_text("G1 X10 Y10\nG1 X0 Y0\n")
+    with pytest.raises(KilnError, match="has no moves"):
+        read_gcode_file(tmp_path / "empty.gcode")
+    with pytest.raises(KilnError, match="never extrudes"):
+        read_gcode_file(tmp_path / "travel.gcode")
+    with pytest.raises(KilnError, match="cannot read G-code file"):
+        read_gcode_file(tmp_path / "missing.gcode")
