@@ -20,7 +20,7 @@ if TYPE_CHECKING:
     from kiln.config import RunConfig
     from kiln.engine.task import Splits, Task
 
-RECIPES = {"nav": "kiln.recipes.nav", "traffic": "kiln.recipes.traffic"}
+RECIPES = {"nav": "kiln.recipes.nav", "traffic": "kiln.recipes.traffic", "seqgen": "kiln.recipes.seqgen"}
 
 
 @dataclass(frozen=True)
