@@ -17,6 +17,7 @@ setup: .venv/.installed
 demo: setup
 	.venv/bin/kiln train configs/nav/quick.yaml --run-dir runs/nav/demo --overwrite
 	.venv/bin/kiln train configs/traffic/quick.yaml --run-dir runs/traffic/demo --overwrite
+	.venv/bin/kiln train configs/seqgen/quick.yaml --run-dir runs/seqgen/demo --overwrite
 
 test: setup
 	$(PY) -m pytest
