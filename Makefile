@@ -28,6 +28,7 @@ bench: setup
 	$(PY) bench/nav_datagen.py
 	$(PY) bench/nav_precision.py
 	$(PY) bench/traffic_step.py
+	$(PY) bench/seqgen_step.py
 
 clean:
 	rm -rf .venv runs data

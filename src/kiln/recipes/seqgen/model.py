@@ -7,8 +7,8 @@ needs only the parameters: step 0 starts from zeros and every later step is fed 
 Training feeds the true previous step with probability `teacher_forcing` and the model's own prediction
 otherwise (scheduled sampling, Bengio et al. 2015). The predictions that are mixed in come from a first,
 fully teacher-forced pass without gradients, so both passes run the LSTM over the whole sequence at once
-(parallel scheduled sampling with one pass, Duckworth et al. 2019): a 151-step Python loop per batch would
-cost ~5x more on a CPU. Evaluation always runs the step-by-step free-running loop.
+(parallel scheduled sampling with one pass, Duckworth et al. 2019): a 151-step Python loop per batch costs
+2.6x more per training step on this CPU (bench/seqgen_step.py). Evaluation always runs the step-by-step loop.
 """
 
 from __future__ import annotations
