@@ -176,10 +176,12 @@ def train(args: argparse.Namespace) -> int:
 
 
 def evaluate(args: argparse.Namespace) -> int:
+    from kiln.engine.devices import set_threads
     from kiln.engine.monitor import print_results
     from kiln.engine.trainer import evaluate_run
 
     recipe, cfg = run_config(args.run_dir)
+    set_threads(cfg.train.threads)  # as kiln train does: small models on a busy CPU crawl with spare threads spinning
     # recipe flags default to None, so `options` holds only what was given: an extra evaluation
     options = {dest: getattr(args, dest) for dest in args.option_dests.get(recipe.name, []) if getattr(args, dest) is not None}
     others = [dest for name, dests in args.option_dests.items() if name != recipe.name for dest in dests
