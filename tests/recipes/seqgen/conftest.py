@@ -8,6 +8,19 @@ import pytest
 import yaml
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """One torch thread, as the configs ask (train.threads: 1): the evaluation's small GRU discriminators and LSTM
+    steps can run many times slower with a spare OpenMP thread spin-waiting on a busy machine (the evaluation
+    test once took 198 s with 2 threads at load 4; 33 s with one)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="session")
 def strings_dir(tmp_path_factory) -> Path:
     from kiln.recipes.seqgen.data import generate_dataset
