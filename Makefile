@@ -22,6 +22,7 @@ demo: setup
 	.venv/bin/kiln train configs/traffic/quick.yaml --run-dir runs/traffic/demo --overwrite
 	.venv/bin/kiln train configs/world/quick.yaml --run-dir runs/world/demo --overwrite
 	.venv/bin/kiln train configs/printer/quick.yaml --run-dir runs/printer/demo --overwrite
+	.venv/bin/kiln train configs/seqgen/quick.yaml --run-dir runs/seqgen/demo --overwrite
 
 test: setup
 	$(PY) -m pytest
@@ -34,6 +35,7 @@ bench: setup
 	$(PY) bench/traffic_step.py
 	$(PY) bench/world_collect.py
 	$(PY) bench/printer_stream.py
+	$(PY) bench/seqgen_step.py
 
 clean:
 	rm -rf .venv runs data

@@ -128,13 +128,21 @@ def test_data_flags_derive_from_the_generator_schema():
     assert "--augment, --no-augment" in help_text and "(default: 5000)" in help_text
 
 
-def test_evaluate_flags_belong_to_their_recipe(tiny_config, tmp_path, capsys):
+def test_evaluate_flags_belong_to_their_recipe_and_it_uses_the_run_s_threads(tiny_config, tmp_path, capsys):
+    import torch
+
+    threads = torch.get_num_threads()
     run_dir = tmp_path / "run"
     assert main(["train", str(tiny_config), "--run-dir", str(run_dir), "train.max_epochs=1"]) == 0
     capsys.readouterr()
     assert main(["evaluate", str(run_dir), "--scen", "x.scen"]) == 2
     assert "--scen needs --map" in capsys.readouterr().err
-    assert main(["evaluate", str(run_dir)]) == 0
+    torch.set_num_threads(2)
+    try:
+        assert main(["evaluate", str(run_dir)]) == 0
+        assert torch.get_num_threads() == 1  # the run's train.threads, as in kiln train
+    finally:
+        torch.set_num_threads(threads)
     assert "test results" in capsys.readouterr().out
 
 

@@ -152,3 +152,56 @@ def test_entropy_limits():
 def test_entropy_matches_torch_categorical():
     logits = torch.randn(4, 6, 5, generator=torch.Generator().manual_seed(2))
     torch.testing.assert_close(mixture_entropy(logits), Categorical(logits=logits).entropy().mean())
+
+
+# ---------------------------------------------------------------- sequence losses (seqgen)
+
+def ar1_sequences(batch=3, steps=151, channels=2, phi=0.8, seed=0):
+    rng = np.random.default_rng(seed)
+    x = np.zeros((batch, steps, channels))
+    noise = rng.normal(size=(batch, steps, channels))
+    for t in range(1, steps):
+        x[:, t] = phi * x[:, t - 1] + noise[:, t]
+    return torch.tensor(x, dtype=torch.float64)
+
+
+def test_autocorrelation_matches_statsmodels_acf():
+    from statsmodels.tsa.stattools import acf
+
+    from kiln.losses import autocorrelation
+
+    x = ar1_sequences()
+    ours = autocorrelation(x, 20)
+    assert ours.shape == (3, 20, 2)
+    for b in range(3):
+        for c in range(2):
+            expected = acf(x[b, :, c].numpy(), nlags=20, fft=False)[1:]
+            np.testing.assert_allclose(ours[b, :, c].numpy(), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_autocorrelation_loss_is_blind_to_amplitude_and_offset():
+    """The documented weakness: 2 * y + 3 has exactly y's ACF, so the loss is 0 while the values are far off."""
+    from kiln.losses import AutocorrelationLoss
+
+    y = ar1_sequences().float()
+    loss = AutocorrelationLoss(max_lag=10)
+    assert loss(2 * y + 3, y).item() == pytest.approx(0.0, abs=1e-5)
+    assert torch.nn.functional.l1_loss(2 * y + 3, y).item() > 2.5
+    # ... but it does see other dynamics: white noise against an AR(1) process with phi = 0.8
+    white = torch.randn_like(y)
+    assert loss(white, y).item() > 0.2
+
+
+def test_combined_loss_returns_the_weighted_sum_and_its_parts():
+    from statsmodels.tsa.stattools import acf
+
+    from kiln.losses import CombinedMAEAutocorrLoss
+
+    y = ar1_sequences(seed=1).float()
+    pred = y + 0.3 * torch.randn_like(y)
+    combined, mae, autocorr = CombinedMAEAutocorrLoss(alpha=0.25, max_lag=5)(pred, y)
+    assert mae.item() == pytest.approx((pred - y).abs().mean().item(), rel=1e-6)
+    acf_gap = np.mean([np.abs(acf(pred[b, :, c].numpy(), nlags=5, fft=False)[1:] - acf(y[b, :, c].numpy(), nlags=5, fft=False)[1:])
+                       for b in range(3) for c in range(2)])
+    assert autocorr.item() == pytest.approx(acf_gap, rel=1e-4)
+    assert combined.item() == pytest.approx(0.25 * mae.item() + 0.75 * autocorr.item(), rel=1e-6)

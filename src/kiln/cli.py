@@ -94,6 +94,12 @@ def build_parser() -> argparse.ArgumentParser:
                 add_arguments(tools.add_parser(command))
                 tools.choices[command].set_defaults(run_command=run)
 
+    compare = verbs.add_parser("compare", help="plot one metric of several runs against epoch (e.g. --metric val_loss)")
+    compare.add_argument("run_dirs", nargs="+", type=Path, metavar="RUN_DIR")
+    compare.add_argument("--metric", default="val_loss",
+                         help="a history column (val_loss) or a seed-named column (\"Validation Loss\"); default val_loss")
+    compare.add_argument("--out", type=Path, default=Path("compare.png"), help="the plot (PNG; default compare.png)")
+
     status = verbs.add_parser("status", help="show the state of runs (running, finished, interrupted, failed)")
     status.add_argument("run_dirs", nargs="*", type=Path, help="run directories (default: every run under runs/)")
 
@@ -170,10 +176,12 @@ def train(args: argparse.Namespace) -> int:
 
 
 def evaluate(args: argparse.Namespace) -> int:
+    from kiln.engine.devices import set_threads
     from kiln.engine.monitor import print_results
     from kiln.engine.trainer import evaluate_run
 
     recipe, cfg = run_config(args.run_dir)
+    set_threads(cfg.train.threads)  # as kiln train does: small models on a busy CPU crawl with spare threads spinning
     # recipe flags default to None, so `options` holds only what was given: an extra evaluation
     options = {dest: getattr(args, dest) for dest in args.option_dests.get(recipe.name, []) if getattr(args, dest) is not None}
     others = [dest for name, dests in args.option_dests.items() if name != recipe.name for dest in dests
@@ -218,6 +226,19 @@ def data(args: argparse.Namespace) -> int:
     return 0
 
 
+def compare(args: argparse.Namespace) -> int:
+    import json
+
+    from kiln.engine.compare import compare_runs
+
+    result = compare_runs(args.run_dirs, args.metric, args.out)
+    for run, row in result["runs"].items():
+        print(f"{run}: last {row['last']}, lowest {row['min']} at epoch {row['min_epoch']} ({row['epochs']} epochs)")
+    print(f"Wrote {args.out}")
+    print(json.dumps(result))
+    return 0
+
+
 def status(args: argparse.Namespace) -> int:
     from kiln.engine.monitor import print_status
 
@@ -232,7 +253,7 @@ def logs(args: argparse.Namespace) -> int:
     return 0
 
 
-VERBS = {"train": train, "evaluate": evaluate, "export": export, "lr-find": lr_find, "data": data, "status": status, "logs": logs}
+VERBS = {"train": train, "evaluate": evaluate, "export": export, "lr-find": lr_find, "data": data, "compare": compare, "status": status, "logs": logs}
 
 
 def main(argv: list[str] | None = None) -> int:

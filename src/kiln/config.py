@@ -71,6 +71,8 @@ class TrainConfig(Section):
     log_histograms: bool = Field(False, description="weight and gradient histograms to TensorBoard/W&B at each validation")
     patience: int | None = Field(None, ge=1, description="early stopping: validations without improvement; null = off")
     monitor: str = Field("val_loss", description="metric that picks best.ckpt and drives early stopping")
+    log_test_metrics: bool = Field(False, description="also run the validation step on the test split at every validation and "
+                                   "log test_* metrics (some seeds record a per-epoch test loss); they never pick or stop anything")
     mode: Literal["min", "max"] = "min"
     val_every_n_steps: int | None = Field(None, gt=0, description="validate every N optimizer steps instead of every epoch")
     checkpoint_every_n_epochs: int = Field(0, ge=0, description="also keep checkpoints/epoch_NNN.ckpt; 0 = off")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import random
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -79,3 +80,18 @@ def set_rng_state(state: dict[str, Any]) -> None:
     random.setstate(tuple(x if not isinstance(x, list) else tuple(x) for x in state["python"]))
     if state["cuda"] and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def link_aliases(run_dir: Path, aliases: dict[str, tuple[str, ...]], written: str, **fields: Any) -> None:
+    """Give the file just written (`written`, relative to run_dir, a pattern such as "checkpoints/epoch_{epoch:03d}.ckpt")
+    the extra names a task's seed expects (Task.file_aliases): hard links, copies where the filesystem has none.
+    Each name is replaced atomically, so it never points at a half-written or stale file."""
+    for name in aliases.get(written, ()):
+        source, target = run_dir / written.format(**fields), run_dir / name.format(**fields)
+        tmp = target.with_name(target.name + ".tmp")
+        tmp.unlink(missing_ok=True)
+        try:
+            os.link(source, tmp)
+        except OSError:
+            shutil.copyfile(source, tmp)
+        os.replace(tmp, target)

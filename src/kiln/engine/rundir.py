@@ -112,14 +112,17 @@ def write_csv(path: Path, rows: list[dict[str, Any]], columns: list[str]) -> Non
     os.replace(tmp, path)
 
 
-def write_history(run_dir: Path, rows: list[dict[str, Any]], extra: tuple[str, tuple[str, ...]] | None = None) -> None:
+def write_history(run_dir: Path, rows: list[dict[str, Any]], extra: tuple[str, tuple[str, ...] | dict[str, str]] | None = None) -> None:
     """history.csv (one row per epoch), history.json (one list per column, the seed's shape) and,
-    when a task asks for it, an extra CSV with the seed's exact columns (e.g. training_history.csv)."""
+    when a task asks for it, an extra CSV with the seed's exact columns (e.g. training_history.csv).
+    The extra columns are history columns, or a mapping {seed header: history column} ({"Train Loss": "train_loss"})."""
     columns = list(dict.fromkeys(k for row in rows for k in row))
     write_csv(run_dir / "history.csv", rows, columns)
     write_json(run_dir / "history.json", {c: [row.get(c) for row in rows] for c in columns})
     if extra is not None:
-        write_csv(run_dir / extra[0], rows, list(extra[1]))
+        name, wanted = extra
+        headers = wanted if isinstance(wanted, dict) else {c: c for c in wanted}
+        write_csv(run_dir / name, [{h: row.get(key) for h, key in headers.items()} for row in rows], list(headers))
 
 
 def is_better(value: float, best: float | None, mode: str) -> bool:

@@ -24,8 +24,12 @@ class Task(nn.Module):
 
     # Metrics shown on the per-epoch console line, in this order ("loss" -> "Train Loss: ...").
     console_metrics: tuple[str, ...] = ("loss",)
-    # An extra per-epoch CSV some seeds expect, with exactly these columns: (file name, columns).
-    history_file: tuple[str, tuple[str, ...]] | None = None
+    # An extra per-epoch CSV some seeds expect, with exactly these columns: (file name, history columns), or
+    # (file name, {seed header: history column}) where the seed names them differently ("Train Loss": "train_loss").
+    history_file: tuple[str, tuple[str, ...] | dict[str, str]] | None = None
+    # Extra names the seed gives the engine's weight files, hard links in the run directory (no extra disk):
+    # {"best_model.pt": ("best_model.pth",), "final_model.pt": (...), "checkpoints/epoch_{epoch:03d}.ckpt": ("checkpoint_epoch_{epoch}.pth",)}
+    file_aliases: dict[str, tuple[str, ...]] = {}
 
     def forward(self, batch: dict[str, Tensor], stage: str) -> dict[str, Tensor]:
         # One entry point so Fabric's wrapper (precision, devices, DDP) covers every step.

@@ -29,7 +29,7 @@ from torch import Tensor
 
 from kiln.config import RunConfig, dump_config
 from kiln.engine.batches import make_batches
-from kiln.engine.checkpoint import FORMAT, load_checkpoint, load_weights, rng_state, save_atomic, set_rng_state
+from kiln.engine.checkpoint import FORMAT, link_aliases, load_checkpoint, load_weights, rng_state, save_atomic, set_rng_state
 from kiln.engine.devices import accelerator_for, make_fabric, process_layout, resolve_precision, seed_everything, set_threads
 from kiln.engine.health import GradientStats, HealthMonitor
 from kiln.engine.media import MediaLog, log_parameter_histograms, make_loggers
@@ -140,6 +140,8 @@ class Run:
                                           num_workers=t.num_workers, pin_memory=fabric.device.type == "cuda")
         self.val_batches = make_batches(splits.val, t.eval_batch_size, shuffle=False, even=False, **shard,
                                         num_workers=t.num_workers, pin_memory=fabric.device.type == "cuda")
+        self.test_batches = make_batches(splits.test, t.eval_batch_size, shuffle=False, even=False, **shard, num_workers=t.num_workers,
+                                         pin_memory=fabric.device.type == "cuda") if t.log_test_metrics else None
         self.batches_per_epoch = len(self.train_batches)
         self.steps_per_epoch = -(-self.batches_per_epoch // t.accumulate_grad_batches)
 
@@ -213,6 +215,7 @@ class Run:
     def export(self, name: str, metrics: dict[str, Any]) -> None:
         if self.zero:
             export_weights(self.run_dir / name, self.evaluated, self.cfg, self.splits.info, self.state.epoch, metrics)
+            link_aliases(self.run_dir, self.task.file_aliases, name)
 
     # ------------------------------------------------------------------ the loop
 
@@ -296,6 +299,8 @@ class Run:
                 self.end_period()
                 if self.t.checkpoint_every_n_epochs and s.epoch % self.t.checkpoint_every_n_epochs == 0:
                     self.save_checkpoint(f"epoch_{s.epoch:03d}.ckpt")
+                    if self.zero:
+                        link_aliases(self.run_dir, self.task.file_aliases, "checkpoints/epoch_{epoch:03d}.ckpt", epoch=s.epoch)
                 if self.agree_to_stop():  # a Ctrl-C during validation stops here, not one step into the next epoch
                     raise Interrupted
 
@@ -365,20 +370,26 @@ class Run:
 
     @torch.no_grad()
     def validate(self) -> tuple[dict[str, float], dict[str, Tensor] | None]:
-        """Metrics over the validation split (all ranks), plus its first batch for the media hook."""
+        """Metrics over the validation split (and the test split with train.log_test_metrics; all ranks), plus the
+        first validation batch for the media hook."""
         model = self.ema if self.ema is not None else self.model
         model.eval()
-        sums, count, first = {}, 0, None
-        for batch in self.val_batches.epoch():
-            batch = self.fabric.to_device(batch)
-            with self.fabric.autocast():
-                out = model(batch, "val")
-            n = batch_size_of(batch)
-            accumulate(sums, out, n)
-            count += n
-            first = batch if first is None else first
+        metrics, first = {}, None
+        for prefix, batches in (("val", self.val_batches), ("test", self.test_batches)):
+            if batches is None:
+                continue
+            sums, count = {}, 0
+            for batch in batches.epoch():
+                batch = self.fabric.to_device(batch)
+                with self.fabric.autocast():
+                    out = model(batch, "val")
+                n = batch_size_of(batch)
+                accumulate(sums, out, n)
+                count += n
+                first = batch if first is None else first
+            metrics.update(reduced_means(self.fabric, sums, count, prefix))
         self.model.train()
-        return reduced_means(self.fabric, sums, count, "val"), first
+        return metrics, first
 
     def end_period(self) -> None:
         """A validation point (every epoch, or every val_every_n_steps): metrics, history, checkpoints, console."""
@@ -518,6 +529,7 @@ def fit_closed_form(fabric, cfg: RunConfig, recipe, task: Task, splits: Splits, 
     write_history(run_dir, [{"epoch": 0, "step": 0, **metrics}], task.history_file)
     for name in ("best_model.pt", "final_model.pt"):
         export_weights(run_dir / name, task, cfg, splits.info, 0, metrics)
+        link_aliases(run_dir, task.file_aliases, name)
     status.update(state="evaluating", epoch=0, step=0, max_epochs=0, monitor=cfg.train.monitor, best_epoch=0,
                   best=metrics.get(cfg.train.monitor), stop_reason="closed_form", run_dir=str(run_dir))
     results = evaluate_run(run_dir, recipe, cfg, splits=splits, log=log, device=fabric.device)

@@ -25,6 +25,7 @@ RECIPES = {
     "traffic": "kiln.recipes.traffic",
     "world": "kiln.recipes.world",
     "printer": "kiln.recipes.printer",
+    "seqgen": "kiln.recipes.seqgen",
 }
 
 

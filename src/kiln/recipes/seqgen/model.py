@@ -1,0 +1,58 @@
+"""StreamlinedSequenceGenerator: an LSTM that generates a sequence step by step from 2 parameters.
+
+At step t the LSTM sees the previous step's 5 components, the 2 conditioning parameters and the step's
+position t / (T - 1); a linear head reads step t's 5 components off the top layer. Free-running generation
+needs only the parameters: step 0 starts from zeros and every later step is fed the model's own output.
+
+Training feeds the true previous step with probability `teacher_forcing` and the model's own prediction
+otherwise (scheduled sampling, Bengio et al. 2015). The predictions that are mixed in come from a first,
+fully teacher-forced pass without gradients, so both passes run the LSTM over the whole sequence at once
+(parallel scheduled sampling with one pass, Duckworth et al. 2019): a 151-step Python loop per batch costs
+2.6x more per training step on this CPU (bench/seqgen_step.py). Evaluation always runs the step-by-step loop.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+
+class StreamlinedSequenceGenerator(nn.Module):
+    def __init__(self, components: int = 5, params: int = 2, hidden_size: int = 256, num_layers: int = 2,
+                 dropout: float = 0.3, steps: int = 151):
+        super().__init__()
+        self.components, self.steps = components, steps
+        self.lstm = nn.LSTM(components + params + 1, hidden_size, num_layers, dropout=dropout, batch_first=True)
+        self.head = nn.Linear(hidden_size, components)
+        self.register_buffer("position", torch.linspace(0, 1, steps), persistent=False)  # t / (T - 1)
+
+    def inputs(self, previous: Tensor, params: Tensor) -> Tensor:
+        """previous [B, T', 5] and params [B, 2] -> LSTM inputs [B, T', 8] for the first T' steps."""
+        B, T = previous.shape[:2]
+        return torch.cat([previous, params[:, None].expand(B, T, -1), self.position[None, :T, None].expand(B, T, 1)], dim=-1)
+
+    def teacher_forced(self, params: Tensor, target: Tensor, teacher_forcing: float = 1.0, noise_level: float = 0.0) -> Tensor:
+        """Training pass: params [B, 2], target [B, T, 5] (both z-scored) -> predictions [B, T, 5]."""
+        start = target.new_zeros(target.shape[0], 1, self.components)
+        previous = torch.cat([start, target[:, :-1]], dim=1)                                   # true step t-1
+        if teacher_forcing < 1.0:
+            with torch.no_grad():  # the model's own step t-1 from a teacher-forced pass; no gradient through it
+                own = self.head(self.lstm(self.inputs(previous, params))[0])
+            own = torch.cat([start, own[:, :-1].to(previous.dtype)], dim=1)
+            use_truth = torch.rand(previous.shape[:2] + (1,), device=previous.device) < teacher_forcing
+            previous = torch.where(use_truth, previous, own)
+        if noise_level:
+            previous = previous + noise_level * torch.randn_like(previous)
+            params = params + noise_level * torch.randn_like(params)
+        return self.head(self.lstm(self.inputs(previous, params))[0])
+
+    def forward(self, params: Tensor) -> Tensor:
+        """Free-running generation: params [B, 2] (z-scored) -> sequences [B, T, 5] (z-scored)."""
+        B = params.shape[0]
+        previous, state, outputs = params.new_zeros(B, 1, self.components), None, []
+        for t in range(self.steps):
+            step = torch.cat([previous.to(params.dtype), params[:, None], self.position[t].expand(B, 1, 1)], dim=-1)  # [B, 1, 8]
+            hidden, state = self.lstm(step, state)
+            previous = self.head(hidden)                                                       # [B, 1, 5]
+            outputs.append(previous)
+        return torch.cat(outputs, dim=1)

@@ -1,0 +1,93 @@
+"""The seed's CSV format: the synthetic generator (physics, PCA on the training split only), validation of bad
+files, and the seeded split."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from kiln.errors import KilnError
+from kiln.recipes.seqgen.data import COLUMNS, read_sequences, split_indices
+from kiln.recipes.seqgen.sim import PLUCK, string_profiles
+
+
+def test_the_string_starts_as_the_pluck_and_decays():
+    params = np.array([[1.0, 0.01], [0.5, 0.002]])
+    u = string_profiles(params, points=99)
+    x = np.linspace(0, 1, 101)[1:-1]
+    triangle = np.where(x < PLUCK, x / PLUCK, (1 - x) / (1 - PLUCK))  # the released shape, unit height at x0
+    np.testing.assert_allclose(u[:, 0], np.broadcast_to(triangle, (2, 99)), atol=0.06)  # 10 terms of its Fourier series (Gibbs-free, worst at the kink)
+    same_speed = string_profiles(np.array([[1.0, 0.02], [1.0, 0.002]]), points=99)
+    late = np.sqrt((same_speed[:, -30:] ** 2).mean((1, 2)))       # the fundamental decays as exp(-1.5 d t)
+    assert late[0] / late[1] == pytest.approx(np.exp(-1.5 * 0.018 * 135), rel=0.5)
+
+
+def test_synthetic_dataset_is_the_seed_format_with_pca_fitted_on_training_sequences_only(strings_dir):
+    files = sorted(strings_dir.glob("*.csv"))
+    assert len(files) == 48
+    frame = pd.read_csv(files[0])
+    assert list(frame.columns) == COLUMNS and len(frame) == 151 and frame["step"].tolist() == list(range(151))
+    info = json.loads((strings_dir / "dataset.json").read_text())
+    assert info["pca_fit_split"] == {"train_size": 32, "val_size": 8, "split_seed": 1}
+    pca = np.load(strings_dir / "pca.npz")
+    assert pca["components"].shape == (5, 16)
+    _, params, components = read_sequences(strings_dir, "error", lambda m: None)
+    split = split_indices(48, 32, 8, 1)
+    train_scores = components[split["train"]].reshape(-1, 5)
+    # PCA scores have zero mean and uncorrelated, decreasing variance over the data the PCA was fitted on ...
+    np.testing.assert_allclose(train_scores.mean(0), 0, atol=1e-5)
+    cov = np.cov(train_scores.T, bias=True)
+    np.testing.assert_allclose(cov - np.diag(np.diag(cov)), 0, atol=1e-5)
+    assert (np.diff(np.diag(cov)) < 0).all()
+    # ... which the held-out sequences are not part of
+    assert np.abs(components[split["test"]].reshape(-1, 5).mean(0)).max() > 1e-3
+    # the scores are the projection of the profiles onto the saved components
+    profiles = string_profiles(params[:3], 16)
+    np.testing.assert_allclose((profiles - pca["mean"]) @ pca["components"].T, components[:3], atol=1e-5)
+
+
+def test_split_is_seeded_disjoint_and_complete():
+    a, b = split_indices(100, 70, 20, 5), split_indices(100, 70, 20, 5)
+    assert all(np.array_equal(a[k], b[k]) for k in a)
+    assert [len(a[k]) for k in ("train", "val", "test")] == [70, 20, 10]
+    assert sorted(np.concatenate(list(a.values())).tolist()) == list(range(100))
+    assert not np.array_equal(split_indices(100, 70, 20, 6)["train"], a["train"])
+    with pytest.raises(KilnError, match="100 sequences cannot make 90 train \\+ 10 val"):
+        split_indices(100, 90, 10, 0)
+
+
+@pytest.mark.parametrize("damage, reason", [
+    (lambda f: f.iloc[:150], "has 150 rows, expected 151"),
+    (lambda f: f.drop(columns=["pc3"]), "lacks column(s) pc3"),
+    (lambda f: f.assign(pc2=f["pc2"].where(f.index != 7)), "has a NaN, infinite or non-numeric value (row 8, column pc2)"),
+    (lambda f: f.assign(param1=np.linspace(0, 1, len(f))), "has parameters that change between rows"),
+])
+def test_a_bad_file_is_named_and_is_an_error_or_skipped(strings_dir, tmp_path, damage, reason):
+    data = tmp_path / "data"
+    shutil.copytree(strings_dir, data)
+    bad = sorted(data.glob("*.csv"))[5]
+    damage(pd.read_csv(bad)).to_csv(bad, index=False)
+    with pytest.raises(KilnError) as err:
+        read_sequences(data, "error", lambda m: None)
+    assert str(err.value).startswith(f"'{bad}' {reason}") and "data.on_bad_file=skip" in str(err.value)
+    lines = []
+    names, params, components = read_sequences(data, "skip", lines.append)
+    assert bad.name not in names and len(names) == 47 and components.shape == (47, 151, 5) and params.shape == (47, 2)
+    assert lines[0].startswith(f"Warning: skipped {bad.name} {reason}") and "(1 bad files skipped)" in lines[-1]
+
+
+def test_kiln_data_seqgen_cli(tmp_path):
+    out = tmp_path / "made"
+    args = [sys.executable, "-m", "kiln", "data", "seqgen", "--synthetic", "--num-sequences", "12", "--profile-points", "12",
+            "--train-size", "8", "--val-size", "2", "--out", str(out)]
+    done = subprocess.run(args, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert "12 sequences" in done.stdout and len(list(out.glob("*.csv"))) == 12 and (out / "pca.npz").is_file()
+    again = subprocess.run(args, capture_output=True, text=True)
+    assert again.returncode == 2 and "not empty" in again.stderr and len(again.stderr.strip().splitlines()) == 1

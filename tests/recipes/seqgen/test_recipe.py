@@ -1,0 +1,170 @@
+"""The seqgen recipe through the engine: phases, schedules, the seed's files, evaluation against references."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from kiln.engine.trainer import fit
+from kiln.errors import KilnError
+from kiln.recipes import get_recipe, load_recipe_config
+from kiln.recipes.seqgen.task import COMBINED_COLUMNS, PURE_COLUMNS, teacher_forcing_ratio
+
+CONFIGS = Path(__file__).resolve().parents[3] / "configs" / "seqgen"
+TWO_PHASES = [
+    {"name": "p1", "train": {"max_epochs": 2, "lr": 1e-3, "scheduler": {"name": "warmup_cosine", "warmup": 0.3, "min_lr": 5e-4}}},
+    {"name": "p2", "model": {"teacher_forcing_start": 0.6, "teacher_forcing_end": 0.5, "max_lag": 6},
+     "train": {"max_epochs": 2, "lr": 5e-4, "scheduler": {"name": "linear_decay", "min_lr": 1e-4}}},
+]
+
+
+def train(config: Path, run_dir: Path, overrides=(), phases=None):
+    if phases is not None:
+        raw = yaml.safe_load(config.read_text())
+        config.write_text(yaml.safe_dump({**raw, "phases": phases}))
+    recipe, cfg = load_recipe_config(config, list(overrides))
+    run_dir.mkdir()
+    return fit(cfg, recipe, run_dir), cfg
+
+
+@pytest.fixture
+def quick_discriminator(monkeypatch):
+    """Runs here test the plumbing; the discriminator itself is tested at its real size below."""
+    from kiln.recipes.seqgen import evaluation
+
+    monkeypatch.setattr(evaluation, "DISCRIMINATOR_STEPS", 5)
+
+
+def weights(path):
+    return torch.load(path, weights_only=True)["state_dict"]
+
+
+def test_teacher_forcing_schedule_is_the_seed_s_and_restarts_at_each_phase():
+    assert teacher_forcing_ratio(0, 100, 0.7, 0.6) == 0.7
+    assert teacher_forcing_ratio(50, 100, 0.7, 0.6) == pytest.approx(0.65)
+    assert teacher_forcing_ratio(99, 100, 0.7, 0.6) == pytest.approx(0.601)   # the last epoch of phase 1
+    assert teacher_forcing_ratio(0, 100, 0.6, 0.5) == 0.6                       # the first of phase 2
+    assert teacher_forcing_ratio(120, 100, 0.7, 0.6) == 0.6                     # never below the end value
+
+
+def test_two_phase_run_writes_the_seed_s_files_and_schedules(seqgen_config, tmp_path, quick_discriminator):
+    results, _ = train(seqgen_config, tmp_path / "run", phases=TWO_PHASES)
+    run_dir = tmp_path / "run"
+    for k in (1, 2):
+        phase = run_dir / f"phase_{k}"
+        with open(phase / "training_metrics.csv") as f:
+            rows = list(csv.reader(f))
+        assert rows[0] == list(COMBINED_COLUMNS) and [r[0] for r in rows[1:]] == ["1", "2"]
+        for source, alias in (("best_model.pt", "best_model.pth"), ("best_model.pt", "best_model_combined.pth"),
+                              ("final_model.pt", "final_model.pth"), ("checkpoints/epoch_002.ckpt", "checkpoint_epoch_2.pth")):
+            assert os.path.samefile(phase / source, phase / alias)
+        args = json.loads((phase / "args.json").read_text())
+        assert args["epochs"] == 2 and args["loss"] == "combined" and args["max_lag"] == (5 if k == 1 else 6)
+        assert (phase / "report" / "sequences.png").is_file()
+    history = json.loads((run_dir / "history.json").read_text())
+    lr = history["lr"]
+    assert lr[1] == pytest.approx(5e-4, rel=1e-6)       # phase 1 ends its cosine at min_lr
+    assert lr[3] == pytest.approx(1e-4, rel=1e-6)       # phase 2 ends its linear decay at its min_lr
+    assert 1e-4 < lr[2] < 5e-4                          # and starts from its own lr, 5e-4, decaying linearly
+    assert lr[2] == pytest.approx(5e-4 + (1e-4 - 5e-4) * 0.5, rel=0.05)  # halfway (4 steps per epoch, 8 in the phase)
+    assert "test_loss" in history and "test_autocorr" in history
+    for who in ("free_running", "knn", "mean_sequence"):
+        assert set(results[who]) == {"mae", "acf_error", "spectral_distance", "discriminative_score"}
+    assert results["max_lag"] == 6 and results["samples"] == 8
+    assert json.loads((run_dir / "test_results.json").read_text()) == results
+
+
+def test_phase_2_continues_from_phase_1_s_best_weights(seqgen_config, tmp_path, quick_discriminator):
+    still = [TWO_PHASES[0], {"name": "still", "train": {"max_epochs": 1, "lr": 1e-12, "scheduler": "none", "weight_decay": 0.0}}]
+    train(seqgen_config, tmp_path / "run", ["train.checkpoint_every_n_epochs=0", "train.log_test_metrics=false"], phases=still)
+    best = weights(tmp_path / "run" / "phase_1" / "best_model.pt")
+    for key, value in weights(tmp_path / "run" / "phase_2" / "final_model.pt").items():
+        torch.testing.assert_close(value, best[key], atol=1e-7, rtol=0)
+
+
+def test_pure_strategies_log_the_seed_s_five_columns_and_their_own_loss(seqgen_config):
+    recipe = get_recipe("seqgen")
+    for loss, part in (("mae", "mae"), ("autocorr", "autocorr")):
+        cfg = load_recipe_config(seqgen_config, [f"model.loss={loss}"])[1]
+        splits = recipe.load_data(cfg, lambda m: None)
+        task = recipe.build_task(cfg, splits.info).eval()
+        assert task.history_file == ("training_metrics.csv", PURE_COLUMNS)
+        with torch.no_grad():
+            out = task.validation_step(splits.val)
+        assert out["loss"].item() == pytest.approx(out[part].item())
+
+
+def test_free_running_generation_is_the_step_by_step_recurrence(seqgen_config):
+    """Fed its own free-running output as the truth, the sequence-at-once training pass reproduces it."""
+    cfg = load_recipe_config(seqgen_config, ["model.hidden_size=16"])[1]
+    task = get_recipe("seqgen").build_task(cfg, {}).eval()
+    params = torch.randn(4, 2)
+    with torch.no_grad():
+        free = task.model(params)
+        again = task.model.teacher_forced(params, free, teacher_forcing=1.0)
+    assert free.shape == (4, 151, 5)
+    torch.testing.assert_close(again, free, atol=1e-5, rtol=1e-4)
+
+
+def test_evaluation_matches_independent_references(seqgen_config, monkeypatch):
+    from sklearn.neighbors import KNeighborsRegressor
+
+    from kiln.recipes.seqgen.evaluation import choose_k, discriminative_score, nearest_neighbour_mean, spectral_distance
+    from kiln.recipes.seqgen.task import evaluate, generate
+
+    recipe = get_recipe("seqgen")
+    cfg = load_recipe_config(seqgen_config)[1]
+    splits = recipe.load_data(cfg, lambda m: None)
+    train, val, test = splits.train, splits.val, splits.test
+    k, maes = choose_k(train, val)
+    assert maes[k] == min(maes.values())
+    reference = KNeighborsRegressor(n_neighbors=3).fit(train["params"].numpy(), train["y"].reshape(len(train["y"]), -1).numpy())
+    np.testing.assert_allclose(nearest_neighbour_mean(train["params"], train["y"], test["params"], 3).reshape(len(test["y"]), -1),
+                               reference.predict(test["params"].numpy()), atol=1e-5)
+    assert spectral_distance(test["y"], test["y"]) == 0.0
+    assert spectral_distance(torch.zeros_like(test["y"]), test["y"]) == pytest.approx(1.0)
+    real = torch.cat([train["y"], val["y"]])
+    assert discriminative_score(real[:20], real[20:]) <= 0.25        # two halves of the same data: chance level
+    assert discriminative_score(real.mean(0).expand(20, -1, -1), real[20:]) >= 0.3   # one sequence for every pair is told apart
+    task = recipe.build_task(cfg, splits.info)
+    monkeypatch.setattr("kiln.recipes.seqgen.evaluation.DISCRIMINATOR_STEPS", 5)  # checked at full size above
+    results = evaluate(task, splits, cfg, {})
+    pred = generate(task, test["params"], 64)
+    assert results["free_running"]["mae"] == pytest.approx((pred - test["y"]).abs().mean().item(), rel=1e-4)
+    assert results["knn_k"] == k
+    mean = train["y"].mean(0)
+    assert results["mean_sequence"]["mae"] == pytest.approx((mean - test["y"]).abs().mean().item(), rel=1e-4)
+
+
+def test_shipped_configs_validate_and_reproduce_the_seed_s_tables():
+    configs = {p.stem: load_recipe_config(p)[1] for p in sorted(CONFIGS.glob("*.yaml"))}
+    assert {"quick", "mae_500", "autocorr_500", "combined_500"} <= set(configs)
+    # the seed's tables, phase by phase: lr start, lr end, teacher forcing start, end, max_lag, noise, weight decay, clip
+    autocorr = [(1e-3, 5e-4, .7, .6, 10, .05, .01, 1.0), (5e-4, 1e-4, .6, .5, 15, .05, .008, 1.0), (1e-4, 5e-5, .5, .4, 15, .04, .005, .9),
+                (5e-5, 1e-5, .4, .3, 20, .02, .003, .7), (1e-5, 5e-6, .3, .2, 20, .01, .002, .6)]
+    combined = [(1e-3, 5e-4, .7, .6, 10, .05, .01, 1.0), (5e-4, 1e-4, .6, .5, 15, .04, .008, .9), (1e-4, 5e-5, .5, .4, 15, .03, .005, .8),
+                (5e-5, 1e-5, .4, .3, 20, .02, .003, .7), (1e-5, 5e-6, .3, .2, 20, .01, .002, .6)]
+    for name, table in (("mae_500", combined), ("autocorr_500", autocorr), ("combined_500", combined)):
+        phases = configs[name].phase_configs()
+        assert len(phases) == 5 and configs[name].model.loss == name.split("_")[0]
+        for k, (_, init, cfg) in enumerate(phases):
+            t, m = cfg.train, cfg.model
+            row = (t.lr, t.scheduler.min_lr, m.teacher_forcing_start, m.teacher_forcing_end, m.max_lag, m.noise_level,
+                   t.weight_decay, t.gradient_clip_val)
+            expected = table[k] if name != "mae_500" else table[k][:4] + (m.max_lag,) + table[k][5:]  # MAE: no max_lag column
+            assert row == pytest.approx(expected), (name, k)
+            assert t.max_epochs == 100 and init == "best"
+            assert t.scheduler.name == ("warmup_cosine" if k == 0 else "linear_decay")
+        assert phases[0][2].train.scheduler.warmup == 0.3
+
+
+def test_a_phase_with_an_unknown_key_is_named(seqgen_config):
+    with pytest.raises(KilnError, match=r"phases\[2\] \(fine\): unknown config key 'model.max_lagg'; did you mean 'model.max_lag'\?"):
+        load_recipe_config(seqgen_config, ["phases=[{name: warm}, {name: fine, model: {max_lagg: 3}}]"])
