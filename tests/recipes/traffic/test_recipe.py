@@ -132,7 +132,7 @@ def test_historical_average_is_fitted_in_closed_form(traffic_config, tmp_path, c
     assert results["mae"] == pytest.approx(results["references"]["historical_average"]["mae"], rel=1e-4)
 
 
-@pytest.mark.parametrize("arch", ["lstm", "graphwavenet", "astgcn"])
+@pytest.mark.parametrize("arch", ["lstm", "graphwavenet", "astgcn", "tgcn"])
 def test_point_baselines_train_in_the_same_harness(traffic_config, tmp_path, arch):
     run_dir = tmp_path / arch
     run_dir.mkdir()
@@ -142,6 +142,20 @@ def test_point_baselines_train_in_the_same_harness(traffic_config, tmp_path, arc
     with open(run_dir / "training_history.csv") as f:
         header = next(csv.reader(f))
     assert header == SEED_COLUMNS
+
+
+def test_stmgt_trains_on_per_segment_records(traffic_config, tmp_path):
+    from kiln.recipes.traffic.data import write_dataset
+    from kiln.recipes.traffic.sim import segment_records, simulate_city
+
+    records, nodes, edges = simulate_city(days=4, seed=5)
+    data_dir = tmp_path / "segments"
+    write_dataset(data_dir, segment_records(records, edges, seed=5), nodes, None, {"source": "test"})
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    results = train(traffic_config, run_dir, [f"data.dir={data_dir}", "train.max_epochs=1"])
+    assert len(results["per_node"]["mae"]) == 62 and 0 < results["mae"] < results["references"]["historical_average"]["mae"] * 2
+    assert (run_dir / "report" / "node_error_map.png").is_file()  # nodes.csv matched to the model's nodes by node_id
 
 
 def test_weather_ablation_and_collapse_warning(traffic_config):
@@ -157,10 +171,13 @@ def test_weather_ablation_and_collapse_warning(traffic_config):
 
 def test_kiln_data_traffic_cli(tmp_path):
     out = tmp_path / "city"
-    done = subprocess.run([sys.executable, "-m", "kiln", "data", "traffic", "--simulate", "--days", "3", "--out", str(out)],
-                          capture_output=True, text=True)
+    done = subprocess.run([sys.executable, "-m", "kiln", "data", "traffic", "--simulate", "--per-segment", "--days", "3",
+                           "--out", str(out)], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
-    assert "62 nodes, 144 edges" in done.stdout
+    assert "62 nodes, 144 edges" in done.stdout and "per-segment records" in done.stdout
+    frame = pd.read_parquet(out / "traffic.parquet")
+    assert {"node_a_id", "node_b_id", "speed_kmh", "precipitation_mm"} <= set(frame.columns) and len(frame) == 3 * 96 * 144
+    assert not (out / "edges.csv").exists() and json.loads((out / "dataset.json").read_text())["per_segment"]
     again = subprocess.run([sys.executable, "-m", "kiln", "data", "traffic", "--simulate", "--out", str(out)],
                            capture_output=True, text=True)
     assert again.returncode == 2 and "not empty" in again.stderr and len(again.stderr.strip().splitlines()) == 1

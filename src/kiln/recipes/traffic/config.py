@@ -21,6 +21,8 @@ class CityGenerator(Section):
     days: int = Field(28, ge=3, description="days of 15-minute records (one collection run per day)")
     interval_minutes: int = Field(15, ge=1, le=60)
     seed: int = 0
+    per_segment: bool = Field(False, description="records per road segment (node_a_id, node_b_id), as the seed's data, "
+                              "instead of per node; the graph then comes from the records")
 
 
 class TrafficData(Section):

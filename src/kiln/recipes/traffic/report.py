@@ -143,9 +143,11 @@ def write_report(run_dir: Path, task, splits, cfg, results: dict) -> None:
         figures["Mixture-weight usage"] = "mixture_weights.png"
     nodes_path = Path(cfg.data.dir) / "nodes.csv"
     nodes = pd.read_csv(nodes_path) if nodes_path.is_file() else pd.DataFrame()
-    if {"lat", "lon"} <= set(nodes.columns) and len(nodes) == info["num_nodes"]:
-        plot_node_map(nodes, results["per_node"]["mae"], info["edge_index"], unit, report / "node_error_map.png")
-        figures["Per-node MAE"] = "node_error_map.png"
+    if {"node_id", "lat", "lon"} <= set(nodes.columns):
+        nodes = nodes.drop_duplicates("node_id").set_index("node_id").reindex(info["node_ids"])  # in the model's node order
+        if nodes[["lat", "lon"]].notna().all().all():
+            plot_node_map(nodes, results["per_node"]["mae"], info["edge_index"], unit, report / "node_error_map.png")
+            figures["Per-node MAE"] = "node_error_map.png"
     headline = {k: results[k] for k in ("mae", "rmse", "mape", "r2", "coverage_80", "crps", "loss") if k in results}
     if "uncalibrated" in results:
         headline.update({f"uncalibrated_{k}": results["uncalibrated"][k] for k in ("coverage_80", "crps")})
