@@ -140,6 +140,10 @@ def test_gcn_propagation_matches_torch_geometric_gcn_norm():
     expected = torch.zeros(N, N)
     expected[edge_index[1], edge_index[0]] = weight  # PyG aggregates messages j -> i into row i
     torch.testing.assert_close(gcn_propagation(a), expected)
+    # self_loop 2 over a graph without loops is the reference's A + I over a file adjacency with a unit diagonal
+    eye = torch.eye(N)
+    degree = (a + 2 * eye).sum(1)
+    torch.testing.assert_close(gcn_propagation(a, 2.0), (a + 2 * eye) / (degree[:, None] * degree[None, :]).sqrt())
 
 
 def test_graphwavenet_transition_matrices_and_adaptive_adjacency():

@@ -45,10 +45,10 @@ def scaled_laplacian(adjacency: Tensor) -> Tensor:
     return (2 * laplacian / lambda_max - eye).to(adjacency.dtype)
 
 
-def gcn_propagation(adjacency: Tensor) -> Tensor:
-    """GCN's renormalised adjacency D^-1/2 (A + I)^T D^-1/2, D the row sums of A + I (Kipf & Welling 2017),
-    as T-GCN's calculate_laplacian_with_self_loop computes it; the same as D^-1/2 (A + I) D^-1/2 for a symmetric A."""
-    a = adjacency + torch.eye(adjacency.shape[0], dtype=adjacency.dtype, device=adjacency.device)
+def gcn_propagation(adjacency: Tensor, self_loop: float = 1.0) -> Tensor:
+    """GCN's renormalised adjacency D^-1/2 (A + sI)^T D^-1/2, D the row sums of A + sI (Kipf & Welling 2017, s = 1),
+    as T-GCN's calculate_laplacian_with_self_loop computes it; the same as D^-1/2 (A + sI) D^-1/2 for a symmetric A."""
+    a = adjacency + self_loop * torch.eye(adjacency.shape[0], dtype=adjacency.dtype, device=adjacency.device)
     d_inv_sqrt = a.sum(1).rsqrt()  # every row has its self loop, so no degree is 0
     return d_inv_sqrt[:, None] * a.T * d_inv_sqrt[None, :]
 
@@ -347,12 +347,15 @@ class TGCN(nn.Module):
     code's layout, which produced the published figures.
     """
 
-    def __init__(self, num_nodes: int, in_len: int, out_len: int, adjacency: Tensor, hidden_dim: int = 64):
+    def __init__(self, num_nodes: int, in_len: int, out_len: int, adjacency: Tensor, hidden_dim: int = 64,
+                 self_loop: float = 1.0):
         super().__init__()
         if adjacency is None:
             raise ValueError("TGCN needs an adjacency (its gates are graph convolutions)")
         self.hidden_dim = hidden_dim
-        self.register_buffer("propagation", gcn_propagation(adjacency.float()), persistent=False)
+        # kiln's graphs carry no self loops; T-GCN adds I to a file adjacency that may have its own (Los-loop's
+        # diagonal is 1, so the reference propagates over A + 2I: self_loop 2 reproduces that)
+        self.register_buffer("propagation", gcn_propagation(adjacency.float(), self_loop), persistent=False)
         self.gates = TGCNGraphConv(hidden_dim, 2 * hidden_dim, bias=1.0)
         self.candidate = TGCNGraphConv(hidden_dim, hidden_dim, bias=0.0)
         self.regressor = nn.Linear(hidden_dim, out_len)
