@@ -40,7 +40,8 @@ def prepare_data(cfg: TrafficConfig, log) -> None:
     if cfg.data.generate is not None and info_path.is_file():
         info = json.loads(info_path.read_text())
         if info.get("source") == "simulated-city":
-            warn_if_made_differently(data_dir, cfg.data.generate.model_dump(), info, log)
+            # cities written before per-segment records existed hold records per node
+            warn_if_made_differently(data_dir, cfg.data.generate.model_dump(), {"per_segment": False, **info}, log)
 
 
 def load_data(cfg: TrafficConfig, log=print):
