@@ -6,7 +6,7 @@ import torch
 from scipy.stats import norm
 from torch.distributions import Categorical, MixtureSameFamily, Normal
 
-from kiln.losses import mixture_diversity, mixture_entropy, mixture_log_prob, mixture_nll
+from kiln.losses import mixture_diversity, mixture_entropy, mixture_log_prob, mixture_nll, mixture_usage_kl
 
 
 def random_mixture(shape=(4, 5), k=3, seed=0, dtype=torch.float64):
@@ -152,6 +152,22 @@ def test_entropy_limits():
 def test_entropy_matches_torch_categorical():
     logits = torch.randn(4, 6, 5, generator=torch.Generator().manual_seed(2))
     torch.testing.assert_close(mixture_entropy(logits), Categorical(logits=logits).entropy().mean())
+
+
+def test_usage_kl_matches_torch_kl_and_its_limits():
+    from torch.distributions import kl_divergence
+
+    logits = torch.randn(5, 7, 3, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    usage = torch.softmax(logits, -1).reshape(-1, 3).mean(0)
+    expected = kl_divergence(Categorical(probs=usage), Categorical(probs=torch.full((3,), 1 / 3, dtype=torch.float64)))
+    torch.testing.assert_close(mixture_usage_kl(logits), expected)
+    assert mixture_usage_kl(torch.zeros(4, 3)).item() == pytest.approx(0.0, abs=1e-7)  # every component 1/3
+    one_hot = torch.tensor([[50.0, 0.0, 0.0]]).expand(8, 3)
+    assert mixture_usage_kl(one_hot).item() == pytest.approx(math.log(3), abs=1e-6)
+    # a component used only by one forecast each still balances: usage is averaged over forecasts
+    assert mixture_usage_kl(50 * torch.eye(3)).item() == pytest.approx(0.0, abs=1e-6)
+    mask = torch.tensor([True, False, False])
+    assert mixture_usage_kl(50 * torch.eye(3), mask).item() == pytest.approx(math.log(3), abs=1e-6)
 
 
 # ---------------------------------------------------------------- sequence losses (seqgen)

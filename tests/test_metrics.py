@@ -6,11 +6,13 @@ import torch
 from scipy import integrate
 from scipy.stats import norm
 from sklearn.metrics import explained_variance_score, mean_absolute_error, mean_squared_error, r2_score
+from torch.distributions import Categorical, MixtureSameFamily, Normal
 from torchmetrics.regression import MeanAbsoluteError, MeanAbsolutePercentageError, MeanSquaredError, R2Score
 
 from kiln.metrics import (
     calibration_curve,
     central_interval,
+    dilate_mixture,
     error_metrics,
     interval_coverage,
     mixture_cdf,
@@ -18,6 +20,9 @@ from kiln.metrics import (
     mixture_mean,
     mixture_std,
     pit,
+    pit_histogram,
+    reliability_curve,
+    spread_scale_for_coverage,
     tgcn_metrics,
 )
 
@@ -135,6 +140,53 @@ def test_calibration_curve_is_diagonal_for_calibrated_samples():
     for key, observed in curve.items():
         assert observed == pytest.approx(float(key), abs=0.01)
     assert calibration_curve(means, stds, logits, target, levels=(0.8,)) == {"0.8": interval_coverage(means, stds, logits, target, 0.8)}
+
+
+def test_pit_histogram_is_flat_and_reliability_matches_the_calibration_curve():
+    means, stds, logits = torch.zeros(50_000, 1, dtype=torch.float64), torch.ones(50_000, 1, dtype=torch.float64), torch.zeros(50_000, 1)
+    target = torch.randn(50_000, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    u = pit(means, stds, logits, target)
+    np.testing.assert_allclose(pit_histogram(u), np.histogram(u.numpy(), bins=10, range=(0, 1))[0] / 50_000)
+    np.testing.assert_allclose(pit_histogram(u), 0.1, atol=0.006)
+    assert reliability_curve(u) == calibration_curve(means, stds, logits, target)
+    narrow = pit(means, stds * 0.5, logits, target)  # too narrow: u = Phi(2 z), a U-shaped histogram
+    expected = np.diff(norm.cdf(norm.ppf(np.linspace(0, 1, 11)) / 2))
+    np.testing.assert_allclose(pit_histogram(narrow), expected, atol=0.006)
+    assert expected[0] > 0.25 and expected[5] < 0.06
+
+
+def test_dilation_keeps_the_mean_and_scales_spread_and_quantiles():
+    means, stds, logits, _ = random_mixture((6,), k=3, seed=4)
+    scale = torch.tensor([0.5, 1.0, 1.5, 2.0, 3.0, 0.8], dtype=torch.float64)
+    new_means, new_stds = dilate_mixture(means, stds, logits, scale)
+    mixture = MixtureSameFamily(Categorical(logits=logits), Normal(new_means, new_stds))
+    torch.testing.assert_close(mixture.mean, mixture_mean(means, logits))
+    torch.testing.assert_close(mixture.stddev, scale * mixture_std(means, stds, logits))
+    mean = mixture_mean(means, logits)
+    for level in (0.5, 0.8):
+        lo, hi = central_interval(means, stds, logits, level)
+        new_lo, new_hi = central_interval(new_means, new_stds, logits, level)
+        torch.testing.assert_close(new_lo, mean + scale * (lo - mean), atol=1e-7, rtol=1e-7)
+        torch.testing.assert_close(new_hi, mean + scale * (hi - mean), atol=1e-7, rtol=1e-7)
+
+
+def test_spread_scale_for_coverage_finds_the_analytic_scale_per_column():
+    """Targets N(0, sigma_p^2) per column p against unit-normal forecasts: the scale that makes the 80% interval
+    cover 80% is sigma_p; other levels follow, and NaN targets are ignored."""
+    n, sigma = 40_000, torch.tensor([0.5, 1.0, 2.0], dtype=torch.float64)
+    target = torch.randn(n, 3, generator=torch.Generator().manual_seed(2), dtype=torch.float64) * sigma
+    target[:100, 1] = float("nan")
+    means, stds, logits = torch.zeros(n, 3, 1, dtype=torch.float64), torch.ones(n, 3, 1, dtype=torch.float64), torch.zeros(n, 3, 1)
+    scale = spread_scale_for_coverage(means, stds, logits, target, level=0.8)
+    assert scale.shape == (3,)
+    torch.testing.assert_close(scale.double(), sigma, atol=0.03, rtol=0.0)
+    new_means, new_stds = dilate_mixture(means, stds, logits, scale.double())
+    finite = torch.isfinite(target)
+    for p in range(3):
+        rows = finite[:, p]
+        coverage = interval_coverage(new_means[rows, p], new_stds[rows, p], logits[rows, p], target[rows, p], 0.8)
+        assert coverage == pytest.approx(0.8, abs=1e-3)
+    assert spread_scale_for_coverage(means, stds, logits, target, level=0.5)[2].item() == pytest.approx(2.0, abs=0.05)
 
 
 # -----------------------------------------------------------------------------

@@ -52,6 +52,16 @@ def mixture_entropy(logits: Tensor) -> Tensor:
     return -(log_weights.exp() * log_weights).sum(-1).mean()
 
 
+def mixture_usage_kl(logits: Tensor, mask: Tensor | None = None) -> Tensor:
+    """KL(mean mixture weights || uniform) over the (masked) forecasts: 0 when every component carries 1/K of
+    the weight on average, log K when one carries all of it. A usage-balancing penalty against collapse."""
+    weights = torch.softmax(logits, dim=-1)
+    if mask is not None:
+        weights = weights[mask.bool().expand(weights.shape[:-1])]
+    usage = weights.reshape(-1, weights.shape[-1]).mean(0)
+    return (usage * (usage * usage.numel()).clamp_min(torch.finfo(usage.dtype).tiny).log()).sum()
+
+
 # ---------------------------------------------------------------- sequence losses (seqgen)
 
 def autocorrelation(x: Tensor, max_lag: int) -> Tensor:

@@ -65,6 +65,37 @@ def central_interval(means: Tensor, stds: Tensor, logits: Tensor, level: float) 
 # calibration
 
 
+def dilate_mixture(means: Tensor, stds: Tensor, logits: Tensor, scale: Tensor) -> tuple[Tensor, Tensor]:
+    """The mixture stretched about its own mean by `scale` (broadcast against the target's shape [...]): every
+    quantile q moves to mean + scale (q - mean), so the mean (the point forecast) stays and the spread scales."""
+    mean = mixture_mean(means, logits).unsqueeze(-1)
+    scale = scale.unsqueeze(-1)
+    return mean + scale * (means - mean), scale * stds
+
+
+@torch.no_grad()
+def spread_scale_for_coverage(means: Tensor, stds: Tensor, logits: Tensor, target: Tensor, level: float = 0.8,
+                              bounds: tuple[float, float] = (0.1, 10.0), iterations: int = 40) -> Tensor:
+    """Per index of the target's last dimension (e.g. each forecast step of [S, N, P] targets), the dilation
+    scale (see dilate_mixture) whose central `level` interval covers a share `level` of the finite targets.
+    Coverage grows with the scale, so it is found by bisection in log space; NaN targets are ignored."""
+    means, stds, logits, target = means.double(), stds.double(), logits.double(), target.double()
+    finite = torch.isfinite(target)
+    target = torch.nan_to_num(target)
+    lead = tuple(range(target.dim() - 1))  # every dimension but the last is pooled
+    count = finite.sum(lead).clamp_min(1)
+    mean = mixture_mean(means, logits)
+    lo = torch.full(target.shape[-1:], math.log(bounds[0]), dtype=torch.float64, device=means.device)
+    hi = torch.full_like(lo, math.log(bounds[1]))
+    for _ in range(iterations):
+        mid = (lo + hi) / 2
+        # the dilated cdf at y is the original cdf at mean + (y - mean) / scale
+        u = mixture_cdf(means, stds, logits, mean + (target - mean) / mid.exp())
+        covered = (((u - 0.5).abs() <= level / 2) & finite).sum(lead) / count
+        lo, hi = torch.where(covered < level, mid, lo), torch.where(covered < level, hi, mid)
+    return ((lo + hi) / 2).exp().float()
+
+
 def interval_coverage(means: Tensor, stds: Tensor, logits: Tensor, target: Tensor, level: float = 0.8) -> float:
     """Fraction of targets inside the central `level` interval."""
     # target is inside the central interval exactly when its PIT is within level/2 of the median
@@ -76,9 +107,19 @@ def calibration_curve(
     means: Tensor, stds: Tensor, logits: Tensor, target: Tensor, levels: tuple[float, ...] = DEFAULT_LEVELS
 ) -> dict[str, float]:
     """Observed coverage for each nominal central-interval level, keyed like "0.1"; ideal is the diagonal."""
-    u = pit(means.double(), stds.double(), logits.double(), target.double())
+    return reliability_curve(pit(means.double(), stds.double(), logits.double(), target.double()), levels)
+
+
+def reliability_curve(u: Tensor, levels: tuple[float, ...] = DEFAULT_LEVELS) -> dict[str, float]:
+    """calibration_curve from PIT values u: the share within level/2 of 0.5 is the central interval's coverage."""
     distance = (u - 0.5).abs()
     return {f"{level:g}": (distance <= level / 2).double().mean().item() for level in levels}
+
+
+def pit_histogram(u: Tensor, bins: int = 10) -> list[float]:
+    """Share of PIT values in each of `bins` equal bins of [0, 1]; 1/bins each when calibrated. A U shape means
+    too narrow forecasts, a hump too wide ones, a slope a biased median."""
+    return (torch.histc(u.double(), bins, 0, 1) / u.numel()).tolist()
 
 
 # -----------------------------------------------------------------------------

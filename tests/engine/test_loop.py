@@ -216,3 +216,36 @@ def test_health_warnings_are_silent_in_a_healthy_run_and_one_line_each_otherwise
     assert sum("loss spike at step 30" in w for w in warnings) == 1
     assert sum("above train.health.grad_norm_max=0.5" in w for w in warnings) == 3  # at most once per validation period
     assert sum("has not improved for 2 validations" in w for w in warnings) == 1
+
+
+def test_calibrate_sees_only_the_validation_split_and_the_saved_weights_carry_its_fit(toy_cfg, toy, run_toy):
+    """Task.calibrate: called in eval mode under no_grad with the validation split (never the test split), on
+    the weights about to be saved; what it fits (a buffer) is in best_model.pt and final_model.pt."""
+    cfg = toy_cfg(max_epochs=3)
+    toy_task = type(toy.build_task(cfg, {}))
+    seen, loaded = [], []
+
+    class Calibrated(toy_task):
+        def __init__(self, cfg):
+            super().__init__(cfg)
+            self.register_buffer("val_bias", torch.zeros(()))
+
+        def calibrate(self, val):
+            seen.append((val, self.training, torch.is_grad_enabled()))
+            self.val_bias.fill_((self.predict(val["x"]) - val["y"]).mean())
+
+    def load_data(cfg, log):
+        loaded.append(toy.load_data(cfg, log))
+        return loaded[-1]
+
+    recipe = dataclasses.replace(toy, build_task=lambda cfg, info: Calibrated(cfg), load_data=load_data)
+    _, run_dir = run_toy("calibrated", cfg, recipe=recipe)
+    val = loaded[0].val
+    assert len(seen) >= 2 and all(split is val and not training and not grad for split, training, grad in seen)
+    for name in ("best_model.pt", "final_model.pt"):
+        saved = load_checkpoint(run_dir / name, "toy")["state_dict"]
+        task = Calibrated(cfg)
+        task.load_state_dict(saved)
+        with torch.no_grad():
+            expected = (task.predict(val["x"]) - val["y"]).mean()
+        assert saved["val_bias"].item() == pytest.approx(expected.item(), abs=1e-6) and expected != 0

@@ -52,6 +52,11 @@ class Task(nn.Module):
     def fit_data(self, train: dict[str, Tensor]) -> None:
         """Closed-form parts fitted on the training split before the loop (e.g. a historical average)."""
 
+    def calibrate(self, val: dict[str, Tensor] | Dataset) -> None:
+        """Post-hoc parts fitted on the validation split (e.g. temperature scaling, a spread scale for intervals).
+        Called on the weights about to be saved as best_model.pt or final_model.pt, in eval mode under no_grad,
+        never with the test split; what it fits must live in the task's state_dict (buffers) to be saved."""
+
     def finish_metrics(self, metrics: dict[str, float]) -> dict[str, float]:
         """Epoch means -> logged metrics (e.g. rmse = sqrt of the mean squared error)."""
         return metrics

@@ -119,6 +119,13 @@ def export_weights(path: Path, task: Task, cfg: RunConfig, info: dict, epoch: in
                  "data_info": info, "epoch": epoch, "metrics": metrics, "state_dict": task.state_dict()}, path)
 
 
+def calibrate(task: Task, val) -> None:
+    """Task.calibrate on the validation split only, in eval mode under no_grad (the caller restores train mode)."""
+    task.eval()
+    with torch.no_grad():
+        task.calibrate(val)
+
+
 def make_progress():
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
@@ -214,6 +221,8 @@ class Run:
 
     def export(self, name: str, metrics: dict[str, Any]) -> None:
         if self.zero:
+            calibrate(self.evaluated, self.splits.val)
+            self.model.train()
             export_weights(self.run_dir / name, self.evaluated, self.cfg, self.splits.info, self.state.epoch, metrics)
             link_aliases(self.run_dir, self.task.file_aliases, name)
 
@@ -527,6 +536,7 @@ def fit_closed_form(fabric, cfg: RunConfig, recipe, task: Task, splits: Splits, 
     if not fabric.is_global_zero:
         return {"state": "finished"}
     write_history(run_dir, [{"epoch": 0, "step": 0, **metrics}], task.history_file)
+    calibrate(task, splits.val)
     for name in ("best_model.pt", "final_model.pt"):
         export_weights(run_dir / name, task, cfg, splits.info, 0, metrics)
         link_aliases(run_dir, task.file_aliases, name)

@@ -11,8 +11,10 @@ from kiln.recipes.traffic.baselines import (
     BASELINES,
     ChebConvWithAttention,
     GraphWaveNet,
+    TGCN,
     LSTMForecaster,
     chebyshev_polynomials,
+    gcn_propagation,
     scaled_laplacian,
 )
 
@@ -83,6 +85,8 @@ def test_graphwavenet_adaptive_only_and_missing_graph():
         GraphWaveNet(N, 12, 4, None, adaptive=False)
     with pytest.raises(ValueError):
         ASTGCN(N, 12, 4, None)
+    with pytest.raises(ValueError):
+        TGCN(N, 12, 4, None)
 
 
 def test_derived_matrices_are_buffers_that_follow_the_module():
@@ -91,7 +95,7 @@ def test_derived_matrices_are_buffers_that_follow_the_module():
         assert all(b.dtype == torch.float64 for b in model.buffers() if b.is_floating_point())
         assert model(torch.randn(2, N, 12, dtype=torch.float64)).dtype == torch.float64
         keys = model.state_dict().keys()
-        assert not any(k.endswith(("supports", "polynomials")) for k in keys)
+        assert not any(k.endswith(("supports", "polynomials", "propagation")) for k in keys)
 
 
 # -----------------------------------------------------------------------------
@@ -125,6 +129,21 @@ def test_chebyshev_polynomials_are_cos_k_arccos_on_the_spectrum():
     for k in range(4):
         expected = eigvec @ torch.diag(torch.cos(k * theta)) @ eigvec.T
         torch.testing.assert_close(polys[k], expected)
+
+
+def test_gcn_propagation_matches_torch_geometric_gcn_norm():
+    from torch_geometric.nn.conv.gcn_conv import gcn_norm
+
+    a = random_graph(N, 9).fill_diagonal_(0)  # symmetric, weighted
+    edges = a.nonzero().T
+    edge_index, weight = gcn_norm(edges, a[edges[0], edges[1]], N, add_self_loops=True)
+    expected = torch.zeros(N, N)
+    expected[edge_index[1], edge_index[0]] = weight  # PyG aggregates messages j -> i into row i
+    torch.testing.assert_close(gcn_propagation(a), expected)
+    # self_loop 2 over a graph without loops is the reference's A + I over a file adjacency with a unit diagonal
+    eye = torch.eye(N)
+    degree = (a + 2 * eye).sum(1)
+    torch.testing.assert_close(gcn_propagation(a, 2.0), (a + 2 * eye) / (degree[:, None] * degree[None, :]).sqrt())
 
 
 def test_graphwavenet_transition_matrices_and_adaptive_adjacency():
@@ -189,6 +208,38 @@ def test_graphwavenet_matches_reference_layout(in_len):
     x = torch.randn(3, N, in_len)
     with torch.no_grad():
         torch.testing.assert_close(model(x), reference_graph_wavenet(model, x), atol=1e-5, rtol=1e-4)
+
+
+def reference_tgcn(m: TGCN, adjacency: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """lehaifeng/T-GCN T-GCN-PyTorch: models/tgcn.py (TGCNGraphConvolution's layout and transposes, TGCNCell) and
+    tasks/supervised.py's linear regressor, run on m's weights; x [B, N, T] -> [B, N, out_len]."""
+    a = adjacency + torch.eye(len(adjacency))  # utils/graph_conv.calculate_laplacian_with_self_loop
+    d = torch.diag(a.sum(1).pow(-0.5))
+    laplacian = a.matmul(d).transpose(0, 1).matmul(d)
+    batch, nodes, hidden = x.shape[0], x.shape[1], m.hidden_dim
+
+    def graph_conv(lin, inputs, state):
+        cat = torch.cat((inputs.reshape(batch, nodes, 1), state.reshape(batch, nodes, hidden)), dim=2)
+        cat = cat.transpose(0, 1).transpose(1, 2).reshape(nodes, (hidden + 1) * batch)
+        ac = (laplacian @ cat).reshape(nodes, hidden + 1, batch).transpose(0, 2).transpose(1, 2)
+        out = ac.reshape(batch * nodes, hidden + 1) @ lin.weight.T + lin.bias
+        return out.reshape(batch, nodes * lin.out_features)
+
+    state = torch.zeros(batch, nodes * hidden)
+    for t in range(x.shape[2]):
+        r, u = torch.chunk(torch.sigmoid(graph_conv(m.gates.linear, x[:, :, t], state)), chunks=2, dim=1)
+        c = torch.tanh(graph_conv(m.candidate.linear, x[:, :, t], r * state))
+        state = u * state + (1.0 - u) * c
+    return m.regressor(state.reshape(batch, nodes, hidden))
+
+
+def test_tgcn_matches_reference_layout():
+    torch.manual_seed(0)
+    a = random_graph(N, 10).fill_diagonal_(0)
+    model = TGCN(N, 12, 5, a, hidden_dim=8).eval()
+    x = torch.randn(3, N, 12)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), reference_tgcn(model, a, x), atol=1e-5, rtol=1e-4)
 
 
 def test_cheb_conv_matches_reference_time_loop():
@@ -291,6 +342,7 @@ SMALL = {
     "graphwavenet": dict(residual_channels=16, dilation_channels=16, skip_channels=32, end_channels=64,
                          blocks=2, layers=2, dropout=0.0),
     "astgcn": dict(nb_chev_filter=16, nb_time_filter=16),
+    "tgcn": dict(hidden_dim=32),
 }
 
 

@@ -126,6 +126,52 @@ def test_strongest_edges_keeps_the_k_heaviest_incoming():
         assert sorted(kept_weight[kept[1] == node].tolist(), reverse=True) == incoming
 
 
+# ---------------------------------------------------------------- per-segment records (the seed's shape)
+
+def test_per_segment_records_build_the_graph_and_node_speeds(tmp_path):
+    from kiln.recipes.traffic.sim import segment_records
+
+    records, nodes, edges = simulate_city(days=1, seed=3)
+    segments = segment_records(records, edges, seed=3)
+    assert list(segments.columns[:5]) == ["run_id", "timestamp", "node_a_id", "node_b_id", "speed_kmh"]
+    assert len(segments) == 96 * 144 and segments["run_id"].nunique() == 96  # one run per timestamp, as the seed's
+    out = tmp_path / "segments"
+    write_dataset(out, segments, nodes, None, {})
+    lines = []
+    series = load_series(out, lines.append)
+    assert "Number of nodes: 62" in lines and "Number of edges: 144" in lines and not (out / "edges.csv").exists()
+    got = {(series.node_ids[a], series.node_ids[b]) for a, b in series.edges.T}
+    assert got == set(zip(edges["source"], edges["target"]))
+    # each node's series: the mean of its outgoing segments (every city node has one), by pandas directly
+    expected = segments.groupby(["timestamp", "node_a_id"])["speed_kmh"].mean().unstack().to_numpy()
+    np.testing.assert_allclose(series.speed, expected, rtol=1e-6)
+    # the simulated segment is its two ends' average plus noise, so node speeds track the per-node simulation
+    assert np.corrcoef(series.speed.ravel(), records["speed_kmh"].to_numpy())[0, 1] > 0.9
+
+
+def test_a_node_without_outgoing_segments_takes_its_incoming_ones(tmp_path):
+    times = np.repeat(pd.date_range("2025-01-06", periods=4, freq="15min").to_numpy(), 3)
+    frame = pd.DataFrame({"run_id": np.repeat(np.arange(4), 3), "timestamp": times,
+                          "node_a_id": ["a", "a", "b"] * 4, "node_b_id": ["b", "c", "c"] * 4,
+                          "speed_kmh": np.arange(12, dtype=np.float32)})
+    out = tmp_path / "sink"
+    write_dataset(out, frame, pd.DataFrame({"node_id": ["a", "b", "c"]}), None, {})
+    series = load_series(out, quiet)
+    assert series.node_ids.tolist() == ["a", "b", "c"]
+    speed = frame["speed_kmh"].to_numpy().reshape(4, 3)  # per time: a->b, a->c, b->c
+    np.testing.assert_allclose(series.speed[:, 0], speed[:, :2].mean(1))  # a: its two outgoing segments
+    np.testing.assert_allclose(series.speed[:, 1], speed[:, 2])          # b: b->c
+    np.testing.assert_allclose(series.speed[:, 2], speed[:, 1:].mean(1))  # c, a sink: a->c and b->c entering it
+    bad = tmp_path / "duplicate"
+    write_dataset(bad, pd.concat([frame, frame.iloc[:1]]), pd.DataFrame({"node_id": ["a"]}), None, {})
+    with pytest.raises(KilnError, match="several rows for the same \\(timestamp, node_a_id, node_b_id\\)"):
+        load_series(bad, quiet)
+    missing = tmp_path / "missing"
+    write_dataset(missing, frame.drop(columns=["node_b_id"]), pd.DataFrame({"node_id": ["a"]}), None, {})
+    with pytest.raises(KilnError, match="lacks column\\(s\\) node_b_id"):
+        load_series(missing, quiet)
+
+
 # ---------------------------------------------------------------- bad input
 
 def test_missing_columns_are_named(tmp_path):
@@ -214,3 +260,20 @@ def test_tgcn_reference_tables_on_a_linear_series():
     tables = tgcn_reference_tables(speed, {"15min": 3}, seq_len=12)
     assert tables["persistence"]["15min"]["mae"] == pytest.approx(2.0, abs=0.01)
     assert tables["linear_svr"]["15min"]["mae"] == pytest.approx(2 / 3, abs=0.1)
+
+
+def test_linear_svr_solves_tgcn_libsvm_problem():
+    """kiln's SVR (liblinear on centred data) against T-GCN's own call, libsvm's SVR(kernel='linear') on the raw
+    speeds, on a series where libsvm converges quickly: the same forecasts to a fraction of an mph."""
+    from sklearn.svm import SVR
+
+    from kiln.recipes.traffic.references import fit_linear_svr, tgcn_windows
+
+    rng = np.random.default_rng(0)
+    speed = np.clip(60 + 0.5 * np.cumsum(rng.normal(0, 1, 480)), 20, 70)[:, None] + rng.normal(0, 0.3, (480, 2))
+    x, y = tgcn_windows(speed[:400], 12, 3)
+    x_new, _ = tgcn_windows(speed[400:], 12, 3)
+    for j in range(2):
+        expected = SVR(kernel="linear").fit(x[:, :, j], y.mean(1)[:, j]).predict(x_new[:, :, j])
+        got = fit_linear_svr(x[:, :, j], y.mean(1)[:, j], x_new[:, :, j])
+        assert np.abs(got - expected).max() < 0.1 and abs((got - expected).mean()) < 0.02

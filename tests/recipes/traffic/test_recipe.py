@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import subprocess
 import sys
@@ -14,7 +15,8 @@ import torch
 
 from kiln.engine.trainer import evaluate_run, fit
 from kiln.recipes import get_recipe, load_recipe_config
-from kiln.recipes.traffic.task import TrafficTask
+from kiln.metrics import interval_coverage, spread_scale_for_coverage
+from kiln.recipes.traffic.task import TrafficTask, predict_split
 
 
 def load_config(path, overrides=()):
@@ -41,13 +43,17 @@ def test_stmgt_trains_and_evaluates_end_to_end(traffic_config, tmp_path, capsys)
     history = json.loads((run_dir / "history.json").read_text())
     assert history["train_loss"][1] < history["train_loss"][0]
     assert all(np.isfinite(history["grad_norm_mean"])) and "val_mix_w1" in history
-    for key in ("mae", "rmse", "mape", "r2", "coverage_80", "loss", "crps", "calibration", "per_horizon", "per_node", "references"):
+    for key in ("mae", "rmse", "mape", "r2", "coverage_80", "loss", "crps", "calibration", "per_horizon", "per_node", "references",
+                "pit_histogram", "tail_coverage", "spread_scale", "uncalibrated"):
         assert key in results
+    assert sum(results["pit_histogram"]) == pytest.approx(1) and len(results["spread_scale"]) == 4
+    assert results["calibration"]["0.8"] == results["coverage_80"]
     assert list(results["per_horizon"]) == ["15min", "30min", "45min", "60min"]
     assert len(results["per_node"]["mae"]) == 62
     assert 0 <= results["coverage_80"] <= 1 and results["mae"] > 0
     assert sum(c["share"] for c in results["weather_conditions"].values()) == pytest.approx(1)
-    for name in ("forecasts.png", "calibration.png", "error_by_horizon.png", "node_error_map.png", "mixture_weights.png", "report.md"):
+    for name in ("forecasts.png", "reliability.png", "pit_histogram.png", "error_by_horizon.png", "node_error_map.png",
+                 "mixture_weights.png", "report.md"):
         assert (run_dir / "report" / name).is_file(), name
     weights = torch.load(run_dir / "best_model.pt", weights_only=True)
     assert weights["data_info"]["speed_mean"] == pytest.approx(weights["state_dict"]["model.speed_mean"].item())
@@ -72,6 +78,39 @@ def test_evaluation_metrics_match_a_direct_computation(traffic_config):
     assert results["references"]["persistence"]["mae"] == pytest.approx((last - y).abs().mean().item(), rel=1e-4)
 
 
+def test_spread_scale_is_fitted_on_validation_only(traffic_config, tmp_path):
+    """The saved spread scale is what calibrate() fits on the validation split: there the calibrated 80% interval
+    covers 80% at every step and the point forecast is unchanged; the test split (shifted by 30 km/h here, which
+    would call for a much wider mixture) never reaches the fit."""
+    recipe = get_recipe("traffic")
+    shifted = dataclasses.replace(recipe, load_data=lambda cfg, log: shift_test(recipe.load_data(cfg, log)))
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    cfg = load_config(traffic_config, ["train.max_epochs=1"])
+    fit(cfg, shifted, run_dir)
+    splits = recipe.load_data(cfg, lambda m: None)
+    task = recipe.build_task(cfg, splits.info)
+    task.load_state_dict(torch.load(run_dir / "best_model.pt", weights_only=True)["state_dict"])
+    saved = task.model.spread_scale.clone()
+    task.eval()
+    task.calibrate(splits.val)
+    torch.testing.assert_close(task.model.spread_scale, saved)
+    raw, calibrated = (predict_split(task, splits.val, 256, calibrated=c) for c in (False, True))
+    torch.testing.assert_close(calibrated["point"], raw["point"])
+    for h in range(4):
+        args = [calibrated[k][:, :, h] for k in ("means", "stds", "logits")]
+        assert interval_coverage(*args, splits.val["y"][:, :, h], 0.8) == pytest.approx(0.8, abs=2e-3)
+    test = shift_test(splits).test
+    test_pred = predict_split(task, test, 256, calibrated=False)
+    fitted_on_test = spread_scale_for_coverage(test_pred["means"], test_pred["stds"], test_pred["logits"], test["y"])
+    assert (fitted_on_test > 2 * saved).all()
+
+
+def shift_test(splits):
+    splits.test = {**splits.test, "y": splits.test["y"] + 30.0}
+    return splits
+
+
 def test_historical_average_is_fitted_in_closed_form(traffic_config, tmp_path, city_dir):
     run_dir = tmp_path / "ha"
     run_dir.mkdir()
@@ -93,7 +132,7 @@ def test_historical_average_is_fitted_in_closed_form(traffic_config, tmp_path, c
     assert results["mae"] == pytest.approx(results["references"]["historical_average"]["mae"], rel=1e-4)
 
 
-@pytest.mark.parametrize("arch", ["lstm", "graphwavenet", "astgcn"])
+@pytest.mark.parametrize("arch", ["lstm", "graphwavenet", "astgcn", "tgcn"])
 def test_point_baselines_train_in_the_same_harness(traffic_config, tmp_path, arch):
     run_dir = tmp_path / arch
     run_dir.mkdir()
@@ -103,6 +142,20 @@ def test_point_baselines_train_in_the_same_harness(traffic_config, tmp_path, arc
     with open(run_dir / "training_history.csv") as f:
         header = next(csv.reader(f))
     assert header == SEED_COLUMNS
+
+
+def test_stmgt_trains_on_per_segment_records(traffic_config, tmp_path):
+    from kiln.recipes.traffic.data import write_dataset
+    from kiln.recipes.traffic.sim import segment_records, simulate_city
+
+    records, nodes, edges = simulate_city(days=4, seed=5)
+    data_dir = tmp_path / "segments"
+    write_dataset(data_dir, segment_records(records, edges, seed=5), nodes, None, {"source": "test"})
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    results = train(traffic_config, run_dir, [f"data.dir={data_dir}", "train.max_epochs=1"])
+    assert len(results["per_node"]["mae"]) == 62 and 0 < results["mae"] < results["references"]["historical_average"]["mae"] * 2
+    assert (run_dir / "report" / "node_error_map.png").is_file()  # nodes.csv matched to the model's nodes by node_id
 
 
 def test_weather_ablation_and_collapse_warning(traffic_config):
@@ -118,10 +171,13 @@ def test_weather_ablation_and_collapse_warning(traffic_config):
 
 def test_kiln_data_traffic_cli(tmp_path):
     out = tmp_path / "city"
-    done = subprocess.run([sys.executable, "-m", "kiln", "data", "traffic", "--simulate", "--days", "3", "--out", str(out)],
-                          capture_output=True, text=True)
+    done = subprocess.run([sys.executable, "-m", "kiln", "data", "traffic", "--simulate", "--per-segment", "--days", "3",
+                           "--out", str(out)], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
-    assert "62 nodes, 144 edges" in done.stdout
+    assert "62 nodes, 144 edges" in done.stdout and "per-segment records" in done.stdout
+    frame = pd.read_parquet(out / "traffic.parquet")
+    assert {"node_a_id", "node_b_id", "speed_kmh", "precipitation_mm"} <= set(frame.columns) and len(frame) == 3 * 96 * 144
+    assert not (out / "edges.csv").exists() and json.loads((out / "dataset.json").read_text())["per_segment"]
     again = subprocess.run([sys.executable, "-m", "kiln", "data", "traffic", "--simulate", "--out", str(out)],
                            capture_output=True, text=True)
     assert again.returncode == 2 and "not empty" in again.stderr and len(again.stderr.strip().splitlines()) == 1
@@ -131,9 +187,9 @@ def test_kiln_data_traffic_cli(tmp_path):
 
 
 def test_loss_is_the_documented_sum(traffic_config):
-    """loss = mixture NLL + w_mse MSE + w_mae MAE (+ diversity and entropy terms in training), in normalised units."""
+    """loss = mixture NLL + w_mse MSE + w_mae MAE (+ diversity, entropy and usage terms in training), in normalised units."""
     cfg = load_config(traffic_config, ["model.mse_loss_weight=0.4", "model.mae_loss_weight=1.0",
-                                       "model.diversity_weight=0.05", "model.entropy_weight=0.01"])
+                                       "model.diversity_weight=0.05", "model.entropy_weight=0.01", "model.usage_weight=0.2"])
     recipe = get_recipe("traffic")
     splits = recipe.load_data(cfg, lambda m: None)
     task = recipe.build_task(cfg, splits.info).eval()
@@ -148,10 +204,14 @@ def test_loss_is_the_documented_sum(traffic_config):
         expected = nll + 0.4 * (error ** 2).mean() + 1.0 * error.abs().mean()
         weights = torch.softmax(out["logits"], -1)
         entropy = -(weights * weights.log()).sum(-1).mean()
+        usage = weights.reshape(-1, weights.shape[-1]).mean(0)
+        usage_kl = torch.distributions.kl_divergence(torch.distributions.Categorical(probs=usage),
+                                                     torch.distributions.Categorical(logits=torch.zeros_like(usage)))
         validation, training = task.validation_step(batch), task.training_step(batch)
     assert validation["loss"].item() == pytest.approx(expected.item(), rel=1e-4)
     assert validation["nll"].item() == pytest.approx(nll.item(), rel=1e-4)
-    assert training["loss"].item() == pytest.approx((expected + 0.05 * training["diversity"] + 0.01 * entropy).item(), rel=1e-4)
+    regularisers = 0.05 * training["diversity"] + 0.01 * entropy + 0.2 * usage_kl
+    assert training["loss"].item() == pytest.approx((expected + regularisers).item(), rel=1e-4)
     assert -1 <= training["diversity"].item() <= 0
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 from pathlib import Path
 
 from kiln.recipes import Recipe, generate_if_missing, lazy, warn_if_made_differently
@@ -14,16 +15,19 @@ def simulate(out: Path, settings: CityGenerator, log) -> dict:
     import time
 
     from kiln.recipes.traffic.data import write_dataset
-    from kiln.recipes.traffic.sim import simulate_city
+    from kiln.recipes.traffic.sim import segment_records, simulate_city
 
     started = time.perf_counter()
-    records, nodes, edges = simulate_city(**settings.model_dump())
+    records, nodes, edges = simulate_city(**settings.model_dump(exclude={"per_segment"}))
+    if settings.per_segment:  # the graph is then in the records: no edges.csv
+        records, edges = segment_records(records, edges, settings.seed), None
     info = {"source": "simulated-city", **settings.model_dump(), "unit": "km/h", "num_nodes": len(nodes),
-            "num_edges": len(edges), "num_steps": int(records["timestamp"].nunique()),
-            "generation_seconds": round(time.perf_counter() - started, 3)}
+            "num_edges": int(records[["node_a_id", "node_b_id"]].drop_duplicates().shape[0]) if edges is None else len(edges),
+            "num_steps": int(records["timestamp"].nunique()), "generation_seconds": round(time.perf_counter() - started, 3)}
     write_dataset(out, records, nodes, edges, info)
-    log(f"Wrote {out}: simulated city, {len(nodes)} nodes, {len(edges)} edges, {settings.days} days of "
-        f"{settings.interval_minutes}-minute records ({len(records):,} rows) in {info['generation_seconds']:.2f}s")
+    shape = "per-segment records" if settings.per_segment else "records"
+    log(f"Wrote {out}: simulated city, {len(nodes)} nodes, {info['num_edges']} edges, {settings.days} days of "
+        f"{settings.interval_minutes}-minute {shape} ({len(records):,} rows) in {info['generation_seconds']:.2f}s")
     return info
 
 
@@ -36,7 +40,8 @@ def prepare_data(cfg: TrafficConfig, log) -> None:
     if cfg.data.generate is not None and info_path.is_file():
         info = json.loads(info_path.read_text())
         if info.get("source") == "simulated-city":
-            warn_if_made_differently(data_dir, cfg.data.generate.model_dump(), info, log)
+            # cities written before per-segment records existed hold records per node
+            warn_if_made_differently(data_dir, cfg.data.generate.model_dump(), {"per_segment": False, **info}, log)
 
 
 def load_data(cfg: TrafficConfig, log=print):
@@ -62,7 +67,9 @@ def data_arguments(parser: argparse.ArgumentParser) -> None:
     source.add_argument("--los-loop", type=Path, metavar="DIR",
                         help="convert Los-loop (los_speed.csv, los_adj.csv from github.com/lehaifeng/T-GCN data/)")
     parser.add_argument("--tgcn-references", action="store_true",
-                        help="los-loop: also fit T-GCN's persistence and linear-SVR baselines (several minutes) into dataset.json")
+                        help="los-loop: also fit T-GCN's persistence and linear-SVR baselines (minutes) into dataset.json")
+    parser.add_argument("--jobs", type=int, default=None, metavar="N",
+                        help="--tgcn-references: detectors fitted in parallel (default: the cores this process may use)")
     add_schema_arguments(parser.add_argument_group("simulate"), CityGenerator)
 
 
@@ -74,7 +81,12 @@ def make_data(args: argparse.Namespace) -> None:
     if args.los_loop is not None:
         from kiln.recipes.traffic.data import convert_los_loop
 
-        info = convert_los_loop(args.los_loop, args.out, args.tgcn_references, log)
+        if args.jobs is not None and args.jobs < 1:
+            from kiln.errors import KilnError
+
+            raise KilnError(f"--jobs {args.jobs}: give a positive number of parallel fits")
+        jobs = args.jobs or len(os.sched_getaffinity(0))
+        info = convert_los_loop(args.los_loop, args.out, args.tgcn_references, log, jobs)
         log(f"Wrote {args.out}: Los-loop, {info['num_nodes']} detectors, {info['num_edges']} edges, "
             f"{info['num_steps']} five-minute steps (mph)")
         return

@@ -8,6 +8,7 @@ x [B, N, in_len] to forecasts [B, N, out_len]. `adjacency` is a dense non-negati
 - LSTMForecaster: one LSTM shared by all nodes plus a learned node embedding; no graph.
 - GraphWaveNet: Wu et al., IJCAI 2019: gated dilated TCN, diffusion + self-adaptive graph convolutions.
 - ASTGCN: Guo et al., AAAI 2019 (recent component): temporal/spatial attention, Chebyshev graph convolution.
+- TGCN: Zhao et al., IEEE T-ITS 2019: a GRU whose gates are graph convolutions.
 """
 
 from __future__ import annotations
@@ -42,6 +43,14 @@ def scaled_laplacian(adjacency: Tensor) -> Tensor:
     laplacian = eye - d_inv_sqrt[:, None] * a * d_inv_sqrt[None, :]
     lambda_max = torch.linalg.eigvalsh(laplacian).max()  # computed once, at construction
     return (2 * laplacian / lambda_max - eye).to(adjacency.dtype)
+
+
+def gcn_propagation(adjacency: Tensor, self_loop: float = 1.0) -> Tensor:
+    """GCN's renormalised adjacency D^-1/2 (A + sI)^T D^-1/2, D the row sums of A + sI (Kipf & Welling 2017, s = 1),
+    as T-GCN's calculate_laplacian_with_self_loop computes it; the same as D^-1/2 (A + sI) D^-1/2 for a symmetric A."""
+    a = adjacency + self_loop * torch.eye(adjacency.shape[0], dtype=adjacency.dtype, device=adjacency.device)
+    d_inv_sqrt = a.sum(1).rsqrt()  # every row has its self loop, so no degree is 0
+    return d_inv_sqrt[:, None] * a.T * d_inv_sqrt[None, :]
 
 
 def chebyshev_polynomials(laplacian: Tensor, order: int) -> Tensor:
@@ -301,4 +310,66 @@ class ASTGCN(nn.Module):
         return self.final_conv(x.permute(0, 3, 1, 2))[..., -1].transpose(1, 2)  # [B, T', N, F] -> [B, out_len, N]
 
 
-BASELINES = {"lstm": LSTMForecaster, "graphwavenet": GraphWaveNet, "astgcn": ASTGCN}
+# -----------------------------------------------------------------------------
+# T-GCN
+
+
+class TGCNGraphConv(nn.Module):
+    """A_hat [x, h] W + b: one GCN layer over the concatenated input speed and GRU state of every node."""
+
+    def __init__(self, hidden_dim: int, out_dim: int, bias: float):
+        super().__init__()
+        self.linear = nn.Linear(hidden_dim + 1, out_dim)
+        nn.init.xavier_uniform_(self.linear.weight)
+        nn.init.constant_(self.linear.bias, bias)
+
+    def forward(self, propagation: Tensor, x: Tensor, h: Tensor) -> Tensor:  # [N, N], [B, N], [B, N, H] -> [B, N, out]
+        xh = torch.cat([x.unsqueeze(-1), h], dim=-1)                  # [B, N, H + 1]
+        # propagate first (A_hat is N x N, the concat only H + 1 wide), then the per-node linear map
+        return self.linear(torch.einsum("nm,bmc->bnc", propagation, xh))
+
+
+class TGCN(nn.Module):
+    """T-GCN: Zhao, Song, Zhang, Liu, Wang, Lin, Deng, Li, "T-GCN: A Temporal Graph Convolutional Network for
+    Traffic Prediction", IEEE T-ITS 2019.
+
+    Follows the reference implementation (github.com/lehaifeng/T-GCN, T-GCN-PyTorch models/tgcn.py and
+    tasks/supervised.py): a GRU over the input steps whose gates and candidate are GCN layers over the
+    renormalised adjacency,
+        [r, u] = sigmoid(A_hat [x_t, h] W_g + b_g)     (gate biases start at 1)
+        c      = tanh(A_hat [x_t, r * h] W_c + b_c)
+        h      = u * h + (1 - u) * c,
+    then one linear regressor maps each node's last state to all out_len steps.
+
+    Both reference implementations (TensorFlow and PyTorch) split the gate output in two halves of its
+    flattened [N * 2H] form, not per node: r holds the 2H gate outputs of nodes 0..N/2-1, u those of nodes
+    N/2..N-1, each read back as N rows of H. The paper's equations describe per-node gates; kiln keeps the
+    code's layout, which produced the published figures.
+    """
+
+    def __init__(self, num_nodes: int, in_len: int, out_len: int, adjacency: Tensor, hidden_dim: int = 64,
+                 self_loop: float = 1.0):
+        super().__init__()
+        if adjacency is None:
+            raise ValueError("TGCN needs an adjacency (its gates are graph convolutions)")
+        self.hidden_dim = hidden_dim
+        # kiln's graphs carry no self loops; T-GCN adds I to a file adjacency that may have its own (Los-loop's
+        # diagonal is 1, so the reference propagates over A + 2I: self_loop 2 reproduces that)
+        self.register_buffer("propagation", gcn_propagation(adjacency.float(), self_loop), persistent=False)
+        self.gates = TGCNGraphConv(hidden_dim, 2 * hidden_dim, bias=1.0)
+        self.candidate = TGCNGraphConv(hidden_dim, hidden_dim, bias=0.0)
+        self.regressor = nn.Linear(hidden_dim, out_len)
+
+    def forward(self, x: Tensor) -> Tensor:  # [B, N, T] -> [B, N, out_len]
+        b, n, t = x.shape
+        h = x.new_zeros(b, n, self.hidden_dim)
+        for step in range(t):
+            x_t = x[:, :, step]
+            gates = torch.sigmoid(self.gates(self.propagation, x_t, h))       # [B, N, 2H]
+            r, u = gates.reshape(b, 2, n, self.hidden_dim).unbind(1)          # halves of the flat [B, N * 2H]
+            c = torch.tanh(self.candidate(self.propagation, x_t, r * h))
+            h = u * h + (1 - u) * c
+        return self.regressor(h)
+
+
+BASELINES = {"lstm": LSTMForecaster, "graphwavenet": GraphWaveNet, "astgcn": ASTGCN, "tgcn": TGCN}

@@ -21,6 +21,8 @@ class CityGenerator(Section):
     days: int = Field(28, ge=3, description="days of 15-minute records (one collection run per day)")
     interval_minutes: int = Field(15, ge=1, le=60)
     seed: int = 0
+    per_segment: bool = Field(False, description="records per road segment (node_a_id, node_b_id), as the seed's data, "
+                              "instead of per node; the graph then comes from the records")
 
 
 class TrafficData(Section):
@@ -34,7 +36,7 @@ class TrafficData(Section):
 
 
 class TrafficModel(Section):
-    arch: Literal["stmgt", "lstm", "graphwavenet", "astgcn", "historical_average"] = "stmgt"
+    arch: Literal["stmgt", "lstm", "graphwavenet", "astgcn", "tgcn", "historical_average"] = "stmgt"
     seq_len: int = Field(12, ge=1, description="input steps")
     pred_len: int = Field(12, ge=1, description="forecast steps")
     hidden_dim: int = Field(64, gt=0)
@@ -52,7 +54,11 @@ class TrafficModel(Section):
     mae_loss_weight: float = Field(0.0, ge=0, description="+ w * MAE of the mixture mean (pulls the point forecast to the median)")
     diversity_weight: float = Field(0.01, ge=0, description="pushes mixture components apart (raise it against collapse)")
     entropy_weight: float = Field(0.001, ge=0, description="per-forecast mixture-weight entropy penalty")
+    usage_weight: float = Field(0.0, ge=0, description="KL(mean mixture weights || uniform): balances how much each component is used")
     min_std: float = Field(0.01, gt=0, description="floor on component stds, in normalised units")
+    calibration_level: float | None = Field(
+        0.8, gt=0, lt=1, description="STMGT: after training, stretch each forecast step's mixture about its mean until its "
+        "central interval at this level covers this share of the validation targets; null = off")
     point_loss: Literal["mae", "mse"] = Field("mae", description="loss of the point-forecast baselines")
     baseline: dict[str, int | float | bool] = Field(
         default_factory=dict, description="extra keyword arguments of a baseline (e.g. {blocks: 4} for graphwavenet)")

@@ -2,9 +2,11 @@
 
 A dataset directory holds
   traffic.parquet  one row per timestamp x node: run_id, timestamp, node_id, speed_kmh (or speed_mph),
-                   and optionally temperature_c, wind_speed_kmh, precipitation_mm
+                   and optionally temperature_c, wind_speed_kmh, precipitation_mm;
+                   or, as the seed's data, one row per timestamp x road segment: node_a_id, node_b_id in
+                   place of node_id (the graph is then built from the records; see segment_speeds)
   nodes.csv        node_id[, lat, lon, ...]
-  edges.csv        source, target[, weight | length_km]
+  edges.csv        source, target[, weight | length_km] (per-node records only)
   dataset.json     provenance (source, interval, unit, seed)
 Loading pivots it to a [time, node] speed matrix and a [time, 3] city weather matrix, then cuts
 chronological splits into sliding windows (seq_len in -> pred_len out). Normalisation statistics come
@@ -26,6 +28,7 @@ import pandas as pd
 from kiln.errors import KilnError
 
 KEYS = ("run_id", "timestamp", "node_id")
+SEGMENT_KEYS = ("run_id", "timestamp", "node_a_id", "node_b_id")  # the seed's per-segment records
 SPEED_COLUMNS = {"speed_kmh": "km/h", "speed_mph": "mph"}
 WEATHER = ("temperature_c", "wind_speed_kmh", "precipitation_mm")
 LOS_LOOP_START = "2012-03-01"  # a Thursday: Los-loop is one week, Thursday to Wednesday
@@ -65,21 +68,28 @@ def load_series(data_dir: Path, log: Callable[[str], None] = print) -> TrafficSe
     except Exception as err:  # pyarrow raises several types for a damaged file
         raise KilnError(f"cannot read '{path}' as parquet ({str(err).splitlines()[0]}); regenerate it with kiln data traffic") from None
     speed_col = next((c for c in SPEED_COLUMNS if c in frame.columns), None)
-    missing = [c for c in KEYS if c not in frame.columns] + ([] if speed_col else ["speed_kmh"])
+    per_segment = "node_id" not in frame.columns and bool({"node_a_id", "node_b_id"} & set(frame.columns))
+    keys = SEGMENT_KEYS if per_segment else KEYS
+    missing = [c for c in keys if c not in frame.columns] + ([] if speed_col else ["speed_kmh"])
     if missing:
-        raise KilnError(f"'{path}' lacks column(s) {', '.join(missing)}; it needs run_id, timestamp, node_id, speed_kmh "
-                        f"(or speed_mph) and optionally {', '.join(WEATHER)}")
+        raise KilnError(f"'{path}' lacks column(s) {', '.join(missing)}; it needs {', '.join(keys)}, speed_kmh "
+                        f"(or speed_mph) and optionally {', '.join(WEATHER)}"
+                        + ("" if per_segment else " (or node_a_id, node_b_id for records per road segment)"))
     weather_cols = [c for c in WEATHER if c in frame.columns]
     if weather_cols and len(weather_cols) < len(WEATHER):
         raise KilnError(f"'{path}' has weather column(s) {', '.join(weather_cols)} but lacks "
                         f"{', '.join(c for c in WEATHER if c not in weather_cols)}; give all three or none")
 
     log("Preprocessing data...")
-    frame = frame.sort_values(["timestamp", "node_id"])
+    frame = frame.sort_values(list(keys[1:]))
     frame["timestamp"] = pd.to_datetime(frame["timestamp"])
-    if frame.duplicated(["timestamp", "node_id"]).any():
-        raise KilnError(f"'{path}' has several rows for the same (timestamp, node_id); keep one per node and time")
-    speed = frame.pivot(index="timestamp", columns="node_id", values=speed_col)
+    if frame.duplicated(list(keys[1:])).any():
+        raise KilnError(f"'{path}' has several rows for the same ({', '.join(keys[1:])}); keep one per "
+                        f"{'segment' if per_segment else 'node'} and time")
+    if per_segment:
+        speed, segments = segment_speeds(frame, speed_col, log)
+    else:
+        speed, segments = frame.pivot(index="timestamp", columns="node_id", values=speed_col), None
     filled = int(speed.isna().sum().sum())
     # A missing reading is the node's neighbouring readings in time, else its mean.
     speed = speed.interpolate(limit_direction="both").fillna(speed.mean())
@@ -116,7 +126,7 @@ def load_series(data_dir: Path, log: Callable[[str], None] = print) -> TrafficSe
         log("  Weather: none in this dataset (the model runs without its weather branch)")
 
     log("Building graph from traffic data...")
-    edges, weight = read_graph(data_dir, node_ids, log)
+    edges, weight = read_graph(data_dir, node_ids, log, segments)
     log(f"Number of nodes: {len(node_ids)}")
     log(f"Number of edges: {edges.shape[1]}")
     description = json.loads((data_dir / "dataset.json").read_text()) if (data_dir / "dataset.json").is_file() else {}
@@ -124,12 +134,37 @@ def load_series(data_dir: Path, log: Callable[[str], None] = print) -> TrafficSe
                          SPEED_COLUMNS[speed_col], interval, description)
 
 
-def read_graph(data_dir: Path, node_ids: np.ndarray, log: Callable[[str], None]) -> tuple[np.ndarray, np.ndarray]:
-    """edges.csv -> (edge index [2, E] in node order, weight [E]). nodes.csv (lat/lon) is read by the report."""
+def segment_speeds(frame: pd.DataFrame, speed_col: str, log: Callable[[str], None]) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Records per road segment (node_a_id -> node_b_id) -> ([time, node] speeds, the segments as edges).
+
+    The nodes are every id named as either end. A node's speed at a time is the mean speed of the segments
+    leaving it (node_a_id), i.e. how fast traffic moves out of that intersection; a node that no segment leaves
+    takes the mean of the segments entering it. (The seed's loader gave each node the speed of one of its
+    outgoing segments, whichever row came last, and 0 to a node without one.)"""
+    nodes = np.array(sorted(set(frame["node_a_id"]).union(frame["node_b_id"])))
+    leaving = frame.pivot_table(index="timestamp", columns="node_a_id", values=speed_col, aggfunc="mean", dropna=False)
+    entering = frame.pivot_table(index="timestamp", columns="node_b_id", values=speed_col, aggfunc="mean", dropna=False)
+    sinks = np.setdiff1d(nodes, leaving.columns.to_numpy())
+    speed = pd.concat([leaving, entering[sinks]], axis=1).reindex(columns=nodes)
+    segments = frame[["node_a_id", "node_b_id"]].drop_duplicates().rename(columns={"node_a_id": "source", "node_b_id": "target"})
+    log(f"  {len(segments)} road segments (node_a_id -> node_b_id) between {len(nodes)} nodes; a node's speed is the "
+        f"mean of the segments leaving it" + (f" ({len(sinks)} without one: the segments entering it)" if len(sinks) else ""))
+    return speed, segments
+
+
+def read_graph(data_dir: Path, node_ids: np.ndarray, log: Callable[[str], None],
+               segments: pd.DataFrame | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """edges.csv, or the segments of per-segment records -> (edge index [2, E] in node order, weight [E]).
+    nodes.csv (lat/lon) is read by the report."""
     edges_path = data_dir / "edges.csv"
-    if not edges_path.is_file():
+    if segments is not None:
+        if edges_path.is_file():
+            log(f"  {edges_path} is not used: the graph comes from the segment records")
+        edges_path, edges = Path("the segment records"), segments
+    elif not edges_path.is_file():
         raise KilnError(f"'{edges_path}' not found; a traffic dataset needs its road graph as edges.csv (source,target[,weight])")
-    edges = pd.read_csv(edges_path)
+    else:
+        edges = pd.read_csv(edges_path)
     if not {"source", "target"} <= set(edges.columns):
         raise KilnError(f"'{edges_path}' needs columns source and target (node ids); it has {', '.join(edges.columns)}")
     index = pd.Series(np.arange(len(node_ids)), index=node_ids)
@@ -250,7 +285,7 @@ def build_splits(series: TrafficSeries, protocol: str, seq_len: int, pred_len: i
         log(f"Total samples: {len(starts)}")
     info = {
         **stats, "tgcn_references": series.description.get("tgcn_references"), "num_nodes": int(series.speed.shape[1]), "num_edges": int(series.edges.shape[1]),
-        "edge_index": series.edges.tolist(), "edge_weight": series.edge_weight.tolist(),
+        "edge_index": series.edges.tolist(), "edge_weight": series.edge_weight.tolist(), "node_ids": series.node_ids.tolist(),
         "has_weather": series.weather is not None, "unit": series.unit, "interval_minutes": series.interval_minutes,
         "steps_per_day": steps_per_day, "protocol": protocol, "bounds": bounds, "tgcn_horizons": horizons,
         "seq_len": seq_len, "pred_len": pred_len,
@@ -260,8 +295,9 @@ def build_splits(series: TrafficSeries, protocol: str, seq_len: int, pred_len: i
 
 # ---------------------------------------------------------------- writing datasets
 
-def write_dataset(out: Path, records: pd.DataFrame, nodes: pd.DataFrame, edges: pd.DataFrame, info: dict) -> None:
-    """Write the four files into a temporary sibling, then rename: never a half-written dataset."""
+def write_dataset(out: Path, records: pd.DataFrame, nodes: pd.DataFrame, edges: pd.DataFrame | None, info: dict) -> None:
+    """Write the files into a temporary sibling, then rename: never a half-written dataset. No edges.csv when
+    `edges` is None (per-segment records carry their graph)."""
     out = Path(out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise KilnError(f"'{out}' already exists and is not empty; pass another --out or delete it")
@@ -272,7 +308,8 @@ def write_dataset(out: Path, records: pd.DataFrame, nodes: pd.DataFrame, edges: 
     try:
         records.to_parquet(tmp / "traffic.parquet", index=False)
         nodes.to_csv(tmp / "nodes.csv", index=False)
-        edges.to_csv(tmp / "edges.csv", index=False)
+        if edges is not None:
+            edges.to_csv(tmp / "edges.csv", index=False)
         (tmp / "dataset.json").write_text(json.dumps(info, indent=2) + "\n")
         os.replace(tmp, out)  # also replaces an existing empty `out`
     except BaseException:
@@ -280,7 +317,8 @@ def write_dataset(out: Path, records: pd.DataFrame, nodes: pd.DataFrame, edges: 
         raise
 
 
-def convert_los_loop(src: Path, out: Path, tgcn_references: bool = False, log: Callable[[str], None] = print) -> dict:
+def convert_los_loop(src: Path, out: Path, tgcn_references: bool = False, log: Callable[[str], None] = print,
+                     jobs: int = 1) -> dict:
     """Los-loop (T-GCN's data folder: los_speed.csv, los_adj.csv[, graph_sensor_locations.csv]) -> kiln format."""
     src = Path(src)
     speed_path, adj_path = src / "los_speed.csv", src / "los_adj.csv"
@@ -318,7 +356,7 @@ def convert_los_loop(src: Path, out: Path, tgcn_references: bool = False, log: C
     if tgcn_references:
         from kiln.recipes.traffic.references import tgcn_reference_tables
 
-        log("Fitting T-GCN's reference baselines (persistence, one linear SVR per detector and horizon)...")
-        info["tgcn_references"] = tgcn_reference_tables(speed.to_numpy(np.float64), tgcn_horizons(5))
+        log(f"Fitting T-GCN's reference baselines (persistence, one linear SVR per detector and horizon, {jobs} in parallel)...")
+        info["tgcn_references"] = tgcn_reference_tables(speed.to_numpy(np.float64), tgcn_horizons(5), jobs=jobs)
     write_dataset(out, records, nodes, edges, info)
     return info

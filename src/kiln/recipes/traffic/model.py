@@ -11,6 +11,8 @@ Shapes: B batch, N nodes, T input steps (seq_len), P forecast steps (pred_len), 
              forecast window) -> MixtureHead
     MixtureHead: means, stds (softplus, floored), logits per node and step  [B, N, P, K];
                  with residual=True the means are offsets from the last observed speed
+    calibrated(): the mixture stretched about its mean by a per-step spread scale [P] fitted on the
+                  validation split after training (the point forecast stays); predict() applies it
 
 Everything runs in normalised units; predict() returns km/h (or the dataset's unit).
 """
@@ -22,6 +24,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch_geometric.nn import GATv2Conv
 from torch_geometric.utils import dropout_edge
+
+from kiln.metrics import dilate_mixture
 
 
 class FeedForward(nn.Sequential):
@@ -93,6 +97,8 @@ class STMGT(nn.Module):
         self.register_buffer("speed_std", torch.tensor(float(speed_std)))
         self.register_buffer("weather_mean", torch.tensor(weather_mean or [0.0] * weather_dim, dtype=torch.float32))
         self.register_buffer("weather_std", torch.tensor(weather_std or [1.0] * weather_dim, dtype=torch.float32))
+        # per forecast step: how much to stretch the mixture about its mean (1 = as trained; TrafficTask.calibrate fits it)
+        self.register_buffer("spread_scale", torch.ones(pred_len))
 
         self.traffic_encoder = nn.Linear(patch_len, D)
         # attention is order-blind: without this the tokens of one hour (same hour embedding) are indistinguishable
@@ -157,11 +163,16 @@ class STMGT(nn.Module):
             out["means"] = out["means"] + x[:, :, -1, None, None]
         return out
 
+    def calibrated(self, out: dict[str, Tensor]) -> dict[str, Tensor]:
+        """forward()'s mixture with its spread scaled per forecast step (the mixture mean is unchanged)."""
+        means, stds = dilate_mixture(out["means"], out["stds"], out["logits"], self.spread_scale)
+        return {"means": means, "stds": stds, "logits": out["logits"]}
+
     @torch.no_grad()
     def predict(self, x_traffic: Tensor, edge_index: Tensor | None = None, x_weather: Tensor | None = None,
                 temporal: dict[str, Tensor] | None = None) -> dict[str, Tensor]:
-        """Raw speeds [B, N, T] (+ raw weather [B, T+P, W], temporal {"hour", "dow"} [B, T+P]) -> denormalised
-        means/stds [B, N, P, K] in the data's unit and mixture logits. `edge_index` [2, E] is the graph for
+        """Raw speeds [B, N, T] (+ raw weather [B, T+P, W], temporal {"hour", "dow"} [B, T+P]) -> denormalised,
+        calibrated means/stds [B, N, P, K] in the data's unit and mixture logits. `edge_index` [2, E] is the graph for
         this call only (e.g. with a road closed); the stored graph stays."""
         B, device = x_traffic.shape[0], self.speed_mean.device
         if temporal is None:
@@ -172,7 +183,7 @@ class STMGT(nn.Module):
         try:
             x = (x_traffic - self.speed_mean) / self.speed_std
             w = (x_weather - self.weather_mean) / self.weather_std if x_weather is not None and self.weather_encoder is not None else None
-            out = self(x, temporal["hour"], temporal["dow"], w)
+            out = self.calibrated(self(x, temporal["hour"], temporal["dow"], w))
         finally:
             self.edge_index, self._edges_cache = stored
         return {"means": out["means"] * self.speed_std + self.speed_mean, "stds": out["stds"] * self.speed_std,

@@ -1,4 +1,5 @@
-"""Traffic report: forecasts with their 80% band, calibration, error by horizon, per-node error map, mixture usage."""
+"""Traffic report: forecasts with their 80% band, reliability diagram, PIT histogram, error by horizon, per-node error map,
+mixture usage."""
 
 from __future__ import annotations
 
@@ -38,15 +39,38 @@ def plot_forecasts(pred: dict, y: torch.Tensor, unit: str, interval: int, out: P
     save_figure(fig, out)
 
 
-def plot_calibration(calibration: dict[str, float], out: Path) -> None:
-    nominal = [float(k) for k in calibration]
-    fig, ax = plt.subplots(figsize=(4, 4))
+def plot_reliability(results: dict, out: Path) -> None:
+    """Reliability diagram: observed coverage of the central interval at nominal 10..90%, before and after the
+    spread scale fitted on validation."""
+    fig, ax = plt.subplots(figsize=(4.2, 4.2))
     ax.plot([0, 1], [0, 1], color="grey", ls="--", label="perfectly calibrated")
-    ax.plot(nominal, list(calibration.values()), marker="o", label="model")
+    curves = {"as trained": results.get("uncalibrated", {}).get("calibration"), "calibrated (shipped)": results["calibration"]}
+    for (label, curve), style in zip(curves.items(), (dict(color="tab:orange", ls=":"), dict(color="tab:blue"))):
+        if curve:
+            ax.plot([float(k) for k in curve], list(curve.values()), marker="o", label=label, **style)
     ax.set_xlabel("nominal central-interval level")
     ax.set_ylabel("observed coverage (test)")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
     ax.grid(alpha=0.3)
-    ax.legend()
+    ax.legend(fontsize=8)
+    save_figure(fig, out)
+
+
+def plot_pit(results: dict, out: Path) -> None:
+    """PIT histogram of the test targets: flat when calibrated; U-shaped when intervals are too narrow."""
+    shares = np.asarray(results["pit_histogram"])
+    bins = len(shares)
+    edges = np.linspace(0, 1, bins + 1)
+    fig, ax = plt.subplots(figsize=(5, 3.4))
+    ax.bar(edges[:-1], shares, width=1 / bins, align="edge", edgecolor="white", label="calibrated (shipped)")
+    if "uncalibrated" in results:
+        ax.step(edges, np.append(results["uncalibrated"]["pit_histogram"], results["uncalibrated"]["pit_histogram"][-1]),
+                where="post", color="tab:orange", ls=":", label="as trained")
+    ax.axhline(1 / bins, color="grey", ls="--", label="uniform")
+    ax.set_xlabel("PIT = forecast CDF at the truth")
+    ax.set_ylabel("share of test targets")
+    ax.legend(fontsize=8)
     save_figure(fig, out)
 
 
@@ -111,16 +135,22 @@ def write_report(run_dir: Path, task, splits, cfg, results: dict) -> None:
     plot_horizons(results, unit, report / "error_by_horizon.png")
     figures["Error by horizon"] = "error_by_horizon.png"
     if "calibration" in results:
-        plot_calibration(results["calibration"], report / "calibration.png")
+        plot_reliability(results, report / "reliability.png")
+        plot_pit(results, report / "pit_histogram.png")
         plot_mixture(pred, report / "mixture_weights.png")
-        figures["Calibration"] = "calibration.png"
+        figures["Reliability diagram"] = "reliability.png"
+        figures["PIT histogram"] = "pit_histogram.png"
         figures["Mixture-weight usage"] = "mixture_weights.png"
     nodes_path = Path(cfg.data.dir) / "nodes.csv"
     nodes = pd.read_csv(nodes_path) if nodes_path.is_file() else pd.DataFrame()
-    if {"lat", "lon"} <= set(nodes.columns) and len(nodes) == info["num_nodes"]:
-        plot_node_map(nodes, results["per_node"]["mae"], info["edge_index"], unit, report / "node_error_map.png")
-        figures["Per-node MAE"] = "node_error_map.png"
+    if {"node_id", "lat", "lon"} <= set(nodes.columns):
+        nodes = nodes.drop_duplicates("node_id").set_index("node_id").reindex(info["node_ids"])  # in the model's node order
+        if nodes[["lat", "lon"]].notna().all().all():
+            plot_node_map(nodes, results["per_node"]["mae"], info["edge_index"], unit, report / "node_error_map.png")
+            figures["Per-node MAE"] = "node_error_map.png"
     headline = {k: results[k] for k in ("mae", "rmse", "mape", "r2", "coverage_80", "crps", "loss") if k in results}
+    if "uncalibrated" in results:
+        headline.update({f"uncalibrated_{k}": results["uncalibrated"][k] for k in ("coverage_80", "crps")})
     for name, ref in results.get("references", {}).items():
         headline.update({f"{name}_mae": ref["mae"], f"{name}_rmse": ref["rmse"]})
     for horizon, row in results.get("tgcn_protocol", {}).items():

@@ -63,6 +63,8 @@ RAIN_SCALE_MM_PER_HOUR = 6.0  # ... reached smoothly as the rain gets heavier (1
 RAIN_CONGESTION = 0.12  # extra target congestion in heavy rain (people take cars, drive slower)
 
 RECORD_COLUMNS = ["run_id", "timestamp", "node_id", "speed_kmh", "temperature_c", "wind_speed_kmh", "precipitation_mm"]
+SEGMENT_COLUMNS = ["run_id", "timestamp", "node_a_id", "node_b_id", "speed_kmh", "temperature_c", "wind_speed_kmh", "precipitation_mm"]
+SEGMENT_NOISE_KMH = 0.5  # a segment's own sensor noise on top of its two ends' average
 MINUTES_PER_DAY = 24 * 60
 
 
@@ -298,3 +300,23 @@ def simulate_city(days: int = 28, interval_minutes: int = 15, seed: int = 0,
         "precipitation_mm": np.repeat(precipitation, num_nodes).astype(np.float32),
     }, columns=RECORD_COLUMNS)
     return records, nodes, edges
+
+
+def segment_records(records: pd.DataFrame, edges: pd.DataFrame, seed: int = 0) -> pd.DataFrame:
+    """The seed's record shape: one row per collection run (one timestamp) x directed road segment, its speed the
+    average of its two intersections' plus noise, weather as at those intersections (city-wide)."""
+    rng = np.random.default_rng([seed, 1])
+    nodes = int(records["node_id"].max()) + 1
+    speed = records["speed_kmh"].to_numpy().reshape(-1, nodes)                    # [T, N]: records are time-major
+    a, b = edges["source"].to_numpy(), edges["target"].to_numpy()
+    steps, segments = speed.shape[0], len(a)
+    segment_speed = (speed[:, a] + speed[:, b]) / 2 + rng.normal(0.0, SEGMENT_NOISE_KMH, (steps, segments))
+    first = records.iloc[::nodes]                                                   # one row per timestamp
+    repeat = lambda column: np.repeat(first[column].to_numpy(), segments)  # noqa: E731
+    return pd.DataFrame({
+        "run_id": np.repeat(np.arange(steps, dtype=np.int64), segments),          # the seed: one run per timestamp
+        "timestamp": repeat("timestamp"),
+        "node_a_id": np.tile(a, steps), "node_b_id": np.tile(b, steps),
+        "speed_kmh": np.maximum(segment_speed, MIN_SPEED_KMH).reshape(-1).astype(np.float32),
+        **{c: repeat(c) for c in ("temperature_c", "wind_speed_kmh", "precipitation_mm")},
+    }, columns=SEGMENT_COLUMNS)

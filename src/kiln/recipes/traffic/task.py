@@ -10,8 +10,9 @@ from torch import Tensor
 
 from kiln.engine.task import Task
 from kiln.errors import KilnError
-from kiln.losses import mixture_diversity, mixture_entropy, mixture_nll
-from kiln.metrics import calibration_curve, error_metrics, interval_coverage, mixture_crps, mixture_mean, pit, tgcn_metrics
+from kiln.losses import mixture_diversity, mixture_entropy, mixture_nll, mixture_usage_kl
+from kiln.metrics import (dilate_mixture, error_metrics, interval_coverage, mixture_crps, mixture_mean, pit, pit_histogram,
+                          reliability_curve, spread_scale_for_coverage, tgcn_metrics)
 from kiln.recipes.traffic.config import TrafficConfig
 from kiln.recipes.traffic.references import HistoricalAverage
 
@@ -61,7 +62,7 @@ def strongest_edges(edge_index: Tensor, weight: Tensor, num_nodes: int, k: int) 
 
 class MixtureForecast(torch.nn.Module):
     """Deployable STMGT: raw speeds x [B, N, T] in the data's unit, hour and day of week [B, T+P] ->
-    mixture means and stds [B, N, P, K] in the data's unit, and mixture logits [B, N, P, K]."""
+    calibrated mixture means and stds [B, N, P, K] in the data's unit, and mixture logits [B, N, P, K]."""
 
     def __init__(self, model: torch.nn.Module):
         super().__init__()
@@ -70,7 +71,7 @@ class MixtureForecast(torch.nn.Module):
     def forward(self, x: Tensor, hour: Tensor, dow: Tensor, weather: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
         m = self.model
         w = (weather - m.weather_mean) / m.weather_std if weather is not None else None
-        out = m((x - m.speed_mean) / m.speed_std, hour, dow, w)
+        out = m.calibrated(m((x - m.speed_mean) / m.speed_std, hour, dow, w))
         return out["means"] * m.speed_std + m.speed_mean, out["stds"] * m.speed_std, out["logits"]
 
 
@@ -105,6 +106,7 @@ class TrafficTask(Task):
         self.use_weather = self.probabilistic and cfg.model.use_weather and info["has_weather"]
         self.speed_mean, self.speed_std = float(info["speed_mean"]), float(info["speed_std"])
         self.unit = info["unit"]
+        self.eval_batch_size = cfg.train.eval_batch_size
 
     def fit_data(self, train: dict[str, Tensor]) -> None:
         if isinstance(self.model, HistoricalAverage):
@@ -152,6 +154,8 @@ class TrafficTask(Task):
             loss = nll + self.settings.mse_loss_weight * (error ** 2).mean() + self.settings.mae_loss_weight * error.abs().mean()
             if regularise:
                 loss = loss + self.settings.diversity_weight * diversity + self.settings.entropy_weight * entropy
+                if self.settings.usage_weight:
+                    loss = loss + self.settings.usage_weight * mixture_usage_kl(logits, mask)
             inside = (pit(means, stds, logits, target) - 0.5).abs() <= 0.4  # inside the central 80% interval
             logs = {"nll": nll, "diversity": diversity, "entropy": entropy, "coverage_80": inside[mask].float().mean()}
             logs.update({f"mix_w{k}": w for k, w in enumerate(torch.softmax(logits, -1)[mask].mean(0))})
@@ -162,6 +166,15 @@ class TrafficTask(Task):
         nonzero = truth != 0
         return {"loss": loss, **logs, "mae": error.abs().mean(), "mse": (error ** 2).mean(),
                 "mape": 100 * (error[nonzero].abs() / truth[nonzero].abs()).mean()}
+
+    def calibrate(self, val: dict[str, Tensor]) -> None:
+        """STMGT: the per-step spread scale whose central `calibration_level` interval covers that share of the
+        validation targets (the engine passes the validation split only)."""
+        level = self.settings.calibration_level
+        if not self.probabilistic or level is None:
+            return
+        raw = predict_split(self, val, self.eval_batch_size, calibrated=False)
+        self.model.spread_scale.copy_(spread_scale_for_coverage(raw["means"], raw["stds"], raw["logits"], val["y"], level))
 
     def finish_metrics(self, metrics: dict[str, float]) -> dict[str, float]:
         for split in ("train", "val"):
@@ -203,14 +216,17 @@ class TrafficTask(Task):
 # ---------------------------------------------------------------- evaluation
 
 @torch.no_grad()
-def predict_split(task: TrafficTask, tensors: dict[str, Tensor], batch_size: int) -> dict[str, Tensor]:
-    """Denormalised forecasts for a whole split, on the CPU: {"point": [S, N, P]} plus means/stds/logits [S, N, P, K]."""
+def predict_split(task: TrafficTask, tensors: dict[str, Tensor], batch_size: int, calibrated: bool = True) -> dict[str, Tensor]:
+    """Denormalised forecasts for a whole split, on the CPU: {"point": [S, N, P]} plus means/stds/logits [S, N, P, K]
+    (the mixture calibrated by the model's spread scale unless `calibrated` is False)."""
     task.eval()
     parts = []
     size = len(tensors["x"])
     for lo in range(0, size, batch_size):
         batch = {k: v[lo:lo + batch_size].to(task.device) for k, v in tensors.items()}
         out = task.outputs(batch)
+        if task.probabilistic and calibrated:
+            out = task.model.calibrated(out)
         out = {k: v.float().cpu() for k, v in out.items()} if isinstance(out, dict) else out.float().cpu()
         if task.probabilistic:
             part = {"means": out["means"] * task.speed_std + task.speed_mean, "stds": out["stds"] * task.speed_std,
@@ -220,6 +236,23 @@ def predict_split(task: TrafficTask, tensors: dict[str, Tensor], batch_size: int
             part = {"point": out.float() * task.speed_std + task.speed_mean}
         parts.append(part)
     return {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
+
+
+TAILS = {"below_q01": 0.01, "below_q05": 0.05, "above_q95": 0.95, "above_q99": 0.99}
+
+
+def distribution_metrics(pred: dict[str, Tensor], y: Tensor) -> dict:
+    """From the PIT of every target: 80% coverage, the reliability curve (observed coverage of the central
+    interval at nominal 10..90%), the PIT histogram (uniform when calibrated) and the tails: the share of targets
+    below the forecast's 1% and 5% quantiles and above its 95% and 99% quantiles (ideally 0.01, 0.05, 0.05, 0.01)."""
+    u = pit(pred["means"].double(), pred["stds"].double(), pred["logits"].double(), y.double())
+    curve = reliability_curve(u)
+    tails = {name: (u < q if q < 0.5 else u > q).double().mean().item() for name, q in TAILS.items()}
+    return {"coverage_80": round(curve["0.8"], 6),
+            "crps": round(float(mixture_crps(pred["means"], pred["stds"], pred["logits"], y).mean()), 6),
+            "calibration": {k: round(v, 6) for k, v in curve.items()},
+            "pit_histogram": [round(c, 6) for c in pit_histogram(u)],
+            "tail_coverage": {k: round(v, 6) for k, v in tails.items()}}
 
 
 def forecast_metrics(pred: dict[str, Tensor], y: Tensor) -> dict[str, float]:
@@ -240,17 +273,22 @@ def evaluate(task: TrafficTask, splits, cfg: TrafficConfig, options: dict) -> di
     y = test["y"]
     complete = torch.isfinite(y).all(-1).all(-1)  # windows with every target inside the data
     batch_size = cfg.train.eval_batch_size
-    pred = predict_split(task, test, batch_size)
+    pred = predict_split(task, test, batch_size, calibrated=False)
+    if "means" in pred:  # keep the trained mixture for the uncalibrated figures, then stretch it as the model ships it
+        raw = {k: pred[k] for k in ("means", "stds", "logits")}
+        pred["means"], pred["stds"] = dilate_mixture(pred["means"], pred["stds"], pred["logits"], task.model.spread_scale.cpu())
     full = {k: v[complete] for k, v in pred.items()}
     y_full = y[complete]
     results = {"model": cfg.model.arch, "unit": info["unit"], "samples": int(complete.sum()),
-               **forecast_metrics(full, y_full)}
+               **forecast_metrics({"point": full["point"]}, y_full)}  # the mixture's figures: distribution_metrics
     windows = {k: v[complete] for k, v in test.items()}
     losses = [task.validation_step({k: v[lo:lo + batch_size].to(task.device) for k, v in windows.items()})["loss"].cpu()
               * len(windows["x"][lo:lo + batch_size]) for lo in range(0, len(windows["x"]), batch_size)]
     results["loss"] = round(torch.stack(losses).sum().item() / len(windows["x"]), 6)
     if "means" in full:
-        results["calibration"] = calibration_curve(full["means"], full["stds"], full["logits"], y_full)
+        results.update(distribution_metrics(full, y_full))
+        results["spread_scale"] = [round(float(s), 4) for s in task.model.spread_scale]
+        results["uncalibrated"] = distribution_metrics({k: v[complete] for k, v in raw.items()}, y_full)
         results["mixture_usage"] = [round(float(w), 4) for w in torch.softmax(full["logits"], -1).mean((0, 1, 2))]
 
     interval = info["interval_minutes"]
