@@ -220,7 +220,7 @@ def test_health_warnings_are_silent_in_a_healthy_run_and_one_line_each_otherwise
 
 def test_calibrate_sees_only_the_validation_split_and_the_saved_weights_carry_its_fit(toy_cfg, toy, run_toy):
     """Task.calibrate: called in eval mode under no_grad with the validation split (never the test split), on
-    the weights about to be saved; what it fits (a buffer) is in best_model.pt and final_model.pt."""
+    the saved weights once training ends; what it fits (a buffer) is in best_model.pt and final_model.pt."""
     cfg = toy_cfg(max_epochs=3)
     toy_task = type(toy.build_task(cfg, {}))
     seen, loaded = [], []
@@ -241,7 +241,7 @@ def test_calibrate_sees_only_the_validation_split_and_the_saved_weights_carry_it
     recipe = dataclasses.replace(toy, build_task=lambda cfg, info: Calibrated(cfg), load_data=load_data)
     _, run_dir = run_toy("calibrated", cfg, recipe=recipe)
     val = loaded[0].val
-    assert len(seen) >= 2 and all(split is val and not training and not grad for split, training, grad in seen)
+    assert len(seen) == 2 and all(split is val and not training and not grad for split, training, grad in seen)
     for name in ("best_model.pt", "final_model.pt"):
         saved = load_checkpoint(run_dir / name, "toy")["state_dict"]
         task = Calibrated(cfg)

@@ -126,6 +126,18 @@ def calibrate(task: Task, val) -> None:
         task.calibrate(val)
 
 
+def calibrate_saved(paths: list[Path], task: Task, val) -> None:
+    """Task.calibrate on each saved weight file's weights, written back in place (atomically). Runs once, when
+    training ends, and only for tasks that define calibrate: a fit on validation costs about one validation pass."""
+    if type(task).calibrate is Task.calibrate:
+        return
+    for path in paths:
+        payload = torch.load(path, map_location=next(task.parameters(), torch.empty(0)).device, weights_only=False)
+        task.load_state_dict(payload["state_dict"])
+        calibrate(task, val)
+        save_atomic({**payload, "state_dict": task.state_dict()}, path)
+
+
 def make_progress():
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
@@ -221,8 +233,6 @@ class Run:
 
     def export(self, name: str, metrics: dict[str, Any]) -> None:
         if self.zero:
-            calibrate(self.evaluated, self.splits.val)
-            self.model.train()
             export_weights(self.run_dir / name, self.evaluated, self.cfg, self.splits.info, self.state.epoch, metrics)
             link_aliases(self.run_dir, self.task.file_aliases, name)
 
@@ -456,6 +466,7 @@ class Run:
         self.fabric.barrier()
         if not self.zero:
             return {"state": "finished"}
+        calibrate_saved([self.run_dir / "best_model.pt", self.run_dir / "final_model.pt"], self.evaluated, self.splits.val)
         results = evaluate_run(self.run_dir, recipe, self.cfg, splits=self.splits, log=self.log, device=self.fabric.device)
         self.status.update(state="finished")
         return results
