@@ -68,6 +68,22 @@ def test_frame_psnr_and_ssim_agree_with_torchmetrics_and_closed_forms():
     assert frame_psnr(target, target).max().item() == 60.0  # identical frames: capped, not inf
 
 
+def test_ssim_and_the_perceptual_loss_stay_float32_under_bf16_autocast():
+    # smooth, similar frames like CarRacing's: in bf16 the Gaussian-window variances of SSIM cancel to noise
+    torch.manual_seed(3)
+    target = torch.nn.functional.avg_pool2d(torch.rand(4, 3, 36, 36), 5, stride=1).clamp(0, 1)  # [4, 3, 32, 32]
+    pred = (target + 0.01 * torch.randn_like(target)).clamp(0, 1)
+    reference = structural_similarity_index_measure(pred, target, data_range=1.0, reduction="none")  # float32, no autocast
+    task = WorldTask(make_cfg(), {"action_dim": 3})
+    frames = torch.stack([target] * 3, 1)  # a window of 3: 2 observed, 1 predicted; every decoded frame is `pred`
+    out = {"recon": torch.stack([pred] * 3, 1), "pred": pred[:, None],
+           "latents": torch.zeros(4, 3, 4, 8, 8), "rolled": torch.zeros(4, 1, 4, 8, 8)}
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        torch.testing.assert_close(frame_ssim(pred, target), reference)
+        perceptual = task.losses(frames, out, steps=1)["perceptual_loss"]
+    assert perceptual.item() == pytest.approx(1 - reference.mean().item(), rel=1e-4)
+
+
 class KnownFrames(torch.utils.data.Dataset):
     """Windows with frames whose values are known, to check copy-last by hand."""
 

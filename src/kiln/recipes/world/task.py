@@ -8,7 +8,8 @@ previous prediction) and decodes every step. Losses (weights from model.*_weight
                 decoder changes the last observed frame, so this is "get from there to x_t given x_t's latent")
     pred        MSE of the decoded rollout against the true future frames
     perceptual  1 - SSIM of every decoded frame (recon and rollout) against its target. No pretrained
-                network exists offline, so this is the SSIM-based variant (torchmetrics' differentiable SSIM)
+                network exists offline, so this is the SSIM-based variant (torchmetrics' differentiable SSIM, always
+                computed in float32: under bf16 autocast its variances cancel to noise)
     latent_reg  mean squared latent value (keeps the latent scale from drifting, which the rollout would amplify)
     temporal    MSE of the rolled-out latents against the encoder's latents of the true future frames
                 (targets detached): the predicted trajectory stays on the encoded one, so long rollouts
@@ -43,9 +44,17 @@ def frame_psnr(pred: Tensor, target: Tensor) -> Tensor:
     return psnr.clamp(max=MAX_PSNR)
 
 
+def ssim_fp32(pred: Tensor, target: Tensor, reduction: str = "elementwise_mean") -> Tensor:
+    """torchmetrics' SSIM in float32 even inside a bf16 autocast region: its local variances E[x^2] - E[x]^2 come from
+    Gaussian-window convolutions, which autocast would run in bf16, where they cancel catastrophically (the SSIM of a
+    CarRacing frame with itself came out 0.02 instead of 1)."""
+    with torch.autocast(pred.device.type, enabled=False):
+        return structural_similarity_index_measure(pred.float(), target.float(), data_range=1.0, reduction=reduction)
+
+
 def frame_ssim(pred: Tensor, target: Tensor) -> Tensor:
     """Per-frame SSIM (11x11 Gaussian window, sigma 1.5) of [N, 3, H, W] images in [0, 1] -> [N]."""
-    return structural_similarity_index_measure(pred.float().clamp(0, 1), target.float(), data_range=1.0, reduction="none")
+    return ssim_fp32(pred.clamp(0, 1), target, reduction="none")
 
 
 def horizons_for(eval_horizon: int) -> list[int]:
@@ -84,7 +93,7 @@ class WorldTask(Task):
         terms = {
             "recon": (out["recon"] - frames).square().mean(),
             "pred": (pred - target).square().mean(),
-            "perceptual": 1 - structural_similarity_index_measure(decoded.float(), wanted.float(), data_range=1.0),
+            "perceptual": 1 - ssim_fp32(decoded, wanted),
             "latent_reg": out["latents"].float().square().mean(),
             "temporal": (out["rolled"][:, :steps] - out["latents"][:, k:k + steps].detach()).square().mean(),
         }
