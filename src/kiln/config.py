@@ -280,4 +280,6 @@ def schema_from_arguments(args: Any, schema: type[BaseModel]) -> BaseModel:
         return schema(**given)
     except ValidationError as err:
         first = err.errors()[0]
+        if not first["loc"]:  # a check across several flags
+            raise KilnError(f"kiln data: {first['msg']}") from None
         raise KilnError(f"--{str(first['loc'][0]).replace('_', '-')}: {first['msg']} (got {first['input']!r})") from None

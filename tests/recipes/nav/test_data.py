@@ -227,6 +227,34 @@ def test_generate_dataset_splits_and_files(tmp_path):
         np.testing.assert_array_equal(arr, splits["train"][key])
 
 
+def test_generate_mixed_layouts_and_sizes(tmp_path):
+    """Sides 8..12 padded with walls to 12, three layouts, and held-out sets at their own sizes."""
+    out = tmp_path / "mixed"
+    info = data.generate_dataset(out, num_train=240, num_val=30, num_test=60, grid_size=12, min_grid_size=8,
+                                 layout="random=1,maze=1,rooms=1", eval_sizes=[8, 20], eval_grids=6, seed=4)
+    assert info["counts"] == {"train": 240, "val": 30, "test": 60}
+    assert info["eval_groups"] == {f"{layout}_{side}": 6 for side in (8, 20) for layout in ("random", "maze", "rooms")}
+    train = data.load_split(out, "train")
+    sides = []
+    for grid, start, goal, dist in zip(train["grids"], train["starts"], train["goals"], train["dist"]):
+        # the grid's own cells lie in one side x side window, walls all around it
+        free = np.argwhere(grid == 0)
+        extent = free.max(0) - free.min(0) + 1
+        assert (extent <= 12).all()
+        sides.append(extent.max())
+        # labels are those of the padded grid: networkx BFS from the goal
+        graph = nx.grid_2d_graph(12, 12)
+        graph.remove_nodes_from(map(tuple, np.argwhere(grid == 1)))
+        lengths = nx.single_source_shortest_path_length(graph, tuple(goal))
+        assert dist[tuple(start)] == lengths[tuple(start)] > 0
+    assert min(sides) <= 9 and max(sides) >= 11  # the sides really vary
+    # mazes are there (a perfect maze's free cells form a tree), and so are open random grids
+    is_tree = [nx.is_tree(nx.grid_2d_graph(12, 12).subgraph(map(tuple, np.argwhere(g == 0)))) for g in train["grids"][:60]]
+    assert 5 < sum(is_tree) < 55
+    big = data.load_split(out / "eval", "maze_20")
+    assert big["grids"].shape == (6, 20, 20) and big["optimal"].shape == (6, 20, 20, 5)
+
+
 def test_generate_dataset_is_seeded_and_refuses_non_empty_dir(tmp_path):
     kwargs = dict(num_train=20, num_val=5, num_test=10, grid_size=5)
     data.generate_dataset(tmp_path / "a", **kwargs)

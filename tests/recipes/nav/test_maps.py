@@ -5,7 +5,7 @@ import torch
 from kiln.errors import KilnError
 from kiln.recipes.nav import data
 from kiln.recipes.nav.maps import evaluate_map
-from kiln.recipes.nav.task import NavTask
+from kiln.recipes.nav.task import NavTask, RecurrentNavTask
 
 # 6x6 map: a wall column with a gap, plus a walled-off pocket at the bottom right.
 MAP = """type octile
@@ -68,9 +68,18 @@ def test_sampled_pairs_and_a_failing_policy(map_file):
     assert results["rollout_success"] == 0.0
 
 
-def test_map_size_must_match_the_model(map_file):
-    with pytest.raises(KilnError, match="is 6x6 but the model was trained on 8x8 grids"):
+def test_map_size_must_match_a_fixed_size_model(map_file):
+    with pytest.raises(KilnError, match="is 6x6 but this BfsPolicy was trained on 8x8 grids and works only at that size"):
         evaluate_map(NavTask(BfsPolicy(), 8), map_file, None, num_pairs=5)
+
+
+def test_a_size_agnostic_model_runs_on_a_larger_non_square_map(tmp_path):
+    rows = ["." * 13, ".@@@@@@@@@@@.", ".@.........@.", ".@.@@@@@@@.@.", "...@.......@.", "@@@@.@@@@@@@.", "............."]
+    path = tmp_path / "wide.map"
+    path.write_text(f"type octile\nheight {len(rows)}\nwidth {len(rows[0])}\nmap\n" + "\n".join(rows) + "\n")
+    results = evaluate_map(RecurrentNavTask(BfsPolicy(), 8), path, None, num_pairs=60)
+    assert results["pairs"] > 40
+    assert results["rollout_success"] == 1.0 and results["rollout_optimality"] == pytest.approx(1.0)
 
 
 def test_malformed_map_is_a_one_line_error(tmp_path):

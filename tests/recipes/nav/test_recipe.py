@@ -49,3 +49,29 @@ def test_a_changed_generator_setting_warns_instead_of_silently_reusing(tiny_conf
     assert "not found: generating it" in capsys.readouterr().out
     train(tiny_config, tmp_path / "b", config[:-1] + ["data.generate.num_train=99", "train.max_epochs=1"])
     assert f"Warning: using existing {data_dir}, made with num_train=64 (config: 99)" in capsys.readouterr().out
+
+
+def test_size_agnostic_model_trains_on_mixed_sizes_and_reports_each_layout_and_size(tiny_config, tmp_path):
+    data_dir = tmp_path / "mixed"
+    generate_dataset(data_dir, num_train=96, num_val=16, num_test=16, grid_size=10, min_grid_size=6,
+                     layout="random=1,maze=1", eval_sizes=[6, 14], eval_grids=4, seed=2)
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    results = train(tiny_config, run_dir, [f"data.dir={data_dir}", "model.arch=recurrent", "model.dim=8",
+                                           "train.max_epochs=1"])
+    table = results["by_layout_size"]
+    assert sorted(table) == ["maze_14", "maze_6", "random_14", "random_6"]
+    for key, row in table.items():
+        assert f"{row['layout']}_{row['size']}" == key and row["grids"] == 4
+        assert 0 <= row["rollout_success"] <= 1 and row["iterations"] >= 1 and row["seconds_per_map"] > 0
+    assert "| maze | 14x14 | 4 |" in (run_dir / "report" / "report.md").read_text()
+    assert json.loads((run_dir / "test_results.json").read_text())["by_layout_size"] == table
+
+
+def test_a_fixed_size_model_reports_only_its_own_size(tiny_config, tmp_path):
+    data_dir = tmp_path / "mixed"
+    generate_dataset(data_dir, num_train=64, num_val=16, num_test=16, grid_size=8, eval_sizes=[8, 12], eval_grids=4)
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    results = train(tiny_config, run_dir, [f"data.dir={data_dir}", "train.max_epochs=1"])
+    assert sorted(results["by_layout_size"]) == ["random_8"]

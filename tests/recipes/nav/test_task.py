@@ -7,8 +7,9 @@ import torch
 
 from kiln.recipes.nav import data
 from kiln.recipes.nav.config import NavModel
-from kiln.recipes.nav.model import GridMixer, TinyRecursiveMixer, build_model
-from kiln.recipes.nav.task import NavTask, greedy_rollout, optimal_set_nll, split_metrics, to_tensors
+from kiln.recipes.nav.model import GridMixer, RecurrentConvPolicy, TinyRecursiveMixer, build_model
+from kiln.recipes.nav.task import (NavTask, RecurrentNavTask, greedy_rollout, optimal_set_nll, split_metrics,
+                                   to_tensors)
 
 
 def make_split(n=40, size=7, seed=0):
@@ -137,6 +138,65 @@ def test_task_loss_decreases_on_a_fixed_batch():
     optimizer = torch.optim.Adam(task.parameters(), lr=3e-3)
     first = task.training_step(split)["loss"].item()
     for _ in range(60):
+        loss = task.training_step(split)["loss"]
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    assert loss.item() < 0.5 * first
+
+
+def test_recurrent_policy_runs_on_any_size():
+    """No size in its weights: one model on 8x8, 40x40 and a non-square 8x20 map."""
+    torch.manual_seed(0)
+    model = build_model(NavModel(arch="recurrent", dim=8, channel_mult=2, iterations=7), grid_size=16)
+    for shape in [(8, 8), (40, 40), (8, 20)]:
+        out = model(torch.randint(0, 3, (3, *shape)))
+        assert len(out) == 1 and out[0].shape == (3, shape[0] * shape[1], 5)
+        assert model.last_iterations == 7
+
+
+class TraceModel(RecurrentConvPolicy):
+    """A recurrent policy whose reached head is the true BFS trace: iteration t marks the cells within t - 1 steps."""
+
+    def __init__(self, dist):
+        super().__init__(dim=4, hidden=4)
+        self.dist, self.steps = torch.as_tensor(dist), 0
+
+    def step(self, h, recall):
+        self.steps += 1
+        return h
+
+    def reached(self, h):
+        return ((self.dist >= 0) & (self.dist < self.steps)).float() * 2 - 1
+
+
+def test_inference_stops_once_the_reached_map_settles():
+    split = make_split(n=6, size=9, seed=3)
+    model = TraceModel(split["dist"])
+    cells = to_tensors(split)["cells"]
+    model(cells)
+    # the wave covers the farthest cell at iteration max_dist + 1, then must hold still PATIENCE more iterations
+    assert model.last_iterations == split["dist"].max() + 1 + RecurrentConvPolicy.PATIENCE
+
+
+def test_progressive_loss_trains_only_after_the_skipped_iterations(monkeypatch):
+    split = to_tensors(make_split(n=8, size=6))
+    task = RecurrentNavTask(build_model(NavModel(arch="recurrent", dim=8, channel_mult=2), 6), 6)
+    grads = []
+    task.model.update.register_forward_hook(lambda module, args, out: grads.append(out.requires_grad))
+    monkeypatch.setattr(torch, "randint", lambda low, high, size: torch.tensor(3))
+    task.training_step(split)
+    iterations = int(split["dist"].max()) + 2
+    assert grads == [False] * 3 + [True] * (iterations - 3)
+
+
+def test_recurrent_task_learns_the_bfs_trace():
+    split = to_tensors(make_split(n=32, size=8))
+    torch.manual_seed(0)
+    task = RecurrentNavTask(build_model(NavModel(arch="recurrent", dim=16, channel_mult=2), 8), 8)
+    optimizer = torch.optim.Adam(task.parameters(), lr=3e-3)
+    first = task.training_step(split)["loss"].item()
+    for _ in range(80):
         loss = task.training_step(split)["loss"]
         optimizer.zero_grad()
         loss.backward()

@@ -18,10 +18,15 @@ def generate(out: Path, settings: NavGenerator, log) -> dict:
         info = generate_dataset(out, **settings.model_dump())
     except FileExistsError as err:
         raise KilnError(f"{err}; pass another --out or delete it") from None
+    except (RuntimeError, ValueError) as err:  # too few distinct grids at this size; an unreadable maps folder
+        raise KilnError(f"kiln data nav: {err}") from None
     counts = info["counts"]
+    sides = f"{settings.min_grid_size}..{settings.grid_size}" if settings.min_grid_size else str(settings.grid_size)
     log(f"Wrote {out}: {counts['train']} train{' (8 symmetries each)' if settings.augment else ''}, {counts['val']} val, "
-        f"{counts['test']} test {settings.grid_size}x{settings.grid_size} grids in {info['generation_seconds']:.1f}s; "
+        f"{counts['test']} test {settings.layout} grids of side {sides} in {info['generation_seconds']:.1f}s; "
         f"{info['multi_optimal_fraction']:.0%} of cells have more than one optimal action")
+    if info["eval_groups"]:
+        log(f"Held-out sets in {out / 'eval'}: " + ", ".join(f"{key} ({n})" for key, n in info["eval_groups"].items()))
     return info
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator, model_validator
 
 from kiln.config import RunConfig, Section
 
@@ -15,10 +15,45 @@ class NavGenerator(Section):
     num_train: int = Field(5000, gt=0, description="base training grids (before augmentation)")
     num_val: int = Field(500, gt=0, description="validation grids (early stopping, best checkpoint)")
     num_test: int = Field(500, gt=0, description="held-out test grids")
-    grid_size: int = Field(8, ge=4, le=64)
-    obstacle_density: float = Field(0.25, ge=0, lt=1)
+    grid_size: int = Field(8, ge=4, le=64, description="side of the grids (the largest side with min_grid_size)")
+    min_grid_size: int | None = Field(None, ge=4, description="draw each grid's side from min_grid_size..grid_size; "
+                                      "smaller grids are padded with walls")
+    layout: str = Field("random", description="random, maze, rooms, maps:DIR (windows of a folder of MovingAI .map "
+                        "files) or a weighted mix such as random=2,maze=1,rooms=1")
+    obstacle_density: float = Field(0.25, ge=0, lt=1, description="wall density of the random layout")
     augment: bool = Field(False, description="add the 8 symmetries of every training grid (8x data)")
+    eval_sizes: list[int] = Field([], description="sides of extra held-out sets, one per layout and side (e.g. 8,16,32,64), "
+                                  "for the per-layout, per-size table of kiln evaluate")
+    eval_grids: int = Field(200, gt=0, description="grids in each of those sets")
     seed: int = 0
+
+    @field_validator("eval_sizes", mode="before")
+    @classmethod
+    def _comma_list(cls, value):
+        if isinstance(value, str):  # the command line gives "8,16,32,64"
+            return [part for part in value.replace(" ", "").split(",") if part]
+        return value
+
+    @field_validator("eval_sizes")
+    @classmethod
+    def _sides(cls, value):
+        if any(side < 4 for side in value):
+            raise ValueError("every eval size must be at least 4")
+        return value
+
+    @field_validator("layout")
+    @classmethod
+    def _layout(cls, value):
+        from kiln.recipes.nav.layouts import parse_layouts
+
+        parse_layouts(value)  # names the bad layout, weight or maps folder
+        return value
+
+    @model_validator(mode="after")
+    def _side_range(self):
+        if self.min_grid_size is not None and self.min_grid_size > self.grid_size:
+            raise ValueError(f"min_grid_size {self.min_grid_size} is larger than grid_size {self.grid_size}")
+        return self
 
 
 class NavData(Section):
@@ -27,15 +62,18 @@ class NavData(Section):
 
 
 class NavModel(Section):
-    arch: Literal["mixer", "trm"] = "mixer"
-    dim: int = Field(64, gt=0)
+    arch: Literal["mixer", "trm", "recurrent"] = Field("mixer", description="mixer and trm are tied to the training "
+                                                       "grid size; recurrent runs on maps of any size")
+    dim: int = Field(64, gt=0, description="token width (recurrent: state channels per cell)")
     depth: int = Field(2, gt=0, description="mixer blocks (in TRM: blocks of the one tiny network)")
     dropout: float = Field(0.1, ge=0, lt=1)
     token_hidden: int = Field(128, gt=0, description="hidden width of the token-mixing MLP")
-    channel_mult: int = Field(4, gt=0, description="channel MLP hidden width = channel_mult * dim")
+    channel_mult: int = Field(4, gt=0, description="channel MLP hidden width = channel_mult * dim (recurrent: the update's)")
     recursions: int = Field(1, gt=0, description="mixer: apply the blocks this many times with tied weights; trm: latent steps n")
     cycles: int = Field(2, gt=0, description="trm: recursion cycles T per supervision step (T-1 without gradients)")
     supervision_steps: int = Field(2, gt=0, description="trm: deep-supervision steps per batch")
+    iterations: int | None = Field(None, gt=0, description="recurrent: iterations at inference; null = until the "
+                                   "reached map stops changing, at most one per cell of the map")
 
 
 class NavConfig(RunConfig):

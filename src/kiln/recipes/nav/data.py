@@ -110,7 +110,7 @@ def multi_optimal_fraction(dist, optimal):
 # random grids
 
 
-def _pick_uniform_cells(mask, rng):
+def pick_uniform_cells(mask, rng):
     """One uniformly random True cell per grid of a [N, G, G] mask as (row, col) [N, 2]."""
     num_grids, size, _ = mask.shape
     # keys in [1, 2) on masked cells and 0 elsewhere, so the argmax is uniform among masked cells
@@ -137,10 +137,10 @@ def random_grids(n, size, density, rng):
         batch = min(int((n - num_kept) / max(accept_rate, 0.01) * 1.02) + 16, max_batch)
         grids = (rng.random((batch, size, size), dtype=np.float32) < density).astype(np.uint8)
         free = grids == 0
-        goals = _pick_uniform_cells(free, rng)
+        goals = pick_uniform_cells(free, rng)
         dist = bfs_distance_field(grids, goals)
         start_ok = dist > 0  # reachable and not the goal itself
-        starts = _pick_uniform_cells(start_ok, rng)
+        starts = pick_uniform_cells(start_ok, rng)
         keep = free.any(axis=(1, 2)) & start_ok.any(axis=(1, 2))
         kept_grids.append(grids[keep])
         kept_starts.append(starts[keep])
@@ -220,11 +220,22 @@ def augment(split):
 _augment_split = augment  # generate_dataset's `augment` flag shadows the name inside it
 
 
-def canonical_grid_ids(grids):
-    """Int64 [N], equal for two grids iff one is a symmetry of the other; comparable within a call."""
+def canonical_grid_ids(grids, goals=None):
+    """Int64 [N], equal for two grids iff one is a symmetry of the other; comparable within a call.
+
+    With `goals`, a grid and its goal cell count together: the same walls with another goal differ.
+    """
     num_grids = grids.shape[0]
-    all_views = np.stack([transform_grid(grids, k) for k in range(NUM_SYMMETRIES)])  # [8, N, G, G]
-    rows = np.packbits(all_views.reshape(NUM_SYMMETRIES * num_grids, -1), axis=1)
+    planes = grids.astype(bool)
+    if goals is not None:  # a second bit plane with the goal
+        goal_plane = np.zeros_like(planes)
+        goal_plane[np.arange(num_grids), goals[:, 0], goals[:, 1]] = True
+        planes = np.concatenate([planes, goal_plane], axis=2)  # [N, G, 2G]: side by side, moved together below
+    views = []
+    for k in range(NUM_SYMMETRIES):
+        halves = np.split(planes, planes.shape[2] // grids.shape[2], axis=2)
+        views.append(np.concatenate([transform_grid(half, k) for half in halves], axis=2))
+    rows = np.packbits(np.stack(views).reshape(NUM_SYMMETRIES * num_grids, -1), axis=1)
     _, inverse = np.unique(rows, axis=0, return_inverse=True)
     # the smallest id over a grid's 8 views is the same for every member of its orbit
     return inverse.reshape(NUM_SYMMETRIES, num_grids).min(axis=0).astype(np.int64)
@@ -242,26 +253,53 @@ def _label(grids, starts, goals):
     return dict(grids=grids, starts=starts, goals=goals, dist=dist, optimal=optimal, action=action)
 
 
-def _distinct_grids(total, grid_size, obstacle_density, rng):
-    """`total` samples whose grids are pairwise distinct even up to symmetry, in draw order."""
-    grids = np.zeros((0, grid_size, grid_size), dtype=np.uint8)
-    starts = goals = np.zeros((0, 2), dtype=np.int64)
+def _distinct_samples(total, draw, with_goal=False):
+    """`total` samples from `draw(n) -> (grids, starts, goals)` whose grids (with their goal if `with_goal`)
+    are pairwise distinct even up to symmetry, in draw order."""
+    grids = starts = goals = None
     for _ in range(20):
         # draw some extra, since duplicates (up to symmetry) are dropped
-        extra = max(total - grids.shape[0], 0) + total // 20 + 16
-        new_grids, new_starts, new_goals = random_grids(extra, grid_size, obstacle_density, rng)
-        grids = np.concatenate([grids, new_grids])
-        starts = np.concatenate([starts, new_starts])
-        goals = np.concatenate([goals, new_goals])
+        have = 0 if grids is None else grids.shape[0]
+        new = draw(max(total - have, 0) + total // 20 + 16)
+        grids, starts, goals = new if grids is None else (np.concatenate([a, b]) for a, b in zip((grids, starts, goals), new))
         # keep the first sample of each symmetry class
-        _, first = np.unique(canonical_grid_ids(grids), return_index=True)
+        _, first = np.unique(canonical_grid_ids(grids, goals if with_goal else None), return_index=True)
         first.sort()
         grids, starts, goals = grids[first], starts[first], goals[first]
         if grids.shape[0] >= total:
             return grids[:total], starts[:total], goals[:total]
-    raise RuntimeError(
-        f"could not find {total} grids distinct up to symmetry (size={grid_size}, density={obstacle_density})"
-    )
+    raise RuntimeError(f"could not find {total} grids{' and goals' if with_goal else ''} distinct up to symmetry "
+                       f"({grids.shape[1]}x{grids.shape[2]}); ask for fewer or larger grids")
+
+
+def _pad_with_walls(grids, starts, goals, frame, rng):
+    """Place each side-s grid at a random spot of a frame x frame grid of walls (walls outside are the
+    same to a policy as the edge of the map), so grids of several sides share one array."""
+    num, side = grids.shape[0], grids.shape[1]
+    if side == frame:
+        return grids, starts, goals
+    offsets = rng.integers(0, frame - side + 1, size=(num, 2))
+    rows = offsets[:, 0, None, None] + np.arange(side)[None, :, None]
+    cols = offsets[:, 1, None, None] + np.arange(side)[None, None, :]
+    framed = np.ones((num, frame, frame), dtype=np.uint8)
+    framed[np.arange(num)[:, None, None], rows, cols] = grids
+    return framed, starts + offsets, goals + offsets
+
+
+def _group_counts(counts, groups, weights, rng):
+    """How many samples of each (layout, side) group each split gets: {split: [count per group]}."""
+    if len(groups) == 1:
+        return {name: [count] for name, count in counts.items()}
+    return {name: rng.multinomial(count, weights).tolist() for name, count in counts.items()}
+
+
+def _concat_shuffled(parts, rng):
+    """One split from several groups' labelled parts, rows shuffled so that a batch mixes the groups."""
+    joined = {key: np.concatenate([part[key] for part in parts]) for key in SPLIT_KEYS}
+    if len(parts) == 1:
+        return joined
+    order = rng.permutation(joined["grids"].shape[0])
+    return {key: arr[order] for key, arr in joined.items()}
 
 
 def generate_dataset(
@@ -274,28 +312,61 @@ def generate_dataset(
     obstacle_density=0.25,
     augment=False,
     seed=0,
+    layout="random",
+    min_grid_size=None,
+    eval_sizes=(),
+    eval_grids=200,
 ):
     """Write train/val/test .npz files plus dataset.json into out_dir, atomically; return the json dict.
 
-    Grids are distinct up to symmetry across all splits, so no test grid (nor any rotation or
-    reflection of it) is seen in training. Only train is augmented, after splitting.
+    `layout` is one layout or a weighted mix (layouts.parse_layouts); with `min_grid_size` every sample's side
+    is drawn uniformly from min_grid_size..grid_size and smaller grids are padded with walls to grid_size.
+    Samples are distinct up to symmetry across all splits within each (layout, side) group, so no test grid
+    (nor any rotation or reflection of it) is seen in training; for mazes, rooms and map windows, which have
+    few wall patterns at small sides, a grid counts with its goal. Only train is augmented, after splitting.
+    `eval_sizes` adds held-out sets of `eval_grids` grids per layout and side at their own size (eval/*.npz),
+    for the per-layout, per-size table of `kiln evaluate`.
     """
+    from kiln.recipes.nav.layouts import draw_layout, parse_layouts
+
     out_dir = Path(out_dir)
     if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
         raise FileExistsError(f"{out_dir} exists and is not empty; refusing to overwrite a dataset")
     start_time = time.perf_counter()
     rng = np.random.default_rng(seed)
-    total = num_train + num_val + num_test
-    grids, starts, goals = _distinct_grids(total, grid_size, obstacle_density, rng)
-    base = _label(grids, starts, goals)
-    bounds = {"train": (0, num_train), "val": (num_train, num_train + num_val), "test": (num_train + num_val, total)}
-    splits = {name: {key: arr[lo:hi] for key, arr in base.items()} for name, (lo, hi) in bounds.items()}
+    layouts, maps = parse_layouts(layout)
+    sides = list(range(min_grid_size or grid_size, grid_size + 1))
+    groups = [(name, side) for name in layouts for side in sides]
+    weights = [layouts[name] / len(sides) for name, _ in groups]
+    counts = {"train": num_train, "val": num_val, "test": num_test}
+    per_group = _group_counts(counts, groups, weights, rng)
+    eval_groups = [(name, side) for name in layouts for side in sorted(set(eval_sizes))]
+    parts = {name: [] for name in SPLITS}
+    evals = {}
+    for group in dict.fromkeys(groups + eval_groups):  # in order, without repeats
+        name, side = group
+        split_counts = [per_group[split][groups.index(group)] if group in groups else 0 for split in SPLITS]
+        num_eval = eval_grids if group in eval_groups else 0
+        # random walls are drawn from 2^(side^2) patterns, so whole grids are kept distinct; a maze or a
+        # floor of rooms has few wall patterns at small sides, so there the grid and its goal together are
+        grids, starts, goals = _distinct_samples(sum(split_counts) + num_eval,
+                                                 lambda n: draw_layout(name, n, side, obstacle_density, rng, maps),
+                                                 with_goal=name != "random")
+        bounds = np.cumsum([0] + split_counts)
+        for split, lo, hi in zip(SPLITS, bounds[:-1], bounds[1:]):
+            parts[split].append(_label(*_pad_with_walls(grids[lo:hi], starts[lo:hi], goals[lo:hi], grid_size, rng)))
+        if num_eval:
+            evals[f"{name}_{side}"] = _label(grids[bounds[-1]:], starts[bounds[-1]:], goals[bounds[-1]:])
+    splits = {split: _concat_shuffled(parts[split], rng) for split in SPLITS}
+    labelled = [splits[split] for split in SPLITS]
     if augment:
         splits["train"] = _augment_split(splits["train"])
     info = {
         "format_version": FORMAT_VERSION,
         "seed": seed,
         "grid_size": grid_size,
+        "min_grid_size": min_grid_size,
+        "layout": layout,
         "obstacle_density": obstacle_density,
         "augment": augment,
         "num_train_base": num_train,
@@ -303,7 +374,11 @@ def generate_dataset(
         "num_test": num_test,
         "counts": {name: int(split["grids"].shape[0]) for name, split in splits.items()},
         "shapes": {name: {key: list(arr.shape) for key, arr in split.items()} for name, split in splits.items()},
-        "multi_optimal_fraction": multi_optimal_fraction(base["dist"], base["optimal"]),
+        "eval_sizes": sorted(set(eval_sizes)),
+        "eval_grids": eval_grids,
+        "eval_groups": {key: int(group["grids"].shape[0]) for key, group in evals.items()},
+        "multi_optimal_fraction": multi_optimal_fraction(np.concatenate([s["dist"] for s in labelled]),
+                                                         np.concatenate([s["optimal"] for s in labelled])),
         "generation_seconds": time.perf_counter() - start_time,
     }
     # write into a temporary sibling, then rename: a failure never leaves a half-written dataset
@@ -312,6 +387,10 @@ def generate_dataset(
     try:
         for name, split in splits.items():
             np.savez(tmp_dir / f"{name}.npz", **split)
+        if evals:
+            (tmp_dir / "eval").mkdir()
+            for key, group in evals.items():
+                np.savez(tmp_dir / "eval" / f"{key}.npz", **group)
         (tmp_dir / "dataset.json").write_text(json.dumps(info, indent=2) + "\n")
         os.replace(tmp_dir, out_dir)  # also replaces an existing empty out_dir
     except BaseException:

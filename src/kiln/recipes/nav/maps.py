@@ -1,11 +1,15 @@
 """Greedy rollouts of a trained policy on a user's map in the MovingAI format (.map, optional .scen).
 
+A size-agnostic (recurrent) model runs on a map of any size and shape; a mixer or TRM only on maps of
+its training size.
+
 Optimal lengths are recomputed 4-connected by BFS (a .scen's own lengths are octile, 8-connected);
 pairs whose goal cannot be reached from the start are excluded and counted, never a crash.
 """
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import numpy as np
@@ -27,14 +31,16 @@ def sample_pairs(grid: np.ndarray, count: int, rng: np.random.Generator) -> tupl
 def evaluate_map(task, map_path: Path, scen_path: Path | None, num_pairs: int, seed: int = 0, batch_size: int = 1024) -> dict:
     try:
         grid = read_movingai_map(map_path)
-        starts, goals = read_movingai_scen(scen_path) if scen_path else sample_pairs(read_movingai_map(map_path), num_pairs, np.random.default_rng(seed))
+        starts, goals = read_movingai_scen(scen_path) if scen_path else sample_pairs(grid, num_pairs, np.random.default_rng(seed))
     except (OSError, ValueError) as err:
         raise KilnError(f"cannot read MovingAI file: {err}") from None
     size = task.grid_size
-    if grid.shape != (size, size):
-        raise KilnError(f"map '{map_path}' is {grid.shape[0]}x{grid.shape[1]} but the model was trained on {size}x{size} grids; "
-                        f"train one at that size (configs/nav/grid32.yaml is 32x32)")
-    inside = ((starts >= 0) & (starts < size) & (goals >= 0) & (goals < size)).all(1)
+    if not task.size_agnostic and grid.shape != (size, size):
+        raise KilnError(f"map '{map_path}' is {grid.shape[0]}x{grid.shape[1]} but this {type(task.model).__name__} was trained on "
+                        f"{size}x{size} grids and works only at that size; use a size-agnostic model (configs/nav/any_size.yaml) "
+                        f"or train one at that size")
+    bounds = np.array(grid.shape)
+    inside = ((starts >= 0) & (starts < bounds) & (goals >= 0) & (goals < bounds)).all(1)
     on_free = np.zeros(len(starts), bool)
     on_free[inside] = (grid[starts[inside, 0], starts[inside, 1]] == 0) & (grid[goals[inside, 0], goals[inside, 1]] == 0)
     starts, goals = starts[on_free], goals[on_free]
@@ -53,9 +59,13 @@ def evaluate_map(task, map_path: Path, scen_path: Path | None, num_pairs: int, s
     optimal = optimal_action_sets(grids, dist, goals)
     split = to_tensors({"grids": grids, "starts": starts, "goals": goals, "dist": dist, "optimal": optimal,
                         "action": single_action_labels(optimal, starts)})
+    start = time.perf_counter()
     metrics = split_metrics(task, split, batch_size)
+    seconds = time.perf_counter() - start
     return {
         **results,
         **{k: metrics[k] for k in ("optimal_action_accuracy", "rollout_success", "rollout_optimality")},
+        **({"iterations": metrics["iterations"]} if "iterations" in metrics else {}),
+        "seconds_per_pair": seconds / len(starts),
         "mean_optimal_length": float(start_dist[usable].mean()),
     }

@@ -8,11 +8,15 @@ rollout is a table walk, not one network call per step.
   with tied weights, which suits a target (BFS distances) that is itself an iterated local rule.
 - TinyRecursiveMixer: TRM ("Less is More: Recursive Reasoning with Tiny Networks", Jolicoeur-
   Martineau, 2025): one tiny network refines a latent z and an answer y, with deep supervision.
+- RecurrentConvPolicy: a weight-tied recurrent convolutional network with no size in its weights
+  (value-iteration networks, Tamar et al. 2016; "deep thinking" networks, Schwarzschild et al. 2021
+  and Bansal et al. 2022). It is trained on small grids and run for more iterations on larger ones.
 """
 
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 CELL_CODES = 3  # free, wall, goal
@@ -114,9 +118,67 @@ class TinyRecursiveMixer(nn.Module):
         return outputs
 
 
+class RecurrentConvPolicy(nn.Module):
+    """One convolutional cell applied again and again; every iteration re-reads the grid ("recall").
+
+    State h [B, C, H, W] starts at zero. An iteration sees each cell's 3x3 neighbourhood of h plus the
+    grid itself and makes a gated update (a convolutional GRU without reset gate), so a cell can hold its
+    state once it has settled. One 3x3 convolution per iteration moves information by one cell, the speed
+    of a BFS wavefront: trained with the BFS trace (task.py), iteration t's `reached` head marks the cells
+    within t - 1 steps of the goal, and the action head gives, at each reached cell, a move towards it.
+    Nothing depends on the grid's size, so a map needs only as many iterations as its longest shortest
+    path; at inference the loop stops once the reached map has not changed for `PATIENCE` iterations.
+    """
+
+    PATIENCE = 2
+
+    def __init__(self, dim: int, hidden: int, iterations: int | None = None):
+        super().__init__()
+        self.dim, self.iterations = dim, iterations
+        self.recall = nn.Conv2d(CELL_CODES, hidden, 3, padding=1)  # the grid, re-read every iteration
+        self.mix = nn.Conv2d(dim, hidden, 3, padding=1, bias=False)
+        self.update = nn.Conv2d(hidden, 2 * dim, 1)  # gate and candidate
+        self.reached_head = nn.Conv2d(dim, 1, 1)
+        self.action_head = nn.Conv2d(dim, NUM_ACTIONS, 1)
+        self.last_iterations = 0  # iterations the last inference call ran
+
+    def read(self, cells: Tensor) -> tuple[Tensor, Tensor]:
+        """Cell codes [B, H, W] -> (the recall term [B, hidden, H, W], the initial state [B, C, H, W])."""
+        one_hot = F.one_hot(cells.long(), CELL_CODES).permute(0, 3, 1, 2).to(self.recall.weight.dtype)
+        recall = self.recall(one_hot)  # zero padding: off the map reads as "no cell", unlike any code
+        return recall, recall.new_zeros(cells.shape[0], self.dim, *cells.shape[1:])
+
+    def step(self, h: Tensor, recall: Tensor) -> Tensor:
+        gate, candidate = self.update(torch.relu(recall + self.mix(h))).chunk(2, dim=1)
+        return h + torch.sigmoid(gate) * (torch.tanh(candidate) - h)
+
+    def reached(self, h: Tensor) -> Tensor:  # [B, C, H, W] -> logits [B, H, W]
+        return self.reached_head(h)[:, 0]
+
+    def actions(self, h: Tensor) -> Tensor:  # [B, C, H, W] -> logits [B, H*W, 5]
+        return self.action_head(h).flatten(2).transpose(1, 2)
+
+    def forward(self, cells: Tensor) -> list[Tensor]:
+        recall, h = self.read(cells)
+        cap = self.iterations or cells.shape[-2] * cells.shape[-1]  # no shortest path is longer than the cell count
+        settled, before = 0, None
+        for t in range(1, cap + 1):
+            h = self.step(h, recall)
+            if self.iterations is None:
+                now = self.reached(h) > 0
+                settled = settled + 1 if before is not None and torch.equal(now, before) else 0
+                if settled == self.PATIENCE:
+                    break
+                before = now
+        self.last_iterations = t
+        return [self.actions(h)]
+
+
 def build_model(model_cfg, grid_size: int) -> nn.Module:
     common = dict(grid_size=grid_size, dim=model_cfg.dim, depth=model_cfg.depth, dropout=model_cfg.dropout,
                   token_hidden=model_cfg.token_hidden, channel_mult=model_cfg.channel_mult, recursions=model_cfg.recursions)
+    if model_cfg.arch == "recurrent":
+        return RecurrentConvPolicy(model_cfg.dim, model_cfg.channel_mult * model_cfg.dim, model_cfg.iterations)
     if model_cfg.arch == "trm":
         return TinyRecursiveMixer(**common, cycles=model_cfg.cycles, supervision_steps=model_cfg.supervision_steps)
     return GridMixer(**common)

@@ -1,4 +1,5 @@
-"""Report for a nav run: test grids with the predicted rollout over an optimal path, plus learning curves."""
+"""Report for a nav run: test grids with the predicted rollout over an optimal path, learning curves, and the
+per-layout, per-size table when the dataset has held-out sets of several sizes."""
 
 from __future__ import annotations
 
@@ -32,7 +33,7 @@ def draw_rollouts(task, split: dict, count: int = GRIDS_SHOWN):
     split = {k: v[:count].cpu() for k, v in split.items()}
     cells = split["cells"]
     size = cells.shape[-1]
-    actions = predict_logits(task, cells).argmax(-1).view(-1, size, size)
+    actions = predict_logits(task, cells)[0].argmax(-1).view(-1, size, size)
     reached, _, trail = greedy_rollout(actions, cells == 1, split["starts"], split["goals"], 4 * size * size, record=True)
     trail = torch.stack(trail, 1).numpy()  # [B, steps, 2]
     cols = 4
@@ -59,4 +60,20 @@ def write_report(run_dir: Path, task, splits, cfg, results: dict) -> None:
     figures = {"Greedy rollouts on test grids (green: an optimal path, red: the policy)": "rollouts.png"}
     if plot_learning_curves(run_dir, report_dir / "learning_curves.png"):
         figures["Learning curves"] = "learning_curves.png"
-    write_summary(report_dir, f"nav run {cfg.name}", results, figures)
+    by_layout_size = results.get("by_layout_size")
+    write_summary(report_dir, f"nav run {cfg.name}", {k: v for k, v in results.items() if k != "by_layout_size"}, figures)
+    if by_layout_size:
+        with open(report_dir / "report.md", "a") as report:
+            report.write("\n" + layout_size_table(by_layout_size))
+
+
+def layout_size_table(by_layout_size: dict[str, dict]) -> str:
+    """The per-layout, per-size results of `kiln evaluate` as a markdown table."""
+    lines = ["## Success and optimality per layout and size (held-out sets)", "",
+             "| layout | size | grids | rollout success | optimality | optimal-action accuracy | iterations | s per map |",
+             "|---|---|---|---|---|---|---|---|"]
+    for row in by_layout_size.values():
+        lines.append(f"| {row['layout']} | {row['size']}x{row['size']} | {row['grids']} | {row['rollout_success']:.4f} | "
+                     f"{row['rollout_optimality']:.4f} | {row['optimal_action_accuracy']:.4f} | {row['iterations'] or '-'} | "
+                     f"{row['seconds_per_map']:.4f} |")
+    return "\n".join(lines) + "\n"
