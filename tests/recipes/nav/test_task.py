@@ -155,28 +155,31 @@ def test_recurrent_policy_runs_on_any_size():
         assert model.last_iterations == 7
 
 
-class TraceModel(RecurrentConvPolicy):
-    """A recurrent policy whose reached head is the true BFS trace: iteration t marks the cells within t - 1 steps."""
+class CountingModel(RecurrentConvPolicy):
+    """A recurrent policy whose state counts the iterations it has run."""
 
-    def __init__(self, dist):
-        super().__init__(dim=4, hidden=4)
-        self.dist, self.steps = torch.as_tensor(dist), 0
+    def __init__(self):
+        super().__init__(dim=1, hidden=1)
 
     def step(self, h, recall):
-        self.steps += 1
-        return h
-
-    def reached(self, h):
-        return ((self.dist >= 0) & (self.dist < self.steps)).float() * 2 - 1
+        return h + 1
 
 
-def test_inference_stops_once_the_reached_map_settles():
-    split = make_split(n=6, size=9, seed=3)
-    model = TraceModel(split["dist"])
+def test_each_map_runs_its_goals_bfs_eccentricity_plus_two_iterations():
+    split = make_split(n=5, size=9, seed=3)
     cells = to_tensors(split)["cells"]
-    model(cells)
-    # the wave covers the farthest cell at iteration max_dist + 1, then must hold still PATIENCE more iterations
-    assert model.last_iterations == split["dist"].max() + 1 + RecurrentConvPolicy.PATIENCE
+    expected = []
+    for grid, goal in zip(split["grids"], split["goals"]):  # networkx: the goal's eccentricity in its component
+        graph = nx.grid_2d_graph(9, 9)
+        graph.remove_nodes_from(map(tuple, np.argwhere(grid == 1)))
+        expected.append(max(nx.single_source_shortest_path_length(graph, tuple(goal)).values()) + 2)
+    model = CountingModel()
+    assert model.iteration_counts(cells).tolist() == expected
+    model.actions = lambda h: h  # read the final state itself
+    counted = model(cells)[0].flatten(1).amax(1).tolist()
+    assert counted == expected and model.last_iterations == max(expected)  # each map stopped at its own count
+    model.iterations = 4
+    assert model(cells)[0].flatten(1).amax(1).tolist() == [4] * 5
 
 
 def test_progressive_loss_trains_only_after_the_skipped_iterations(monkeypatch):
@@ -186,7 +189,8 @@ def test_progressive_loss_trains_only_after_the_skipped_iterations(monkeypatch):
     task.model.update.register_forward_hook(lambda module, args, out: grads.append(out.requires_grad))
     monkeypatch.setattr(torch, "randint", lambda low, high, size: torch.tensor(3))
     task.training_step(split)
-    iterations = int(split["dist"].max()) + 2
+    wave = int(split["dist"].max()) + 1
+    iterations = wave + 1 + wave // 2
     assert grads == [False] * 3 + [True] * (iterations - 3)
 
 

@@ -15,6 +15,7 @@ rollout is a table walk, not one network call per step.
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -126,11 +127,10 @@ class RecurrentConvPolicy(nn.Module):
     state once it has settled. One 3x3 convolution per iteration moves information by one cell, the speed
     of a BFS wavefront: trained with the BFS trace (task.py), iteration t's `reached` head marks the cells
     within t - 1 steps of the goal, and the action head gives, at each reached cell, a move towards it.
-    Nothing depends on the grid's size, so a map needs only as many iterations as its longest shortest
-    path; at inference the loop stops once the reached map has not changed for `PATIENCE` iterations.
+    Nothing depends on the grid's size, so a map needs only as many iterations as its wave is long: at
+    inference each map runs its goal's BFS eccentricity + 2 iterations (`iteration_counts`), or a fixed
+    `iterations`.
     """
-
-    PATIENCE = 2
 
     def __init__(self, dim: int, hidden: int, iterations: int | None = None):
         super().__init__()
@@ -160,18 +160,30 @@ class RecurrentConvPolicy(nn.Module):
 
     def forward(self, cells: Tensor) -> list[Tensor]:
         recall, h = self.read(cells)
-        cap = self.iterations or cells.shape[-2] * cells.shape[-1]  # no shortest path is longer than the cell count
-        settled, before = 0, None
-        for t in range(1, cap + 1):
-            h = self.step(h, recall)
-            if self.iterations is None:
-                now = self.reached(h) > 0
-                settled = settled + 1 if before is not None and torch.equal(now, before) else 0
-                if settled == self.PATIENCE:
-                    break
-                before = now
-        self.last_iterations = t
+        limits = self.iteration_counts(cells)
+        for t in range(1, int(limits.max()) + 1):
+            # a map whose count is spent holds its state while the rest of the batch goes on
+            h = torch.where((t <= limits)[:, None, None, None], self.step(h, recall), h)
+        self.last_iterations = int(limits.max())  # what the slowest map of the batch needed
         return [self.actions(h)]
+
+    def iteration_counts(self, cells: Tensor) -> Tensor:
+        """Iterations per map [B]: `iterations` if set, else the length of the goal's BFS wave + 1.
+
+        The wave reaches the farthest cell at iteration eccentricity + 1; one more is a margin. Learned stopping
+        signals were tried and failed (docs/nav.md): the state never settles after the wave, and on 64x64 mazes
+        the reached head runs ahead of it.
+        """
+        if self.iterations is not None:
+            return torch.full((cells.shape[0],), self.iterations, device=cells.device)
+        from kiln.recipes.nav.data import bfs_distance_field
+
+        codes = cells.cpu().numpy()
+        goals = np.argwhere(codes == 2)
+        if len(goals) != len(codes) or (goals[:, 0] != np.arange(len(codes))).any():
+            raise ValueError("every map needs exactly one goal cell (code 2)")
+        eccentricity = bfs_distance_field((codes == 1).astype(np.uint8), goals[:, 1:]).reshape(len(codes), -1).max(1)
+        return torch.as_tensor(eccentricity.astype(np.int64) + 2, device=cells.device)
 
 
 def build_model(model_cfg, grid_size: int) -> nn.Module:

@@ -147,7 +147,8 @@ class RecurrentNavTask(NavTask):
     The BFS trace: after iteration t, the reached head should mark exactly the cells within t - 1 steps
     of the goal, and the action head should give an optimal move at each of them. Every iteration is
     supervised, so the state means the same thing at every step and the loop can run on past the
-    training lengths. The progressive loss (Bansal et al. 2022): each batch first runs a random number
+    training lengths, and it goes on for half as long again after the wave has covered the grid, so that the
+    state learns to hold still (inference stops when it does). The progressive loss (Bansal et al. 2022): each batch first runs a random number
     of iterations without gradients and learns only from there on, so the network is trained to go on
     from states it produced itself, not from a fixed starting count.
     """
@@ -160,9 +161,11 @@ class RecurrentNavTask(NavTask):
 
     def training_step(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
         model, dist, optimal = self.model, batch["dist"], batch["optimal"]
-        # enough iterations for the wavefront to reach every reachable cell of the batch (labels set only the
-        # amount of training compute; inference stops on its own)
-        iterations = int(dist.max()) + 2
+        # the wave needs max distance + 1 iterations to reach every reachable cell; half as many again teach
+        # the state to hold still once it has (labels set only the amount of training compute: inference stops
+        # on its own when the state stops changing)
+        wave = int(dist.max()) + 1
+        iterations = wave + 1 + wave // 2
         recall, h = model.read(batch["cells"])
         skipped = int(torch.randint(0, iterations, ()))
         with torch.no_grad():
