@@ -72,8 +72,8 @@ class NavModel(Section):
     recursions: int = Field(1, gt=0, description="mixer: apply the blocks this many times with tied weights; trm: latent steps n")
     cycles: int = Field(2, gt=0, description="trm: recursion cycles T per supervision step (T-1 without gradients)")
     supervision_steps: int = Field(2, gt=0, description="trm: deep-supervision steps per batch")
-    iterations: int | None = Field(None, gt=0, description="recurrent: iterations at inference; null = until the "
-                                   "reached map stops changing, at most one per cell of the map")
+    iterations: int | None = Field(None, gt=0, description="recurrent: iterations at inference; null = per map, "
+                                   "its goal's BFS eccentricity + 2 (the length of the wave)")
 
 
 class NavConfig(RunConfig):

@@ -148,7 +148,7 @@ class RecurrentNavTask(NavTask):
     of the goal, and the action head should give an optimal move at each of them. Every iteration is
     supervised, so the state means the same thing at every step and the loop can run on past the
     training lengths, and it goes on for half as long again after the wave has covered the grid, so that the
-    state learns to hold still (inference stops when it does). The progressive loss (Bansal et al. 2022): each batch first runs a random number
+    answer stays right when inference runs a few iterations more than needed. The progressive loss (Bansal et al. 2022): each batch first runs a random number
     of iterations without gradients and learns only from there on, so the network is trained to go on
     from states it produced itself, not from a fixed starting count.
     """
@@ -161,9 +161,8 @@ class RecurrentNavTask(NavTask):
 
     def training_step(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
         model, dist, optimal = self.model, batch["dist"], batch["optimal"]
-        # the wave needs max distance + 1 iterations to reach every reachable cell; half as many again teach
-        # the state to hold still once it has (labels set only the amount of training compute: inference stops
-        # on its own when the state stops changing)
+        # the wave needs max distance + 1 iterations to reach every reachable cell; half as many again keep the
+        # answer right when inference runs longer than needed (labels set only the amount of training compute)
         wave = int(dist.max()) + 1
         iterations = wave + 1 + wave // 2
         recall, h = model.read(batch["cells"])
