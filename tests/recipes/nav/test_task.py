@@ -131,13 +131,17 @@ def test_trm_deep_supervision_trains_only_the_last_cycle():
     assert calls == expected
 
 
-def test_task_loss_decreases_on_a_fixed_batch():
+@pytest.mark.parametrize("task_class, model, steps", [
+    (NavTask, NavModel(dim=32, depth=2, token_hidden=32, dropout=0.0), 60),
+    (RecurrentNavTask, NavModel(arch="recurrent", dim=16, channel_mult=2), 80),  # learns the BFS trace
+], ids=["mixer", "recurrent"])
+def test_task_loss_decreases_on_a_fixed_batch(task_class, model, steps):
     split = to_tensors(make_split(n=32, size=6))
     torch.manual_seed(0)
-    task = NavTask(build_model(NavModel(dim=32, depth=2, token_hidden=32, dropout=0.0), 6), 6)
+    task = task_class(build_model(model, 6), 6)
     optimizer = torch.optim.Adam(task.parameters(), lr=3e-3)
     first = task.training_step(split)["loss"].item()
-    for _ in range(60):
+    for _ in range(steps):
         loss = task.training_step(split)["loss"]
         optimizer.zero_grad()
         loss.backward()
@@ -192,17 +196,3 @@ def test_progressive_loss_trains_only_after_the_skipped_iterations(monkeypatch):
     wave = int(split["dist"].max()) + 1
     iterations = wave + 1 + wave // 2
     assert grads == [False] * 3 + [True] * (iterations - 3)
-
-
-def test_recurrent_task_learns_the_bfs_trace():
-    split = to_tensors(make_split(n=32, size=8))
-    torch.manual_seed(0)
-    task = RecurrentNavTask(build_model(NavModel(arch="recurrent", dim=16, channel_mult=2), 8), 8)
-    optimizer = torch.optim.Adam(task.parameters(), lr=3e-3)
-    first = task.training_step(split)["loss"].item()
-    for _ in range(80):
-        loss = task.training_step(split)["loss"]
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-    assert loss.item() < 0.5 * first
