@@ -147,10 +147,11 @@ class RecurrentNavTask(NavTask):
     The BFS trace: after iteration t, the reached head should mark exactly the cells within t - 1 steps
     of the goal, and the action head should give an optimal move at each of them. Every iteration is
     supervised, so the state means the same thing at every step and the loop can run on past the
-    training lengths, and it goes on for half as long again after the wave has covered the grid, so that the
-    answer stays right when inference runs a few iterations more than needed. The progressive loss (Bansal et al. 2022): each batch first runs a random number
-    of iterations without gradients and learns only from there on, so the network is trained to go on
-    from states it produced itself, not from a fixed starting count.
+    training lengths. It goes on for half as long again after the wave has covered the grid, so that
+    the answer stays right when inference runs a few iterations more than needed. The progressive
+    loss (Bansal et al. 2022): each batch first runs a random number of iterations without gradients
+    and learns only from there on, so the network is trained to go on from states it produced itself,
+    not from a fixed starting count.
     """
 
     size_agnostic = True
