@@ -37,11 +37,14 @@ def plot_learning_curves(run_dir: Path, out: Path) -> list[str]:
     return names
 
 
-def write_summary(report_dir: Path, title: str, metrics: dict, figures: dict[str, str]) -> None:
-    """metrics.json plus report.md with the metric table and the figures."""
+def write_summary(report_dir: Path, title: str, metrics: dict, figures: dict[str, str],
+                  tables: dict[str, list[str]] | None = None) -> None:
+    """metrics.json plus report.md with the metric table, any further tables (heading -> markdown lines) and the figures."""
     (report_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     lines = [f"# {title}", "", "| metric | value |", "|---|---|"]
     lines += [f"| {k} | {v:.4f} |" if isinstance(v, float) else f"| {k} | {v} |" for k, v in metrics.items()]
+    for heading, table in (tables or {}).items():
+        lines += ["", f"## {heading}", "", *table]
     for caption, file in figures.items():
         lines += ["", f"## {caption}", "", f"![{caption}]({file})"]
     (report_dir / "report.md").write_text("\n".join(lines) + "\n")

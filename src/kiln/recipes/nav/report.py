@@ -61,19 +61,16 @@ def write_report(run_dir: Path, task, splits, cfg, results: dict) -> None:
     if plot_learning_curves(run_dir, report_dir / "learning_curves.png"):
         figures["Learning curves"] = "learning_curves.png"
     by_layout_size = results.get("by_layout_size")
-    write_summary(report_dir, f"nav run {cfg.name}", {k: v for k, v in results.items() if k != "by_layout_size"}, figures)
-    if by_layout_size:
-        with open(report_dir / "report.md", "a") as report:
-            report.write("\n" + layout_size_table(by_layout_size))
+    tables = {"Success and optimality per layout and size (held-out sets)": layout_size_table(by_layout_size)} if by_layout_size else {}
+    write_summary(report_dir, f"nav run {cfg.name}", {k: v for k, v in results.items() if k != "by_layout_size"}, figures, tables)
 
 
-def layout_size_table(by_layout_size: dict[str, dict]) -> str:
-    """The per-layout, per-size results of `kiln evaluate` as a markdown table."""
-    lines = ["## Success and optimality per layout and size (held-out sets)", "",
-             "| layout | size | grids | rollout success | optimality | optimal-action accuracy | iterations | s per map |",
+def layout_size_table(by_layout_size: dict[str, dict]) -> list[str]:
+    """The per-layout, per-size results of `kiln evaluate` as markdown table lines."""
+    lines = ["| layout | size | grids | rollout success | optimality | optimal-action accuracy | iterations | s per map |",
              "|---|---|---|---|---|---|---|---|"]
     for row in by_layout_size.values():
         lines.append(f"| {row['layout']} | {row['size']}x{row['size']} | {row['grids']} | {row['rollout_success']:.4f} | "
                      f"{row['rollout_optimality']:.4f} | {row['optimal_action_accuracy']:.4f} | {row['iterations'] or '-'} | "
                      f"{row['seconds_per_map']:.4f} |")
-    return "\n".join(lines) + "\n"
+    return lines

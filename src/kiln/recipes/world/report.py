@@ -116,6 +116,5 @@ def write_report(run_dir: Path, task, splits, cfg, results: dict) -> None:
     if plot_learning_curves(run_dir, report_dir / "learning_curves.png"):
         figures["Learning curves"] = "learning_curves.png"
     scalars = {key: value for key, value in results.items() if not isinstance(value, dict)}
-    write_summary(report_dir, f"world run {cfg.name}", scalars, figures)
-    with open(report_dir / "report.md", "a") as report:
-        report.write("\n## Test metrics vs copy-last (" + results["averaging"] + ")\n\n" + "\n".join(metrics_table(results)) + "\n")
+    write_summary(report_dir, f"world run {cfg.name}", scalars, figures,
+                  tables={f"Test metrics vs copy-last ({results['averaging']})": metrics_table(results)})
