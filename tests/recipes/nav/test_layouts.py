@@ -71,8 +71,10 @@ def test_map_windows_are_cut_from_the_maps(tmp_path):
     big = rng.random((20, 30)) < 0.3
     write_map(tmp_path / "a.map", ["".join("@" if wall else "." for wall in row) for row in big])
     write_map(tmp_path / "small.map", ["....", "...."])  # too small for a 10x10 window: never used
-    shares, maps = layouts.parse_layouts(f"maps:{tmp_path}")
-    assert shares == {"maps": 1.0} and len(maps) == 2
+    shares, maps_dir = layouts.parse_layouts(f"maps:{tmp_path}")
+    assert shares == {"maps": 1.0} and maps_dir == tmp_path
+    maps = layouts.read_map_folder(maps_dir)
+    assert len(maps) == 2
     windows = layouts.map_windows(maps, 50, 10, rng)
     views = np.lib.stride_tricks.sliding_window_view(big.astype(np.uint8), (10, 10)).reshape(-1, 10, 10)
     for window in windows:
@@ -85,9 +87,11 @@ def test_parse_layouts():
     assert layouts.parse_layouts("random=2,maze=1,rooms=1")[0] == {"random": 0.5, "maze": 0.25, "rooms": 0.25}
     assert layouts.parse_layouts("maze") == ({"maze": 1.0}, None)
     for spec, message in [("mazes", "unknown layout 'mazes'"), ("maze=x", "weight 'x'"), ("maze=0", "one positive weight"),
-                          ("maze,maze", "one positive weight"), ("maps:/no/such/dir", "does not exist")]:
+                          ("maze,maze", "one positive weight")]:
         with pytest.raises(ValueError, match=message):
             layouts.parse_layouts(spec)
+    with pytest.raises(ValueError, match="does not exist"):
+        layouts.read_map_folder("/no/such/dir")
 
 
 def test_kiln_data_nav_flags_are_checked(tmp_path, capsys):
@@ -95,7 +99,8 @@ def test_kiln_data_nav_flags_are_checked(tmp_path, capsys):
 
     for flags, message in [(["--layout", "mazes"], "--layout: Value error, unknown layout 'mazes'"),
                            (["--eval-sizes", "8,x"], "--eval-sizes: Input should be a valid integer"),
-                           (["--min-grid-size", "20", "--grid-size", "16"], "min_grid_size 20 is larger than grid_size 16")]:
+                           (["--min-grid-size", "20", "--grid-size", "16"], "min_grid_size 20 is larger than grid_size 16"),
+                           (["--layout", "maps:/no/such/dir"], "kiln data nav: maps folder '/no/such/dir' does not exist")]:
         assert main(["data", "nav", "--out", str(tmp_path / "ds"), *flags]) != 0
         assert message in capsys.readouterr().err
     assert not (tmp_path / "ds").exists()

@@ -46,7 +46,7 @@ class NavGenerator(Section):
     def _layout(cls, value):
         from kiln.recipes.nav.layouts import parse_layouts
 
-        parse_layouts(value)  # names the bad layout, weight or maps folder
+        parse_layouts(value)  # names the bad layout or weight; the maps folder is read when the data is made
         return value
 
     @model_validator(mode="after")

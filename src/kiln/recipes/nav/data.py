@@ -119,6 +119,19 @@ def pick_uniform_cells(mask, rng):
     return np.stack(np.divmod(flat, size), axis=1).astype(np.int64)
 
 
+def place_start_and_goal(grids, rng):
+    """A uniform free goal and a uniform start that reaches it, per grid; grids where none exists are dropped.
+
+    Returns (grids, starts, goals) of the kept grids.
+    """
+    free = grids == 0
+    goals = pick_uniform_cells(free, rng)
+    start_ok = bfs_distance_field(grids, goals) > 0  # reachable and not the goal itself
+    starts = pick_uniform_cells(start_ok, rng)
+    keep = free.any(axis=(1, 2)) & start_ok.any(axis=(1, 2))
+    return grids[keep], starts[keep], goals[keep]
+
+
 def random_grids(n, size, density, rng):
     """n grids with walls drawn i.i.d. at `density`, and a goal plus a distinct start that reaches it.
 
@@ -135,17 +148,11 @@ def random_grids(n, size, density, rng):
             raise RuntimeError(f"under 1% of grids are solvable at density={density}, size={size}")
         # oversample by the observed acceptance rate so the last batch rarely falls short
         batch = min(int((n - num_kept) / max(accept_rate, 0.01) * 1.02) + 16, max_batch)
-        grids = (rng.random((batch, size, size), dtype=np.float32) < density).astype(np.uint8)
-        free = grids == 0
-        goals = pick_uniform_cells(free, rng)
-        dist = bfs_distance_field(grids, goals)
-        start_ok = dist > 0  # reachable and not the goal itself
-        starts = pick_uniform_cells(start_ok, rng)
-        keep = free.any(axis=(1, 2)) & start_ok.any(axis=(1, 2))
-        kept_grids.append(grids[keep])
-        kept_starts.append(starts[keep])
-        kept_goals.append(goals[keep])
-        num_kept += int(keep.sum())
+        grids, starts, goals = place_start_and_goal((rng.random((batch, size, size), dtype=np.float32) < density).astype(np.uint8), rng)
+        kept_grids.append(grids)
+        kept_starts.append(starts)
+        kept_goals.append(goals)
+        num_kept += len(grids)
         num_drawn += batch
         accept_rate = num_kept / num_drawn
     return (
@@ -327,14 +334,15 @@ def generate_dataset(
     `eval_sizes` adds held-out sets of `eval_grids` grids per layout and side at their own size (eval/*.npz),
     for the per-layout, per-size table of `kiln evaluate`.
     """
-    from kiln.recipes.nav.layouts import draw_layout, parse_layouts
+    from kiln.recipes.nav.layouts import draw_layout, parse_layouts, read_map_folder
 
     out_dir = Path(out_dir)
     if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
         raise FileExistsError(f"{out_dir} exists and is not empty; refusing to overwrite a dataset")
     start_time = time.perf_counter()
     rng = np.random.default_rng(seed)
-    layouts, maps = parse_layouts(layout)
+    layouts, maps_dir = parse_layouts(layout)
+    maps = read_map_folder(maps_dir) if maps_dir else None
     sides = list(range(min_grid_size or grid_size, grid_size + 1))
     groups = [(name, side) for name in layouts for side in sides]
     weights = [layouts[name] / len(sides) for name, _ in groups]

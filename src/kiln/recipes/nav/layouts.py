@@ -14,8 +14,8 @@ import numpy as np
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import minimum_spanning_tree
 
-from kiln.recipes.nav.data import (CHUNK_CELLS, NUM_SYMMETRIES, bfs_distance_field, pick_uniform_cells, random_grids,
-                                   read_movingai_map, transform_grid)
+from kiln.recipes.nav.data import (CHUNK_CELLS, NUM_SYMMETRIES, place_start_and_goal, random_grids, read_movingai_map,
+                                   transform_grid)
 
 LAYOUTS = ("random", "maze", "rooms")  # plus "maps:DIR", windows of a folder of MovingAI maps
 ROOM_SIDES = (3, 7)       # room interiors are 3 to 7 cells wide (the last one along an axis takes what is left)
@@ -170,23 +170,6 @@ def map_windows(maps, n, size, rng):
     return windows
 
 
-# -----------------------------------------------------------------------------
-# start and goal
-
-
-def place_start_and_goal(grids, rng):
-    """A uniform free goal and a uniform start that reaches it, per grid; grids where none exists are dropped.
-
-    Returns (grids, starts, goals) of the kept grids.
-    """
-    free = grids == 0
-    goals = pick_uniform_cells(free, rng)
-    start_ok = bfs_distance_field(grids, goals) > 0
-    starts = pick_uniform_cells(start_ok, rng)
-    keep = free.any(axis=(1, 2)) & start_ok.any(axis=(1, 2))
-    return grids[keep], starts[keep], goals[keep]
-
-
 def layout_samples(layout, n, size, rng, maps=None):
     """n (grids, starts, goals) of one layout: "maze", "rooms", or "maps" (windows of `maps`)."""
     make = {"maze": maze_layouts, "rooms": room_layouts}.get(layout)
@@ -211,17 +194,17 @@ def layout_samples(layout, n, size, rng, maps=None):
 
 
 def parse_layouts(spec):
-    """A `--layout` value as ({layout: share}, maps or None).
+    """A `--layout` value as ({layout: share}, the maps folder or None), without reading any file.
 
     One layout ("random", "maze", "rooms", "maps:DIR") or a weighted mix such as "random=2,maze=1,rooms=1";
     shares are normalised to sum to 1. A maps:DIR layout is named "maps" in the result.
     """
-    shares, maps = {}, None
+    shares, maps_dir = {}, None
     for part in str(spec).split(","):
         name, _, weight = part.strip().partition("=")
         name = name.strip()
         if name.startswith("maps:"):
-            maps = read_map_folder(name[len("maps:"):])
+            maps_dir = Path(name[len("maps:"):])
             name = "maps"
         elif name not in LAYOUTS:
             raise ValueError(f"unknown layout '{name}' in '{spec}'; use {', '.join(LAYOUTS)}, maps:DIR "
@@ -234,7 +217,7 @@ def parse_layouts(spec):
             raise ValueError(f"layout '{name}' in '{spec}' needs one positive weight")
         shares[name] = share
     total = sum(shares.values())
-    return {name: share / total for name, share in shares.items()}, maps
+    return {name: share / total for name, share in shares.items()}, maps_dir
 
 
 def draw_layout(name, n, size, density, rng, maps=None):

@@ -20,6 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from kiln.recipes.nav.data import bfs_distance_field
+
 CELL_CODES = 3  # free, wall, goal
 NUM_ACTIONS = 5
 
@@ -176,8 +178,6 @@ class RecurrentConvPolicy(nn.Module):
         """
         if self.iterations is not None:
             return torch.full((cells.shape[0],), self.iterations, device=cells.device)
-        from kiln.recipes.nav.data import bfs_distance_field
-
         codes = cells.cpu().numpy()
         goals = np.argwhere(codes == 2)
         if len(goals) != len(codes) or (goals[:, 0] != np.arange(len(codes))).any():
