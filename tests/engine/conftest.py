@@ -12,7 +12,7 @@ from pydantic import Field
 from torch import nn
 
 from kiln.config import RunConfig, Section
-from kiln.engine.task import Splits, Task
+from kiln.engine.task import Evaluation, Splits, Task
 from kiln.recipes import Recipe
 
 
@@ -93,13 +93,13 @@ def evaluate(task, splits, cfg, options):
     test = splits.test
     with torch.no_grad():
         error = task.predict(test["x"].to(task.device)).cpu() - test["y"]
-    return {"mse": (error ** 2).mean().item()}
+    return Evaluation({"mse": (error ** 2).mean().item()})
 
 
 TOY = Recipe(
     name="toy", config=ToyConfig, prepare_data=lambda cfg, log: None,
     load_data=lambda cfg, log: Splits(*(make_split(cfg.data, k) for k in range(3)), info={"dim": cfg.data.dim}),
-    build_task=lambda cfg, info: ToyTask(cfg), evaluate=evaluate, report=lambda run_dir, task, splits, cfg, results: None,
+    build_task=lambda cfg, info: ToyTask(cfg), evaluate=evaluate, report=lambda run_dir, task, splits, cfg, results, outputs: None,
     data_arguments=lambda parser: None, make_data=lambda args: None,
 )
 

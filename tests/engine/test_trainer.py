@@ -71,7 +71,7 @@ def test_best_model_is_weights_only_and_rebuilds_the_model(tiny_config, tmp_path
     cfg = recipe.config.model_validate(weights["config"])
     task = recipe.build_task(cfg, weights["data_info"])
     task.load_state_dict(weights["state_dict"])
-    again = recipe.evaluate(task.eval(), recipe.load_data(cfg, print), cfg, {})
+    again = recipe.evaluate(task.eval(), recipe.load_data(cfg, print), cfg, {}).results
     assert again == pytest.approx(results)
     assert torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)["epoch"] == 3
     assert evaluate_run(run_dir, recipe, load_config(run_dir / "config.yaml")) == pytest.approx(results)

@@ -1,4 +1,4 @@
-"""What a recipe hands the engine: a Task (model + steps) and its data Splits."""
+"""What a recipe hands the engine: a Task (model + steps) and its data Splits; what its evaluation hands back."""
 
 from __future__ import annotations
 
@@ -93,3 +93,12 @@ class Splits:
     val: dict[str, Tensor] | Dataset
     test: dict[str, Tensor] | Dataset
     info: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Evaluation:
+    """What a recipe's evaluate returns: `results` (written to test_results.json) and the held-out `outputs` its
+    report draws from (predictions on the test split, never written), so the report does not run the model again."""
+
+    results: dict[str, Any]
+    outputs: dict[str, Any] = field(default_factory=dict)

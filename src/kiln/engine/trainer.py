@@ -582,11 +582,12 @@ def evaluate_run(run_dir: Path, recipe, cfg: RunConfig, *, splits: Splits | None
         splits = recipe.load_data(cfg, log)
     task = load_run_task(run_dir, recipe, splits.info, device=device)
     with torch.no_grad():
-        results = recipe.evaluate(task, splits, cfg, options or {})
+        evaluation = recipe.evaluate(task, splits, cfg, options or {})
+    results = evaluation.results
     (run_dir / "report").mkdir(exist_ok=True)
     if options:
         write_json(run_dir / "report" / f"{results.get('name', 'evaluation')}.json", results)
     else:
         write_json(run_dir / "test_results.json", results)
-        recipe.report(run_dir, task, splits, cfg, results)
+        recipe.report(run_dir, task, splits, cfg, results, evaluation.outputs)
     return results

@@ -18,7 +18,7 @@ from kiln.errors import KilnError
 
 if TYPE_CHECKING:
     from kiln.config import RunConfig
-    from kiln.engine.task import Splits, Task
+    from kiln.engine.task import Evaluation, Splits, Task
 
 RECIPES = {
     "nav": "kiln.recipes.nav",
@@ -40,10 +40,11 @@ class Recipe:
     load_data: Callable[[RunConfig, Callable[[str], None]], Splits]
     # Build the task (model + steps) for a config and the dataset's description.
     build_task: Callable[[RunConfig, dict[str, Any]], Task]
-    # Held-out metrics of a trained task; `options` carries the recipe's own `kiln evaluate` flags.
-    evaluate: Callable[[Task, Splits, RunConfig, dict[str, Any]], dict[str, Any]]
-    # Plots and report.md into run_dir/report, given the test results evaluate() returned.
-    report: Callable[[Path, Task, Splits, RunConfig, dict[str, Any]], None]
+    # Held-out metrics of a trained task (and the predictions behind them); `options` carries the recipe's own
+    # `kiln evaluate` flags.
+    evaluate: Callable[[Task, Splits, RunConfig, dict[str, Any]], Evaluation]
+    # Plots and report.md into run_dir/report, from the results and outputs evaluate() returned.
+    report: Callable[[Path, Task, Splits, RunConfig, dict[str, Any], dict[str, Any]], None]
     # `kiln data <name> ...`: add its flags to a parser (--out is common), then build the dataset from parsed flags.
     data_arguments: Callable[[argparse.ArgumentParser], None]
     make_data: Callable[[argparse.Namespace], None]

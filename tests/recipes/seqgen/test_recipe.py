@@ -135,7 +135,7 @@ def test_evaluation_matches_independent_references(seqgen_config, monkeypatch):
     assert discriminative_score(real.mean(0).expand(20, -1, -1), real[20:]) >= 0.3   # one sequence for every pair is told apart
     task = recipe.build_task(cfg, splits.info)
     monkeypatch.setattr("kiln.recipes.seqgen.evaluation.DISCRIMINATOR_STEPS", 5)  # checked at full size above
-    results = evaluate(task, splits, cfg, {})
+    results = evaluate(task, splits, cfg, {}).results
     pred = generate(task, test["params"], 64)
     assert results["free_running"]["mae"] == pytest.approx((pred - test["y"]).abs().mean().item(), rel=1e-4)
     assert results["knn_k"] == k

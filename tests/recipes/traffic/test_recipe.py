@@ -66,7 +66,7 @@ def test_evaluation_metrics_match_a_direct_computation(traffic_config):
     recipe = get_recipe("traffic")
     splits = recipe.load_data(cfg, lambda m: None)
     task = recipe.build_task(cfg, splits.info).eval()
-    results = recipe.evaluate(task, splits, cfg, {})
+    results = recipe.evaluate(task, splits, cfg, {}).results
     with torch.no_grad():
         out = task.outputs(splits.test)
     weights = torch.softmax(out["logits"], -1)

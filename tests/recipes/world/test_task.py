@@ -102,7 +102,7 @@ def test_copy_last_baseline_on_known_frames_and_the_results_layout():
     frames = torch.from_numpy(rng.integers(0, 256, (5, 12, 32, 32, 3), dtype=np.uint8))
     task = WorldTask(make_cfg(), {"action_dim": 3})
     cfg = make_cfg()
-    results = evaluate(task, Splits(train={}, val={}, test=KnownFrames(frames), info={}), cfg, {})
+    results = evaluate(task, Splits(train={}, val={}, test=KnownFrames(frames), info={}), cfg, {}).results
     x = frames.numpy().astype(np.float64) / 255
     for k in (1, 5, 10):  # frame t + k against frame t (the last of the 2 observed), per-frame PSNR, averaged
         mse = ((x[:, 1] - x[:, 1 + k]) ** 2).mean(axis=(1, 2, 3))

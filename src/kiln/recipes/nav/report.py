@@ -53,7 +53,7 @@ def draw_rollouts(task, split: dict, count: int = GRIDS_SHOWN):
     return fig
 
 
-def write_report(run_dir: Path, task, splits, cfg, results: dict) -> None:
+def write_report(run_dir: Path, task, splits, cfg, results: dict, outputs: dict) -> None:
     report_dir = run_dir / "report"
     report_dir.mkdir(exist_ok=True)
     save_figure(draw_rollouts(task, splits.test), report_dir / "rollouts.png")

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from kiln.engine.task import Splits, Task
+from kiln.engine.task import Evaluation, Splits, Task
 from kiln.errors import KilnError
 from kiln.recipes.nav.data import ACTION_DELTAS, STAY, load_split
 from kiln.recipes.nav.model import build_model
@@ -257,17 +257,17 @@ def layout_size_metrics(task: NavTask, eval_dir: Path, batch_size: int) -> dict[
     return results
 
 
-def evaluate(task: NavTask, splits: Splits, cfg, options: dict) -> dict:
+def evaluate(task: NavTask, splits: Splits, cfg, options: dict) -> Evaluation:
     """Test-split metrics, or with the `--map` flags a rollout on a user's MovingAI map."""
     if options.get("scen") and not options.get("map"):
         raise KilnError("--scen needs --map (the .map file its start/goal pairs refer to)")
     if options.get("map"):
         from kiln.recipes.nav.maps import evaluate_map
 
-        return evaluate_map(task, options["map"], options.get("scen"), options.get("num_pairs") or 200, seed=cfg.train.seed,
-                            batch_size=cfg.train.eval_batch_size)
+        return Evaluation(evaluate_map(task, options["map"], options.get("scen"), options.get("num_pairs") or 200,
+                                       seed=cfg.train.seed, batch_size=cfg.train.eval_batch_size))
     results = {"split": "test", **split_metrics(task, splits.test, cfg.train.eval_batch_size)}
     eval_dir = Path(cfg.data.dir) / "eval"
     if eval_dir.is_dir():
         results["by_layout_size"] = layout_size_metrics(task, eval_dir, cfg.train.eval_batch_size)
-    return results
+    return Evaluation(results)

@@ -7,8 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from kiln.engine.report import plot_learning_curves, plt, save_figure, write_summary
-from kiln.recipes.printer.model import RidgeFIR
-from kiln.recipes.printer.task import AXES, predict_stream, predict_windows
+from kiln.recipes.printer.task import AXES
 
 REAL_TIME_MS = 1.0  # the seed's requirement: one inference per millisecond sample
 
@@ -98,24 +97,19 @@ def plot_per_axis(results: dict, out: Path) -> None:
     save_figure(fig, out)
 
 
-def write_report(run_dir: Path, task, splits, cfg, results: dict) -> None:
-    from kiln.recipes.printer.data import read_split
-
+def write_report(run_dir: Path, task, splits, cfg, results: dict, outputs: dict) -> None:
     report = run_dir / "report"
     report.mkdir(exist_ok=True)
-    test = splits.test
-    target = test["targets"].numpy()
-    pred = predict_windows(task, test["input_features"], cfg.train.eval_batch_size)
-    ridge = predict_windows(task, test["input_features"], cfg.train.eval_batch_size, model=task.ridge)
+    target, pred, ridge = outputs["target"], outputs["pred"], outputs["ridge"]  # evaluate's test-window predictions
     figures = {}
     if plot_learning_curves(run_dir, report / "learning_curves.png"):
         figures["Learning curves"] = "learning_curves.png"
-    if not isinstance(task.model, RidgeFIR):
-        stream = read_split(Path(cfg.data.dir) / "processed" / "test")
+    if "streamed" in outputs:  # the LSTM streamed over each held-out layer: draw the longest
+        stream = outputs["stream"]
         o = stream["offsets"]
         longest = int(np.argmax(np.diff(o.numpy())))
         layer = slice(int(o[longest]) + stream["warmup"][longest], int(o[longest + 1]))
-        predicted = predict_stream(task, stream["features"][o[longest]:o[longest + 1]])[stream["warmup"][longest]:]
+        predicted = outputs["streamed"][longest]
         plot_trajectory(stream["positions"][layer].numpy(), stream["errors"][layer].numpy(), predicted,
                         splits.info["sample_rate"], f"{stream['models'][longest]} layer {stream['layers'][longest]}",
                         report / "trajectory_comparison.png")

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from kiln.engine.task import Task
+from kiln.engine.task import Evaluation, Task
 from kiln.recipes.printer.config import PrinterConfig
 from kiln.recipes.printer.model import RealTimeCorrector, RidgeFIR, StreamStep, WindowPredictor
 
@@ -167,9 +167,9 @@ def streaming_latency(task: PrinterTask, features: Tensor, samples: int = 300) -
     return np.array(times[10:])
 
 
-def evaluate(task: PrinterTask, splits, cfg: PrinterConfig, options: dict) -> dict:
+def evaluate(task: PrinterTask, splits, cfg: PrinterConfig, options: dict) -> Evaluation:
     """Test windows (the seed's samples) for the model and the ridge FIR, then the LSTM streamed over every
-    sample of each held-out layer."""
+    sample of each held-out layer. The report draws from the same predictions (outputs)."""
     from pathlib import Path
 
     from kiln.recipes.printer.data import read_split
@@ -187,15 +187,17 @@ def evaluate(task: PrinterTask, splits, cfg: PrinterConfig, options: dict) -> di
     stream = read_split(Path(cfg.data.dir) / "processed" / "test")
     results["test_models"] = sorted(set(stream["models"]))
     results["test_layers"] = len(stream["models"])
+    outputs = {"target": target, "pred": pred, "ridge": ridge, "stream": stream}
     if isinstance(task.model, RealTimeCorrector):
         offsets, warmup = stream["offsets"], stream["warmup"]
-        streamed = np.concatenate([predict_stream(task, stream["features"][offsets[j]:offsets[j + 1]])[warmup[j]:]
-                                   for j in range(len(offsets) - 1)])
-        truth = np.concatenate([stream["errors"][offsets[j] + warmup[j]:offsets[j + 1]].numpy() for j in range(len(offsets) - 1)])
-        results["stream"] = regression_metrics(streamed, truth)
+        layers = range(len(offsets) - 1)
+        # per held-out layer, after its warm-up
+        outputs["streamed"] = [predict_stream(task, stream["features"][offsets[j]:offsets[j + 1]])[warmup[j]:] for j in layers]
+        truth = np.concatenate([stream["errors"][offsets[j] + warmup[j]:offsets[j + 1]].numpy() for j in layers])
+        results["stream"] = regression_metrics(np.concatenate(outputs["streamed"]), truth)
         results["stream_r2"] = results["stream"]["r2"]
         latency = streaming_latency(task, stream["features"])
         results["inference"] = {"avg_ms": float(latency.mean()), "p50_ms": float(np.median(latency)),
                                 "p99_ms": float(np.percentile(latency, 99)), "throughput_per_s": float(1000 / latency.mean()),
                                 "how": "eager PyTorch, one LSTM step per sample, 1 thread"}
-    return results
+    return Evaluation(results, outputs)

@@ -11,8 +11,6 @@ import torch
 
 from kiln.engine.report import plot_learning_curves, plt, save_figure, write_summary
 from kiln.engine.rundir import write_json
-from kiln.recipes.seqgen.evaluation import nearest_neighbour_mean
-from kiln.recipes.seqgen.task import generate
 
 SHOWN = 4
 METRICS = ("mae", "acf_error", "spectral_distance", "discriminative_score")
@@ -57,18 +55,18 @@ def plot_sequences(true: torch.Tensor, curves: dict[str, torch.Tensor], params: 
     save_figure(fig, out)
 
 
-def write_report(run_dir: Path, task, splits, cfg, results: dict) -> None:
+def write_report(run_dir: Path, task, splits, cfg, results: dict, outputs: dict) -> None:
     write_json(run_dir / "args.json", seed_arguments(cfg))
     report = run_dir / "report"
     report.mkdir(exist_ok=True)
     figures = {}
     if plot_learning_curves(run_dir, report / "learning_curves.png"):
         figures["Learning curves"] = "learning_curves.png"
-    test, train, info = splits.test, splits.train, splits.info
+    test, info = splits.test, splits.info
     idx = torch.as_tensor(shown_sequences(test["params"]))
     raw_params = test["params"][idx].numpy() * np.array(info["param_std"]) + np.array(info["param_mean"])
-    curves = {f"LSTM ({cfg.model.loss}), free-running": generate(task, test["params"][idx], cfg.train.eval_batch_size),
-              f"k-NN (k={results['knn_k']})": nearest_neighbour_mean(train["params"], train["y"], test["params"][idx], results["knn_k"])}
+    curves = {f"LSTM ({cfg.model.loss}), free-running": outputs["free_running"][idx],  # evaluate's test sequences
+              f"k-NN (k={results['knn_k']})": outputs["knn"][idx]}
     plot_sequences(test["y"][idx], curves, raw_params, report / "sequences.png")
     figures["Generated vs true test sequences (z-scored components)"] = "sequences.png"
     headline = {f"{who}_{k}": results[who][k] for who in ("free_running", "knn", "mean_sequence") for k in METRICS}

@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from kiln.engine.task import Task
+from kiln.engine.task import Evaluation, Task
 from kiln.losses import CombinedMAEAutocorrLoss
 from kiln.recipes.seqgen.config import SeqgenConfig
 from kiln.recipes.seqgen.evaluation import choose_k, generation_metrics, nearest_neighbour_mean
@@ -68,16 +68,18 @@ def generate(task: SeqgenTask, params: Tensor, batch_size: int) -> Tensor:
 
 
 @torch.no_grad()
-def evaluate(task: SeqgenTask, splits, cfg: SeqgenConfig, options: dict) -> dict:
-    """Free-running metrics of the model and of both baselines on the test split (same sequences, same metrics)."""
+def evaluate(task: SeqgenTask, splits, cfg: SeqgenConfig, options: dict) -> Evaluation:
+    """Free-running metrics of the model and of both baselines on the test split (same sequences, same metrics);
+    the report draws some of the same sequences (outputs)."""
     train, val, test = splits.train, splits.val, splits.test
     max_lag = cfg.model.max_lag
     pred = generate(task, test["params"], cfg.train.eval_batch_size)
     k, val_maes = choose_k(train, val)
     knn = nearest_neighbour_mean(train["params"], train["y"], test["params"], k)
     mean = train["y"].mean(0, keepdim=True).expand_as(test["y"])
-    return {"loss": cfg.model.loss, "samples": len(test["y"]), "units": "z-scored components (training-split std)",
-            "max_lag": max_lag, "free_running": generation_metrics(pred, test["y"], max_lag),
-            "knn": generation_metrics(knn, test["y"], max_lag), "knn_k": k,
-            "knn_val_mae": {str(key): round(v, 6) for key, v in val_maes.items()},
-            "mean_sequence": generation_metrics(mean, test["y"], max_lag)}
+    results = {"loss": cfg.model.loss, "samples": len(test["y"]), "units": "z-scored components (training-split std)",
+               "max_lag": max_lag, "free_running": generation_metrics(pred, test["y"], max_lag),
+               "knn": generation_metrics(knn, test["y"], max_lag), "knn_k": k,
+               "knn_val_mae": {str(key): round(v, 6) for key, v in val_maes.items()},
+               "mean_sequence": generation_metrics(mean, test["y"], max_lag)}
+    return Evaluation(results, {"free_running": pred, "knn": knn})

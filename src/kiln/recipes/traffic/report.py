@@ -11,7 +11,6 @@ import torch
 
 from kiln.engine.report import plot_learning_curves, plt, save_figure, write_summary
 from kiln.metrics import central_interval
-from kiln.recipes.traffic.task import predict_split
 
 SHOWN_NODES = 3
 
@@ -119,12 +118,12 @@ def plot_mixture(pred: dict, out: Path) -> None:
     save_figure(fig, out)
 
 
-def write_report(run_dir: Path, task, splits, cfg, results: dict) -> None:
+def write_report(run_dir: Path, task, splits, cfg, results: dict, outputs: dict) -> None:
     report = run_dir / "report"
     report.mkdir(exist_ok=True)
     info = splits.info
     unit, interval = info["unit"], info["interval_minutes"]
-    pred = predict_split(task, splits.test, cfg.train.eval_batch_size)
+    pred = outputs["pred"]  # evaluate's test forecasts
     figures = {}
     if plot_learning_curves(run_dir, report / "learning_curves.png"):
         figures["Learning curves"] = "learning_curves.png"

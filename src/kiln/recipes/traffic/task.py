@@ -8,7 +8,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from kiln.engine.task import Task
+from kiln.engine.task import Evaluation, Task
 from kiln.errors import KilnError
 from kiln.losses import mixture_diversity, mixture_entropy, mixture_nll, mixture_usage_kl
 from kiln.metrics import (dilate_mixture, error_metrics, interval_coverage, mixture_crps, mixture_mean, pit, pit_histogram,
@@ -267,7 +267,9 @@ def forecast_metrics(pred: dict[str, Tensor], y: Tensor) -> dict[str, float]:
 
 
 @torch.no_grad()
-def evaluate(task: TrafficTask, splits, cfg: TrafficConfig, options: dict) -> dict:
+def evaluate(task: TrafficTask, splits, cfg: TrafficConfig, options: dict) -> Evaluation:
+    """Test metrics (point, distribution, per horizon, per node, by weather, references, the T-GCN protocol);
+    the report draws from the same forecasts (outputs["pred"], the mixture as the model ships it)."""
     info = splits.info
     test = splits.test
     y = test["y"]
@@ -316,7 +318,7 @@ def evaluate(task: TrafficTask, splits, cfg: TrafficConfig, options: dict) -> di
         published = info.get("tgcn_references") or {}  # computed once by kiln data traffic --tgcn-references
         if "linear_svr" in published and info["seq_len"] == 12:
             results["tgcn_references"]["linear_svr"] = published["linear_svr"]
-    return results
+    return Evaluation(results, {"pred": pred})
 
 
 def reference_forecasts(task: TrafficTask, splits, cfg: TrafficConfig) -> dict[str, Tensor]:

@@ -92,7 +92,7 @@ def metrics_table(results: dict) -> list[str]:
     return lines
 
 
-def write_report(run_dir: Path, task, splits, cfg, results: dict) -> None:
+def write_report(run_dir: Path, task, splits, cfg, results: dict, outputs: dict) -> None:
     report_dir = run_dir / "report"
     report_dir.mkdir(exist_ok=True)
     test = splits.test

@@ -28,7 +28,7 @@ import torch
 from torch import Tensor
 from torchmetrics.functional.image import peak_signal_noise_ratio, structural_similarity_index_measure
 
-from kiln.engine.task import Splits, Task
+from kiln.engine.task import Evaluation, Splits, Task
 from kiln.recipes.world.data import WindowDataset, augment, to_float
 from kiln.recipes.world.model import WorldModel
 
@@ -164,7 +164,7 @@ def build_task(cfg, info: dict[str, Any]) -> WorldTask:
 
 
 @torch.no_grad()
-def evaluate(task: WorldTask, splits: Splits, cfg, options: dict) -> dict[str, Any]:
+def evaluate(task: WorldTask, splits: Splits, cfg, options: dict) -> Evaluation:
     """Test windows (held-out track seeds): reconstruction, k-step prediction and copy-last, PSNR and SSIM as
     per-frame means; plus prediction with the actions of another window, which shows whether actions matter."""
     test: WindowDataset = splits.test
@@ -198,4 +198,4 @@ def evaluate(task: WorldTask, splits: Splits, cfg, options: dict) -> dict[str, A
             node = node.setdefault(part, {})
         node[metric] = total / counts[name]
     results["gain_over_copy_last_db"] = {str(k): results["pred"][str(k)]["psnr"] - results["copy_last"][str(k)]["psnr"] for k in horizons}
-    return results
+    return Evaluation(results)
