@@ -18,8 +18,8 @@ from kiln.config import RunConfig, Section
 class PrinterGenerator(Section):
     """Settings of `kiln data printer`: which prints, and the simulated machine (planner, shaper, belt axes)."""
 
-    models: str = Field("3dbenchy,bearing5,nautilus,boat", description="comma-separated procedural models "
-                        "(3dbenchy, bearing5, nautilus, boat) and/or G-code files or folders")
+    models: str = Field("3dbenchy,bearing5,nautilus,boat,coaster", description="comma-separated procedural models "
+                        "(3dbenchy, bearing5, nautilus, boat, coaster) and/or G-code files or folders")
     model_layers: int = Field(50, ge=1, description="layers of 0.2 mm in each procedural model")
     layers: str = Field("sampled:5", description="layers simulated: all, sampled:N (every N-th), first:N or A-B")
     sample_rate: float = Field(1000.0, gt=0, description="samples per second (Hz)")

@@ -56,6 +56,28 @@ def scanlines(polygon: np.ndarray, angle: float, spacing: float) -> list[np.ndar
     return segments
 
 
+def honeycomb(radius: float, angle: float, side: float) -> np.ndarray:
+    """Honeycomb infill of a disc as one continuous path [M, 2] (about the origin), like a slicer's: rows of
+    flats and 60-degree diagonals (`side` mm each, a hexagon's side) whose flats meet the next row's, run in
+    alternate directions and joined at the edge, so the head turns by 60 degrees every `side` mm and reverses at
+    every row's end without a travel."""
+    h = side * np.sqrt(3) / 2
+    # one row's x and its height above the row's base: flat, up, flat, down (period 3 sides)
+    x = np.arange(-radius - 3 * side, radius + 3 * side, 1.5 * side)[:, None] + np.array([0.0, side])
+    x = x.ravel()
+    up = (np.arange(len(x)) // 2) % 2
+    rows = []
+    for k, base in enumerate(np.arange(-radius, radius, h)):
+        y = base + h * (up if k % 2 == 0 else 1 - up)        # rows mirrored, so their flats touch
+        row = np.stack([x, y], 1)
+        inside = np.linalg.norm(row, axis=1) < radius
+        if inside.sum() >= 2:
+            row = row[inside]                                  # a disc is convex: the inside vertices are one run
+            rows.append(row if len(rows) % 2 == 0 else row[::-1])
+    c, s = np.cos(angle), np.sin(angle)
+    return np.concatenate(rows) @ np.array([[c, s], [-s, c]])
+
+
 class Writer:
     """G-code text for one print: absolute XYZ, relative E (M83), retraction on every travel."""
 
@@ -141,6 +163,16 @@ def bearing(w: Writer, k: int, n: int, centre: np.ndarray) -> None:
             w.path(ellipse(centre, r, r, 64), "infill", closed=True)
 
 
+def coaster(w: Writer, k: int, n: int, centre: np.ndarray) -> None:
+    """A round coaster: two walls around honeycomb infill (rotated by 90 degrees every layer), the short zig-zag
+    moves of sliced infill that the other models lack."""
+    radius = 24.0 - 4.0 * k / max(n - 1, 1)                   # a slight taper
+    outline = ellipse(centre, radius, radius, 96)
+    for j in range(2):
+        w.path(offset(outline, (j + 0.5) * LINE_WIDTH), "perimeter", closed=True)
+    w.path(centre + honeycomb(radius - 2.5 * LINE_WIDTH, np.pi / 4 + (k % 2) * np.pi / 2, 1.9), "infill", closed=False)
+
+
 def nautilus(w: Writer, k: int, n: int, centre: np.ndarray) -> None:
     """A nautilus shell: a logarithmic-spiral outer wall with radial septa between its chambers."""
     h = k / max(n - 1, 1)
@@ -157,8 +189,9 @@ def nautilus(w: Writer, k: int, n: int, centre: np.ndarray) -> None:
         w.path(np.stack([spiral[j], inner[j]]), "infill", closed=False)
 
 
-MODELS = {"3dbenchy": benchy, "bearing5": bearing, "nautilus": nautilus, "boat": boat}
-CENTRES = {"3dbenchy": (110.0, 110.0), "bearing5": (90.0, 120.0), "nautilus": (120.0, 100.0), "boat": (100.0, 110.0)}
+MODELS = {"3dbenchy": benchy, "bearing5": bearing, "nautilus": nautilus, "boat": boat, "coaster": coaster}
+CENTRES = {"3dbenchy": (110.0, 110.0), "bearing5": (90.0, 120.0), "nautilus": (120.0, 100.0), "boat": (100.0, 110.0),
+           "coaster": (110.0, 110.0)}
 
 
 def procedural_gcode(name: str, num_layers: int) -> str:
