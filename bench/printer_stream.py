@@ -3,10 +3,14 @@
 The seed's StreamingPredictor keeps the last 20 samples and re-runs that window through the model in eager
 PyTorch for every new sample; kiln's keeps the LSTM state and runs one step per sample on ONNX Runtime.
 Both run the same LSTM (the quick config's size, or a trained run's with --run) over the same simulated layer,
-one sample at a time, in alternating blocks so that load on the machine hits both alike.
+one sample at a time, each as a stream of its own (a deployment runs one of them, not both in turns): kiln's
+whole layer, then the seed's, for --rounds rounds so that a change of load hits both alike; the first 50 calls
+of each round are dropped. Then kiln's predictor once more at the machine's pace, one sample per millisecond
+(sleeping between samples, as a 1 kHz control loop in Python does).
 The last line is JSON: ratio (the seed's median per-sample time over kiln's), p50_ms and p99_ms (kiln's wall-clock
-latency), cpu_p99_ms (kiln's per-sample CPU time of this thread: the latency without the time the scheduler gave
-to other processes, which dominates the wall-clock p99 on a shared machine) and load (the 1-minute load average).
+latency, back to back), paced_p50_ms and paced_p99_ms (the same at 1 kHz), cpu_p99_ms (kiln's per-sample CPU time
+of this thread, back to back: the latency without the time the scheduler gave to other processes) and load (the
+1-minute load average).
 
     .venv/bin/python bench/printer_stream.py [--run runs/printer/demo] [--samples 3000]
 """
@@ -78,11 +82,26 @@ def task_and_features(run: Path | None) -> tuple[PrinterTask, np.ndarray, list]:
     return task, features, seed_inputs
 
 
+def paced(predictor: StreamingPredictor, inputs: list, period_s: float = 1e-3) -> list[float]:
+    """Per-sample latency (ms) with one sample per `period_s`: sleep through most of each period, then wait for
+    its start, as a soft real-time loop in Python does."""
+    predictor.reset()
+    latencies, tick = [], time.perf_counter()
+    for sample in inputs:
+        tick += period_s
+        if tick - time.perf_counter() > 3e-4:
+            time.sleep(tick - time.perf_counter() - 2e-4)
+        while time.perf_counter() < tick:
+            pass
+        latencies.append(predictor.predict(*sample)[2])
+    return latencies
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--run", type=Path, help="a trained printer run (default: the quick config's LSTM shape)")
     parser.add_argument("--samples", type=int, default=3000, help="samples streamed by each predictor")
-    parser.add_argument("--block", type=int, default=250, help="samples per alternating block")
+    parser.add_argument("--rounds", type=int, default=2, help="rounds of kiln's stream then the seed's")
     args = parser.parse_args()
     torch.set_num_threads(1)
 
@@ -98,29 +117,39 @@ def main() -> None:
         reference = predict_stream(task, torch.from_numpy(features[:200]))
         streamed = np.array([ours.predict(*seed_inputs[i])[:2] for i in range(200)])
         parity = float(np.abs(streamed - reference).max())
-        ours.reset()
 
         kiln_ms, kiln_cpu_ms, seed_ms = [], [], []
-        for lo in range(0, n, args.block):
-            for i in range(lo, min(lo + args.block, n)):
+        for _ in range(args.rounds):
+            ours.reset()
+            round_ms, round_cpu_ms = [], []
+            for i in range(n):
                 cpu_started = time.thread_time_ns()
-                kiln_ms.append(ours.predict(*seed_inputs[i])[2])
-                kiln_cpu_ms.append((time.thread_time_ns() - cpu_started) / 1e6)
-            for i in range(lo, min(lo + args.block, n)):
+                round_ms.append(ours.predict(*seed_inputs[i])[2])
+                round_cpu_ms.append((time.thread_time_ns() - cpu_started) / 1e6)
+            kiln_ms += round_ms[50:]
+            kiln_cpu_ms += round_cpu_ms[50:]
+            round_ms = []
+            for i in range(n):
                 started = time.perf_counter()
                 seed.predict(features[i])
-                seed_ms.append((time.perf_counter() - started) * 1000)
-    kiln_ms, kiln_cpu_ms, seed_ms = (np.array(v[50:]) for v in (kiln_ms, kiln_cpu_ms, seed_ms))  # drop the first calls
+                round_ms.append((time.perf_counter() - started) * 1000)
+            seed_ms += round_ms[50:]
+        paced_ms = paced(ours, seed_inputs[:n])[50:]
+    kiln_ms, kiln_cpu_ms, seed_ms, paced_ms = (np.array(v) for v in (kiln_ms, kiln_cpu_ms, seed_ms, paced_ms))
     p = {name: (float(np.percentile(v, 50)), float(np.percentile(v, 99))) for name, v in (("kiln", kiln_ms), ("seed", seed_ms))}
     print(f"LSTM {task.model.lstm.num_layers}x{task.model.lstm.hidden_size}, {len(task.feature_names)} features, {n} samples each "
           f"(torch {torch.__version__}, 1 thread)")
     print(f"  seed: re-run a {WINDOW}-step window in eager PyTorch   p50 {p['seed'][0]:.4f} ms  p99 {p['seed'][1]:.4f} ms")
     print(f"  kiln: one LSTM step, state kept, ONNX Runtime      p50 {p['kiln'][0]:.4f} ms  p99 {p['kiln'][1]:.4f} ms")
+    print(f"  kiln at 1 kHz (sleeping between samples)           p50 {np.percentile(paced_ms, 50):.4f} ms  "
+          f"p99 {np.percentile(paced_ms, 99):.4f} ms")
     print(f"  kiln's CPU time per sample (this thread, no preemption)  p50 {np.percentile(kiln_cpu_ms, 50):.4f} ms  "
           f"p99 {np.percentile(kiln_cpu_ms, 99):.4f} ms  (load average {os.getloadavg()[0]:.1f})")
     print(f"  streamed vs whole-sequence LSTM: max |difference| {parity:.2e} mm")
     print(json.dumps({"ratio": round(p["seed"][0] / p["kiln"][0], 2), "p50_ms": round(p["kiln"][0], 5), "p99_ms": round(p["kiln"][1], 5),
-                      "seed_p50_ms": round(p["seed"][0], 5), "seed_p99_ms": round(p["seed"][1], 5), "parity_mm": parity,
+                      "seed_p50_ms": round(p["seed"][0], 5), "seed_p99_ms": round(p["seed"][1], 5),
+                      "paced_p50_ms": round(float(np.percentile(paced_ms, 50)), 5),
+                      "paced_p99_ms": round(float(np.percentile(paced_ms, 99)), 5), "parity_mm": parity,
                       "cpu_p99_ms": round(float(np.percentile(kiln_cpu_ms, 99)), 5), "load": round(os.getloadavg()[0], 2),
                       "samples": n}))
 
