@@ -98,7 +98,8 @@ class Splits:
 @dataclass
 class Evaluation:
     """What a recipe's evaluate returns: `results` (written to test_results.json) and the held-out `outputs` its
-    report draws from (predictions on the test split, never written), so the report does not run the model again."""
+    report draws from (predictions on the test split, never written), so the report need not run the model over
+    the split again."""
 
     results: dict[str, Any]
     outputs: dict[str, Any] = field(default_factory=dict)
