@@ -106,6 +106,21 @@ def test_spread_scale_is_fitted_on_validation_only(traffic_config, tmp_path):
     assert (fitted_on_test > 2 * saved).all()
 
 
+def test_test_loss_is_the_validation_step_on_the_test_split(traffic_config):
+    """evaluate() takes the test loss from its one pass over the test windows (batches of 7 here); the reference is
+    the validation step on the whole split as one batch (every simulated window is complete, so the two agree)."""
+    recipe = get_recipe("traffic")
+    cfg = load_config(traffic_config, ["train.eval_batch_size=7"])
+    splits = recipe.load_data(cfg, lambda m: None)
+    task = recipe.build_task(cfg, splits.info)
+    task.eval()
+    assert torch.isfinite(splits.test["y"]).all()
+    results = recipe.evaluate(task, splits, cfg, {}).results
+    with torch.no_grad():
+        expected = task.validation_step(splits.test)["loss"].item()
+    assert results["loss"] == pytest.approx(expected, rel=1e-4)
+
+
 def shift_test(splits):
     splits.test = {**splits.test, "y": splits.test["y"] + 30.0}
     return splits

@@ -140,10 +140,13 @@ class TrafficTask(Task):
         return self.step(batch, regularise=False)
 
     def step(self, batch: dict[str, Tensor], regularise: bool) -> dict[str, Tensor]:
+        return self.terms(self.outputs(batch), batch, regularise)
+
+    def terms(self, out, batch: dict[str, Tensor], regularise: bool) -> dict[str, Tensor]:
+        """The loss and the logged figures of the model's (uncalibrated) outputs on a batch."""
         y = batch["y"]
         mask = torch.isfinite(y)
         target = (torch.nan_to_num(y) - self.speed_mean) / self.speed_std
-        out = self.outputs(batch)
         point = mixture_mean(out["means"], out["logits"]) if self.probabilistic else out.float()
         error = (point - target)[mask]  # normalised units
         logs = {}
@@ -216,15 +219,19 @@ class TrafficTask(Task):
 # ---------------------------------------------------------------- evaluation
 
 @torch.no_grad()
-def predict_split(task: TrafficTask, tensors: dict[str, Tensor], batch_size: int, calibrated: bool = True) -> dict[str, Tensor]:
+def predict_split(task: TrafficTask, tensors: dict[str, Tensor], batch_size: int, calibrated: bool = True,
+                  with_loss: bool = False) -> dict[str, Tensor]:
     """Denormalised forecasts for a whole split, on the CPU: {"point": [S, N, P]} plus means/stds/logits [S, N, P, K]
-    (the mixture calibrated by the model's spread scale unless `calibrated` is False)."""
+    (the mixture calibrated by the model's spread scale unless `calibrated` is False). `with_loss` adds "loss", the
+    validation step's loss over the split (its batches weighted by their size), from the same forward passes."""
     task.eval()
-    parts = []
+    parts, loss = [], 0.0
     size = len(tensors["x"])
     for lo in range(0, size, batch_size):
         batch = {k: v[lo:lo + batch_size].to(task.device) for k, v in tensors.items()}
         out = task.outputs(batch)
+        if with_loss:
+            loss += task.terms(out, batch, regularise=False)["loss"].item() * len(batch["x"]) / size
         if task.probabilistic and calibrated:
             out = task.model.calibrated(out)
         out = {k: v.float().cpu() for k, v in out.items()} if isinstance(out, dict) else out.float().cpu()
@@ -235,7 +242,8 @@ def predict_split(task: TrafficTask, tensors: dict[str, Tensor], batch_size: int
         else:
             part = {"point": out.float() * task.speed_std + task.speed_mean}
         parts.append(part)
-    return {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
+    pred = {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
+    return {**pred, "loss": torch.tensor(loss)} if with_loss else pred
 
 
 TAILS = {"below_q01": 0.01, "below_q05": 0.05, "above_q95": 0.95, "above_q99": 0.99}
@@ -274,19 +282,16 @@ def evaluate(task: TrafficTask, splits, cfg: TrafficConfig, options: dict) -> Ev
     test = splits.test
     y = test["y"]
     complete = torch.isfinite(y).all(-1).all(-1)  # windows with every target inside the data
-    batch_size = cfg.train.eval_batch_size
-    pred = predict_split(task, test, batch_size, calibrated=False)
+    pred = predict_split(task, test, cfg.train.eval_batch_size, calibrated=False, with_loss=True)
+    loss = pred.pop("loss")
     if "means" in pred:  # keep the trained mixture for the uncalibrated figures, then stretch it as the model ships it
         raw = {k: pred[k] for k in ("means", "stds", "logits")}
         pred["means"], pred["stds"] = dilate_mixture(pred["means"], pred["stds"], pred["logits"], task.model.spread_scale.cpu())
     full = {k: v[complete] for k, v in pred.items()}
     y_full = y[complete]
     results = {"model": cfg.model.arch, "unit": info["unit"], "samples": int(complete.sum()),
-               **forecast_metrics({"point": full["point"]}, y_full)}  # the mixture's figures: distribution_metrics
-    windows = {k: v[complete] for k, v in test.items()}
-    losses = [task.validation_step({k: v[lo:lo + batch_size].to(task.device) for k, v in windows.items()})["loss"].cpu()
-              * len(windows["x"][lo:lo + batch_size]) for lo in range(0, len(windows["x"]), batch_size)]
-    results["loss"] = round(torch.stack(losses).sum().item() / len(windows["x"]), 6)
+               **forecast_metrics({"point": full["point"]}, y_full),  # the mixture's figures: distribution_metrics
+               "loss": round(loss.item(), 6)}  # over every test window, as val_loss is over every validation window
     if "means" in full:
         results.update(distribution_metrics(full, y_full))
         results["spread_scale"] = [round(float(s), 4) for s in task.model.spread_scale]
