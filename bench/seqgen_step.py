@@ -1,6 +1,7 @@
-"""Scheduled sampling two ways: a 151-step Python loop per batch (each step fed the truth or the model's own
-output of the step before) vs kiln's one-pass parallel scheduled sampling (a teacher-forced pass without
-gradients, then the mixed inputs in one sequence-at-once pass), on the seed's StreamlinedSequenceGenerator.
+"""Scheduled sampling two ways (`model.sampling`): `sequential`, the seed's 151-step loop per batch (each step fed the
+truth or the model's own output of the step before; StreamlinedSequenceGenerator.rollout) vs `parallel`, one-pass
+parallel scheduled sampling (a teacher-forced pass without gradients, then the mixed inputs in one sequence-at-once
+pass; .teacher_forced), on the seed's StreamlinedSequenceGenerator.
 
 Same weights, batch (32, the seed's), teacher forcing 0.7, noise, bf16 autocast where `precision: auto` picks it,
 threads 1; forward, L1 loss, backward and AdamW per step; the two ways alternate in interleaved rounds and each
@@ -27,22 +28,6 @@ from kiln.recipes.seqgen.model import StreamlinedSequenceGenerator  # noqa: E402
 BATCH, TEACHER_FORCING, NOISE, ROUNDS, STEPS = 32, 0.7, 0.05, 3, 3
 
 
-def step_by_step(model: StreamlinedSequenceGenerator, params, target):
-    """The sequential form: one LSTM call per step, each fed the truth (p = teacher forcing) or its own last output."""
-    B = params.shape[0]
-    params = params + NOISE * torch.randn_like(params)
-    previous, state, outputs = params.new_zeros(B, 1, 5), None, []
-    for t in range(model.steps):
-        noisy = previous + NOISE * torch.randn_like(previous)
-        step = torch.cat([noisy.to(params.dtype), params[:, None], model.position[t].expand(B, 1, 1)], dim=-1)
-        hidden, state = model.lstm(step, state)
-        y = model.head(hidden)
-        outputs.append(y)
-        use_truth = torch.rand(B, 1, 1) < TEACHER_FORCING
-        previous = torch.where(use_truth, target[:, t:t + 1].to(y.dtype), y)
-    return torch.cat(outputs, dim=1)
-
-
 def ms_per_step(model, optimizer, forward, params, target, bf16: bool) -> float:
     best = float("inf")
     for _ in range(STEPS):
@@ -65,7 +50,7 @@ def main() -> None:
     model = StreamlinedSequenceGenerator()
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
     params, target = torch.randn(BATCH, 2), torch.randn(BATCH, 151, 5)
-    ways = {"loop": lambda p, y: step_by_step(model, p, y),
+    ways = {"loop": lambda p, y: model.rollout(p, y, TEACHER_FORCING, NOISE),
             "parallel": lambda p, y: model.teacher_forced(p, y, TEACHER_FORCING, NOISE)}
     best = {name: float("inf") for name in ways}
     for r in range(ROUNDS):

@@ -113,6 +113,28 @@ def test_free_running_generation_is_the_step_by_step_recurrence(seqgen_config):
     torch.testing.assert_close(again, free, atol=1e-5, rtol=1e-4)
 
 
+def test_sequential_sampling_compounds_the_model_s_own_errors_and_parallel_does_not(seqgen_config):
+    """At teacher forcing 0, the seed's sequential scheduled sampling is free-running generation itself (what the
+    model is evaluated on), while the parallel pass feeds one-step predictions made from the true history. At teacher
+    forcing 1 both are the teacher-forced recurrence. Own outputs stay in the graph: step 1 back-propagates into step 0."""
+    cfg = load_recipe_config(seqgen_config, ["model.hidden_size=16"])[1]
+    model = get_recipe("seqgen").build_task(cfg, {}).eval().model
+    torch.manual_seed(0)
+    params, target = torch.randn(4, 2), torch.randn(4, 151, 5)
+    with torch.no_grad():
+        free = model(params)
+        torch.testing.assert_close(model.rollout(params, target, teacher_forcing=0.0), free)
+        assert not torch.allclose(model.teacher_forced(params, target, teacher_forcing=0.0), free, atol=1e-3)
+        torch.testing.assert_close(model.rollout(params, target, teacher_forcing=1.0),
+                                   model.teacher_forced(params, target, teacher_forcing=1.0), atol=1e-5, rtol=1e-4)
+    # d(step 1's outputs)/d(head bias): 1 per sequence directly, plus the path through step 0's output when fed back
+    bias = model.head.bias
+    fed_truth = torch.autograd.grad(model.rollout(params, target, teacher_forcing=1.0)[:, 1].sum(), bias)[0]
+    fed_own = torch.autograd.grad(model.rollout(params, target, teacher_forcing=0.0)[:, 1].sum(), bias)[0]
+    torch.testing.assert_close(fed_truth, torch.full((5,), 4.0))
+    assert (fed_own - fed_truth).abs().max() > 1e-3
+
+
 def test_evaluation_matches_independent_references(seqgen_config, monkeypatch):
     from sklearn.neighbors import KNeighborsRegressor
 

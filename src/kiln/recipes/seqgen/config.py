@@ -53,6 +53,9 @@ class SeqgenModel(Section):
     teacher_forcing_start: float = Field(0.7, ge=0, le=1, description="share of steps fed the true previous value, first epoch")
     teacher_forcing_end: float = Field(0.6, ge=0, le=1, description="... falling linearly to this over the run (or phase)")
     noise_level: float = Field(0.05, ge=0, description="std of Gaussian noise added to the model's inputs in training")
+    sampling: Literal["sequential", "parallel"] = Field(
+        "sequential", description="scheduled sampling: sequential (the seed's step loop, own outputs compound) or parallel "
+                                  "(one teacher-forced pass supplies the own outputs; faster, never compounds)")
 
     @model_validator(mode="after")
     def _one_layer_has_no_dropout(self):

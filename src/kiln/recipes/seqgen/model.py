@@ -5,10 +5,14 @@ position t / (T - 1); a linear head reads step t's 5 components off the top laye
 needs only the parameters: step 0 starts from zeros and every later step is fed the model's own output.
 
 Training feeds the true previous step with probability `teacher_forcing` and the model's own prediction
-otherwise (scheduled sampling, Bengio et al. 2015). The predictions that are mixed in come from a first,
-fully teacher-forced pass without gradients, so both passes run the LSTM over the whole sequence at once
-(parallel scheduled sampling with one pass, Duckworth et al. 2019): a 151-step Python loop per batch costs
-2.6x more per training step on this CPU (bench/seqgen_step.py). Evaluation always runs the step-by-step loop.
+otherwise (scheduled sampling, Bengio et al. 2015), in one of two ways (`model.sampling`):
+- `sequential` (the seed's): one step at a time, the own prediction being the output of the step before in the
+  same rollout, so errors compound in training as they do in free-running generation (gradients flow through);
+- `parallel`: the own predictions come from a first, fully teacher-forced pass without gradients, so both passes
+  run the LSTM over the whole sequence at once (parallel scheduled sampling with one pass, Duckworth et al. 2019).
+  Faster per step (bench/seqgen_step.py), but every own prediction it mixes in was made from the true history: the
+  model never sees its errors compound.
+Evaluation always runs the step-by-step loop with no teacher forcing (`forward`).
 """
 
 from __future__ import annotations
@@ -32,7 +36,7 @@ class StreamlinedSequenceGenerator(nn.Module):
         return torch.cat([previous, params[:, None].expand(B, T, -1), self.position[None, :T, None].expand(B, T, 1)], dim=-1)
 
     def teacher_forced(self, params: Tensor, target: Tensor, teacher_forcing: float = 1.0, noise_level: float = 0.0) -> Tensor:
-        """Training pass: params [B, 2], target [B, T, 5] (both z-scored) -> predictions [B, T, 5]."""
+        """Parallel training pass: params [B, 2], target [B, T, 5] (both z-scored) -> predictions [B, T, 5]."""
         start = target.new_zeros(target.shape[0], 1, self.components)
         previous = torch.cat([start, target[:, :-1]], dim=1)                                   # true step t-1
         if teacher_forcing < 1.0:
@@ -46,13 +50,26 @@ class StreamlinedSequenceGenerator(nn.Module):
             params = params + noise_level * torch.randn_like(params)
         return self.head(self.lstm(self.inputs(previous, params))[0])
 
-    def forward(self, params: Tensor) -> Tensor:
-        """Free-running generation: params [B, 2] (z-scored) -> sequences [B, T, 5] (z-scored)."""
+    def rollout(self, params: Tensor, target: Tensor | None = None, teacher_forcing: float = 0.0,
+                noise_level: float = 0.0) -> Tensor:
+        """Step by step: params [B, 2] (z-scored) -> sequences [B, T, 5] (z-scored). Step t is fed target[:, t-1]
+        with probability `teacher_forcing` (per sequence and step) and its own output of step t-1 otherwise."""
         B = params.shape[0]
+        if noise_level:
+            params = params + noise_level * torch.randn_like(params)
         previous, state, outputs = params.new_zeros(B, 1, self.components), None, []
         for t in range(self.steps):
-            step = torch.cat([previous.to(params.dtype), params[:, None], self.position[t].expand(B, 1, 1)], dim=-1)  # [B, 1, 8]
+            fed = previous + noise_level * torch.randn_like(previous) if noise_level else previous
+            step = torch.cat([fed.to(params.dtype), params[:, None], self.position[t].expand(B, 1, 1)], dim=-1)  # [B, 1, 8]
             hidden, state = self.lstm(step, state)
-            previous = self.head(hidden)                                                       # [B, 1, 5]
-            outputs.append(previous)
+            own = self.head(hidden)                                                            # [B, 1, 5]
+            outputs.append(own)
+            previous = own
+            if teacher_forcing > 0:
+                use_truth = torch.rand(B, 1, 1, device=params.device) < teacher_forcing
+                previous = torch.where(use_truth, target[:, t:t + 1].to(own.dtype), own)
         return torch.cat(outputs, dim=1)
+
+    def forward(self, params: Tensor) -> Tensor:
+        """Free-running generation: params [B, 2] (z-scored) -> sequences [B, T, 5] (z-scored)."""
+        return self.rollout(params)

@@ -52,7 +52,9 @@ class SeqgenTask(Task):
         return {"loss": combined, "mae": mae, "autocorr": autocorr}
 
     def training_step(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
-        pred = self.model.teacher_forced(batch["params"], batch["y"], self.teacher_forcing, self.settings.noise_level)
+        m = self.settings
+        sample = self.model.rollout if m.sampling == "sequential" else self.model.teacher_forced
+        pred = sample(batch["params"], batch["y"], self.teacher_forcing, m.noise_level)
         return self.losses(pred, batch["y"])
 
     def validation_step(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
