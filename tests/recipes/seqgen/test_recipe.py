@@ -135,6 +135,23 @@ def test_sequential_sampling_compounds_the_model_s_own_errors_and_parallel_does_
     assert (fed_own - fed_truth).abs().max() > 1e-3
 
 
+def test_training_step_samples_as_model_sampling_says(seqgen_config):
+    """With no teacher forcing and no noise, the sequential training step is the free-running validation step;
+    the parallel one is not."""
+    recipe = get_recipe("seqgen")
+    losses = {}
+    for sampling in ("sequential", "parallel"):
+        cfg = load_recipe_config(seqgen_config, [f"model.sampling={sampling}", "model.teacher_forcing_start=0",
+                                                 "model.teacher_forcing_end=0", "model.noise_level=0"])[1]
+        splits = recipe.load_data(cfg, lambda m: None)
+        torch.manual_seed(0)
+        task = recipe.build_task(cfg, splits.info).eval()
+        with torch.no_grad():
+            losses[sampling] = (task.training_step(splits.val)["loss"].item(), task.validation_step(splits.val)["loss"].item())
+    assert losses["sequential"][0] == pytest.approx(losses["sequential"][1], rel=1e-5)
+    assert losses["parallel"][0] != pytest.approx(losses["parallel"][1], rel=1e-3)
+
+
 def test_evaluation_matches_independent_references(seqgen_config, monkeypatch):
     from sklearn.neighbors import KNeighborsRegressor
 
