@@ -225,13 +225,13 @@ def predict_split(task: TrafficTask, tensors: dict[str, Tensor], batch_size: int
     (the mixture calibrated by the model's spread scale unless `calibrated` is False). `with_loss` adds "loss", the
     validation step's loss over the split (its batches weighted by their size), from the same forward passes."""
     task.eval()
-    parts, loss = [], 0.0
+    parts, loss = [], torch.zeros((), device=task.device)  # summed on the device: no sync per batch
     size = len(tensors["x"])
     for lo in range(0, size, batch_size):
         batch = {k: v[lo:lo + batch_size].to(task.device) for k, v in tensors.items()}
         out = task.outputs(batch)
         if with_loss:
-            loss += task.terms(out, batch, regularise=False)["loss"].item() * len(batch["x"]) / size
+            loss += task.terms(out, batch, regularise=False)["loss"].float() * len(batch["x"]) / size
         if task.probabilistic and calibrated:
             out = task.model.calibrated(out)
         out = {k: v.float().cpu() for k, v in out.items()} if isinstance(out, dict) else out.float().cpu()
@@ -243,7 +243,7 @@ def predict_split(task: TrafficTask, tensors: dict[str, Tensor], batch_size: int
             part = {"point": out.float() * task.speed_std + task.speed_mean}
         parts.append(part)
     pred = {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
-    return {**pred, "loss": torch.tensor(loss)} if with_loss else pred
+    return {**pred, "loss": loss.cpu()} if with_loss else pred
 
 
 TAILS = {"below_q01": 0.01, "below_q05": 0.05, "above_q95": 0.95, "above_q99": 0.99}
