@@ -113,12 +113,35 @@ def test_free_running_generation_is_the_step_by_step_recurrence(seqgen_config):
     torch.testing.assert_close(again, free, atol=1e-5, rtol=1e-4)
 
 
+def listen_to_fed_steps(model) -> None:
+    """An untrained generator's output barely depends on the previous step it is fed; scale those input weights up
+    so that what it is fed (truth, own rollout or one-step predictions) shows in its output."""
+    with torch.no_grad():
+        model.lstm.weight_ih_l0[:, :5].mul_(10)
+
+
+def test_the_first_step_starts_from_a_state_made_from_the_parameters(seqgen_config):
+    """With the LSTM's input weights zeroed, its inputs (parameters included) cannot reach step 0: step 0 still
+    depends on the parameters through the initial state, and only through it."""
+    cfg = load_recipe_config(seqgen_config, ["model.hidden_size=16"])[1]
+    model = get_recipe("seqgen").build_task(cfg, {}).eval().model
+    with torch.no_grad():
+        model.lstm.weight_ih_l0.zero_()
+        params = torch.tensor([[-1.0, 0.5], [1.0, -0.5]])
+        first = model(params)[:, 0]
+        assert (first[0] - first[1]).abs().max() > 1e-3
+        model.initial.weight.zero_()
+        first = model(params)[:, 0]
+        torch.testing.assert_close(first[0], first[1])
+
+
 def test_sequential_sampling_compounds_the_model_s_own_errors_and_parallel_does_not(seqgen_config):
     """At teacher forcing 0, the seed's sequential scheduled sampling is free-running generation itself (what the
     model is evaluated on), while the parallel pass feeds one-step predictions made from the true history. At teacher
     forcing 1 both are the teacher-forced recurrence. Own outputs stay in the graph: step 1 back-propagates into step 0."""
     cfg = load_recipe_config(seqgen_config, ["model.hidden_size=16"])[1]
     model = get_recipe("seqgen").build_task(cfg, {}).eval().model
+    listen_to_fed_steps(model)
     torch.manual_seed(0)
     params, target = torch.randn(4, 2), torch.randn(4, 151, 5)
     with torch.no_grad():
@@ -146,6 +169,7 @@ def test_training_step_samples_as_model_sampling_says(seqgen_config):
         splits = recipe.load_data(cfg, lambda m: None)
         torch.manual_seed(0)
         task = recipe.build_task(cfg, splits.info).eval()
+        listen_to_fed_steps(task.model)
         with torch.no_grad():
             losses[sampling] = (task.training_step(splits.val)["loss"].item(), task.validation_step(splits.val)["loss"].item())
     assert losses["sequential"][0] == pytest.approx(losses["sequential"][1], rel=1e-5)

@@ -1,8 +1,11 @@
 """StreamlinedSequenceGenerator: an LSTM that generates a sequence step by step from 2 parameters.
 
 At step t the LSTM sees the previous step's 5 components, the 2 conditioning parameters and the step's
-position t / (T - 1); a linear head reads step t's 5 components off the top layer. Free-running generation
-needs only the parameters: step 0 starts from zeros and every later step is fed the model's own output.
+position t / (T - 1); a linear head reads step t's 5 components off the top layer. The LSTM starts from a state
+made from the parameters, (h0, c0) = tanh(W params + b) for every layer, as a seq2seq decoder starts from its
+encoder's state (Sutskever et al. 2014): from a zero state the first steps have to build up what the parameters
+say, and those steps were most of the free-running error (docs/seqgen.md). Free-running generation needs only the
+parameters: step 0 is fed zeros and every later step the model's own output.
 
 Training feeds the true previous step with probability `teacher_forcing` and the model's own prediction
 otherwise (scheduled sampling, Bengio et al. 2015), in one of two ways (`model.sampling`):
@@ -28,7 +31,13 @@ class StreamlinedSequenceGenerator(nn.Module):
         self.components, self.steps = components, steps
         self.lstm = nn.LSTM(components + params + 1, hidden_size, num_layers, dropout=dropout, batch_first=True)
         self.head = nn.Linear(hidden_size, components)
+        self.initial = nn.Linear(params, 2 * num_layers * hidden_size)  # params -> the LSTM's (h0, c0)
         self.register_buffer("position", torch.linspace(0, 1, steps), persistent=False)  # t / (T - 1)
+
+    def initial_state(self, params: Tensor) -> tuple[Tensor, Tensor]:
+        """params [B, 2] -> (h0, c0), each [num_layers, B, hidden]: the state the first step starts from."""
+        h0, c0 = torch.tanh(self.initial(params)).unflatten(-1, (2, self.lstm.num_layers, -1)).permute(1, 2, 0, 3)
+        return h0.contiguous(), c0.contiguous()
 
     def inputs(self, previous: Tensor, params: Tensor) -> Tensor:
         """previous [B, T', 5] and params [B, 2] -> LSTM inputs [B, T', 8] for the first T' steps."""
@@ -41,14 +50,14 @@ class StreamlinedSequenceGenerator(nn.Module):
         previous = torch.cat([start, target[:, :-1]], dim=1)                                   # true step t-1
         if teacher_forcing < 1.0:
             with torch.no_grad():  # the model's own step t-1 from a teacher-forced pass; no gradient through it
-                own = self.head(self.lstm(self.inputs(previous, params))[0])
+                own = self.head(self.lstm(self.inputs(previous, params), self.initial_state(params))[0])
             own = torch.cat([start, own[:, :-1].to(previous.dtype)], dim=1)
             use_truth = torch.rand(previous.shape[:2] + (1,), device=previous.device) < teacher_forcing
             previous = torch.where(use_truth, previous, own)
         if noise_level:
             previous = previous + noise_level * torch.randn_like(previous)
             params = params + noise_level * torch.randn_like(params)
-        return self.head(self.lstm(self.inputs(previous, params))[0])
+        return self.head(self.lstm(self.inputs(previous, params), self.initial_state(params))[0])
 
     def rollout(self, params: Tensor, target: Tensor | None = None, teacher_forcing: float = 0.0,
                 noise_level: float = 0.0) -> Tensor:
@@ -57,7 +66,7 @@ class StreamlinedSequenceGenerator(nn.Module):
         B = params.shape[0]
         if noise_level:
             params = params + noise_level * torch.randn_like(params)
-        previous, state, outputs = params.new_zeros(B, 1, self.components), None, []
+        previous, state, outputs = params.new_zeros(B, 1, self.components), self.initial_state(params), []
         for t in range(self.steps):
             fed = previous + noise_level * torch.randn_like(previous) if noise_level else previous
             step = torch.cat([fed.to(params.dtype), params[:, None], self.position[t].expand(B, 1, 1)], dim=-1)  # [B, 1, 8]
