@@ -44,20 +44,24 @@ class StreamlinedSequenceGenerator(nn.Module):
         B, T = previous.shape[:2]
         return torch.cat([previous, params[:, None].expand(B, T, -1), self.position[None, :T, None].expand(B, T, 1)], dim=-1)
 
+    def sequence_at_once(self, previous: Tensor, params: Tensor) -> Tensor:
+        """previous [B, T, 5] (what each step is fed) and params [B, 2] -> outputs [B, T, 5], one LSTM call."""
+        return self.head(self.lstm(self.inputs(previous, params), self.initial_state(params))[0])
+
     def teacher_forced(self, params: Tensor, target: Tensor, teacher_forcing: float = 1.0, noise_level: float = 0.0) -> Tensor:
         """Parallel training pass: params [B, 2], target [B, T, 5] (both z-scored) -> predictions [B, T, 5]."""
         start = target.new_zeros(target.shape[0], 1, self.components)
         previous = torch.cat([start, target[:, :-1]], dim=1)                                   # true step t-1
         if teacher_forcing < 1.0:
             with torch.no_grad():  # the model's own step t-1 from a teacher-forced pass; no gradient through it
-                own = self.head(self.lstm(self.inputs(previous, params), self.initial_state(params))[0])
+                own = self.sequence_at_once(previous, params)
             own = torch.cat([start, own[:, :-1].to(previous.dtype)], dim=1)
             use_truth = torch.rand(previous.shape[:2] + (1,), device=previous.device) < teacher_forcing
             previous = torch.where(use_truth, previous, own)
         if noise_level:
             previous = previous + noise_level * torch.randn_like(previous)
             params = params + noise_level * torch.randn_like(params)
-        return self.head(self.lstm(self.inputs(previous, params), self.initial_state(params))[0])
+        return self.sequence_at_once(previous, params)
 
     def rollout(self, params: Tensor, target: Tensor | None = None, teacher_forcing: float = 0.0,
                 noise_level: float = 0.0) -> Tensor:
