@@ -208,6 +208,25 @@ def test_autocorrelation_loss_is_blind_to_amplitude_and_offset():
     assert loss(white, y).item() > 0.2
 
 
+def test_autocorrelation_loss_gradient_grows_as_the_prediction_flattens():
+    """Scale invariance has a price (docs/seqgen.md, "Choosing alpha"): the loss is homogeneous of degree 0 in the
+    prediction, so its gradient is homogeneous of degree -1: at 0.1 * x it is exactly 10x the gradient at x, while
+    the MAE's gradient keeps its size. An untrained, nearly flat generator gets a large ACF gradient."""
+    from kiln.losses import AutocorrelationLoss
+
+    y = ar1_sequences().float()
+    x = torch.randn_like(y)
+    loss = AutocorrelationLoss(max_lag=10)
+
+    def gradient(pred: torch.Tensor, fn) -> torch.Tensor:
+        pred = pred.clone().requires_grad_(True)
+        fn(pred, y).backward()
+        return pred.grad
+
+    torch.testing.assert_close(gradient(0.1 * x, loss), 10 * gradient(x, loss), rtol=1e-3, atol=1e-9)
+    mae = torch.nn.functional.l1_loss  # each element's gradient is +-1 / N at any scale: the same norm
+    assert gradient(0.1 * x, mae).norm().item() == pytest.approx(gradient(x, mae).norm().item())
+
 def test_combined_loss_returns_the_weighted_sum_and_its_parts():
     from statsmodels.tsa.stattools import acf
 
