@@ -81,6 +81,22 @@ def test_missing_user_dataset_names_the_data_command(tmp_path, capsys):
     assert f"make it with: kiln data nav --out {tmp_path / 'mine'}" in err
 
 
+def test_a_directory_without_or_with_a_broken_dataset_json_gets_one_line(tmp_path, capsys):
+    """A directory that exists but holds no dataset.json is not a nav dataset; a damaged one is named."""
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    config = tmp_path / "user.yaml"
+    config.write_text(f"recipe: nav\ndata: {{dir: {mine}, generate: null}}\n")
+    assert main(["train", str(config), "--run-dir", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err
+    assert f"data.dir '{mine}' has no dataset.json, so it is not a nav dataset; make one with: kiln data nav" in err
+
+    (mine / "dataset.json").write_text('{"num_train": 10,')
+    assert main(["train", str(config), "--run-dir", str(tmp_path / "r2")]) == 2
+    err = capsys.readouterr().err
+    assert f"'{mine / 'dataset.json'}' is not valid JSON" in err and len(err.strip().splitlines()) == 1
+
+
 def test_kiln_data_nav_writes_a_dataset_and_refuses_to_overwrite(tmp_path, capsys):
     out = tmp_path / "d"
     assert main(["data", "nav", "--num-train", "40", "--num-val", "8", "--num-test", "8", "--grid-size", "6",

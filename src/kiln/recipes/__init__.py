@@ -7,6 +7,7 @@ so `kiln --help` and config checks stay fast.
 from __future__ import annotations
 
 import importlib
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
@@ -68,6 +69,20 @@ def generate_if_missing(data_dir: Path, settings: Any, make: Callable[[Path, Any
     log(f"data.dir '{data_dir}' not found: generating it from data.generate")
     make(data_dir, settings, log)
     return True
+
+
+def dataset_info(data_dir: Path, recipe: str | None = None, command: str = "") -> dict[str, Any]:
+    """data_dir/dataset.json, the description `kiln data` writes beside the data. Where there is none: {} (the
+    recipe reads plain files too), or, when `recipe` needs one, an error naming the `command` that makes it."""
+    path = Path(data_dir) / "dataset.json"
+    if not path.is_file():
+        if recipe is None:
+            return {}
+        raise KilnError(f"data.dir '{data_dir}' has no dataset.json, so it is not a {recipe} dataset; make one with: {command}")
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise KilnError(f"'{path}' is not valid JSON ({err}); regenerate the dataset with kiln data") from None
 
 
 def warn_if_made_differently(data_dir: Path, wanted: dict[str, Any], have: dict[str, Any], log: Callable[[str], None]) -> None:

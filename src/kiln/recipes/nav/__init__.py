@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 from kiln.errors import KilnError
-from kiln.recipes import Recipe, generate_if_missing, lazy, warn_if_made_differently
+from kiln.recipes import Recipe, dataset_info, generate_if_missing, lazy, warn_if_made_differently
 from kiln.recipes.nav.config import NavConfig, NavGenerator
 
 
@@ -34,10 +33,7 @@ def prepare_data(cfg: NavConfig, log) -> None:
     data_dir = Path(cfg.data.dir)
     if generate_if_missing(data_dir, cfg.data.generate, generate, f"kiln data nav --out {data_dir} (see kiln data nav --help)", log):
         return
-    info_path = data_dir / "dataset.json"
-    if not info_path.is_file():
-        raise KilnError(f"data.dir '{data_dir}' has no dataset.json, so it is not a nav dataset; make one with: kiln data nav --out DIR")
-    info = json.loads(info_path.read_text())
+    info = dataset_info(data_dir, "nav", "kiln data nav --out DIR")
     if cfg.data.generate is not None:
         warn_if_made_differently(data_dir, cfg.data.generate.model_dump(), {**info, "num_train": info.get("num_train_base")}, log)
 
@@ -48,7 +44,7 @@ def load_data(cfg: NavConfig, log=print):
     from kiln.recipes.nav.task import to_tensors
 
     data_dir = Path(cfg.data.dir)
-    info = json.loads((data_dir / "dataset.json").read_text())
+    info = dataset_info(data_dir, "nav", "kiln data nav --out DIR")
     try:
         splits = {name: to_tensors(load_split(data_dir, name)) for name in ("train", "val", "test")}
     except ValueError as err:

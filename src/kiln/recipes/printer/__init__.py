@@ -4,11 +4,10 @@ Torch is imported only inside functions."""
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 from kiln.errors import KilnError
-from kiln.recipes import Recipe, generate_if_missing, lazy, warn_if_made_differently
+from kiln.recipes import Recipe, dataset_info, generate_if_missing, lazy, warn_if_made_differently
 from kiln.recipes.printer.config import PrinterConfig, PrinterGenerator
 
 
@@ -54,12 +53,9 @@ def prepare_data(cfg: PrinterConfig, log) -> None:
     data_dir = Path(cfg.data.dir)
     if generate_if_missing(data_dir, cfg.data.generate, simulate, f"kiln data printer --out {data_dir}", log):
         return
-    info_path = data_dir / "dataset.json"
-    if not info_path.is_file():
-        raise KilnError(f"data.dir '{data_dir}' has no dataset.json, so it is not a printer dataset; make one with: "
-                        "kiln data printer --out DIR")
+    info = dataset_info(data_dir, "printer", "kiln data printer --out DIR")
     if cfg.data.generate is not None:
-        warn_if_made_differently(data_dir, cfg.data.generate.model_dump(), json.loads(info_path.read_text()), log)
+        warn_if_made_differently(data_dir, cfg.data.generate.model_dump(), info, log)
 
 
 def load_data(cfg: PrinterConfig, log=print):

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from kiln.errors import KilnError
+from kiln.recipes import dataset_info
 
 
 def error_stats(error: np.ndarray) -> dict[str, float]:
@@ -63,8 +64,8 @@ def compensate(run_dir: Path, gcode: Path, layers: str | None = None, out: Path 
     if not isinstance(task.model, RealTimeCorrector):
         raise KilnError(f"'{run_dir}' trained the ridge baseline alone; compensation uses the LSTM (model.arch: lstm)")
     data_dir = Path(saved["config"]["data"]["dir"])
-    dataset = json.loads((data_dir / "dataset.json").read_text()) if (data_dir / "dataset.json").is_file() else None
-    if dataset is None:
+    dataset = dataset_info(data_dir)
+    if not dataset:
         raise KilnError(f"the run's dataset '{data_dir}' (with the simulated printer's settings) is gone; regenerate it")
     settings = PrinterGenerator(**{k: dataset[k] for k in PrinterGenerator.model_fields})
     names = saved["data_info"]["feature_names"]

@@ -29,6 +29,7 @@ import torch
 from torch import Tensor
 
 from kiln.errors import KilnError
+from kiln.recipes import dataset_info
 from kiln.recipes.printer.sim import CHANNELS, Trajectory
 
 SPLITS = ("train", "val", "test")
@@ -176,7 +177,7 @@ def prepare(data_dir: Path, data, log: Callable[[str], None] = print) -> dict[st
     processed = data_dir / "processed"
     if (processed / "prep.json").is_file() and json.loads((processed / "prep.json").read_text()) == settings:
         return json.loads((processed / "stats.json").read_text())
-    info = json.loads((data_dir / "dataset.json").read_text()) if (data_dir / "dataset.json").is_file() else {}
+    info = dataset_info(data_dir)
     rate = float(info.get("sample_rate", 1000.0))
     trajectories = load_trajectories(data_dir)
     ids = assign_splits(trajectories, data.test_models, data.val_ratio, data.test_ratio, data.split_seed)

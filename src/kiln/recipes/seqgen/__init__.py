@@ -4,10 +4,9 @@ seed's multi-phase schedules (seed 002). Torch is imported only inside functions
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
-from kiln.recipes import Recipe, generate_if_missing, lazy, warn_if_made_differently
+from kiln.recipes import Recipe, dataset_info, generate_if_missing, lazy, warn_if_made_differently
 from kiln.recipes.seqgen.config import SeqgenConfig, SeqGenerator, SeqSplit
 
 
@@ -26,9 +25,8 @@ def prepare_data(cfg: SeqgenConfig, log) -> None:
     make = lambda out, settings, log: synthesize(out, settings, cfg.data.split, log)  # noqa: E731
     if generate_if_missing(data_dir, cfg.data.generate, make, f"kiln data seqgen --synthetic --out {data_dir}", log):
         return
-    info_path = data_dir / "dataset.json"
-    if info_path.is_file():
-        info = json.loads(info_path.read_text())
+    info = dataset_info(data_dir)
+    if info:
         if cfg.data.generate is not None and info.get("source") == "synthetic-string":
             warn_if_made_differently(data_dir, cfg.data.generate.model_dump(), info, log)
         if "pca_fit_split" in info:
@@ -47,8 +45,7 @@ def load_data(cfg: SeqgenConfig, log=print):
     split = split_indices(len(names), s.train_size, s.val_size, s.split_seed)
     arrays, stats = build_splits(params, components, split)
     log(f"Split {len(split['train'])} train / {len(split['val'])} val / {len(split['test'])} test sequences (seed {s.split_seed})")
-    description = json.loads((data_dir / "dataset.json").read_text()) if (data_dir / "dataset.json").is_file() else {}
-    info = {**stats, "dataset": description, "test_files": [names[i] for i in split["test"]]}
+    info = {**stats, "dataset": dataset_info(data_dir), "test_files": [names[i] for i in split["test"]]}
     tensors = {name: {k: torch.from_numpy(v) for k, v in split_arrays.items()} for name, split_arrays in arrays.items()}
     return Splits(**tensors, info=info)
 

@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import json
 import os
 from pathlib import Path
 
-from kiln.recipes import Recipe, generate_if_missing, lazy, warn_if_made_differently
+from kiln.recipes import Recipe, dataset_info, generate_if_missing, lazy, warn_if_made_differently
 from kiln.recipes.traffic.config import CityGenerator, TrafficConfig
 
 
@@ -36,9 +35,8 @@ def prepare_data(cfg: TrafficConfig, log) -> None:
     command = f"kiln data traffic --simulate --out {data_dir} or kiln data traffic --los-loop PATH --out {data_dir}"
     if generate_if_missing(data_dir, cfg.data.generate, simulate, command, log):
         return
-    info_path = data_dir / "dataset.json"
-    if cfg.data.generate is not None and info_path.is_file():
-        info = json.loads(info_path.read_text())
+    info = dataset_info(data_dir)
+    if cfg.data.generate is not None and info:
         if info.get("source") == "simulated-city":
             # cities written before per-segment records existed hold records per node
             warn_if_made_differently(data_dir, cfg.data.generate.model_dump(), {"per_segment": False, **info}, log)

@@ -26,6 +26,7 @@ import numpy as np
 import pandas as pd
 
 from kiln.errors import KilnError
+from kiln.recipes import dataset_info
 
 KEYS = ("run_id", "timestamp", "node_id")
 SEGMENT_KEYS = ("run_id", "timestamp", "node_a_id", "node_b_id")  # the seed's per-segment records
@@ -129,9 +130,8 @@ def load_series(data_dir: Path, log: Callable[[str], None] = print) -> TrafficSe
     edges, weight = read_graph(data_dir, node_ids, log, segments)
     log(f"Number of nodes: {len(node_ids)}")
     log(f"Number of edges: {edges.shape[1]}")
-    description = json.loads((data_dir / "dataset.json").read_text()) if (data_dir / "dataset.json").is_file() else {}
     return TrafficSeries(values, weather, times, run_ids, node_ids, edges, weight,
-                         SPEED_COLUMNS[speed_col], interval, description)
+                         SPEED_COLUMNS[speed_col], interval, dataset_info(data_dir))
 
 
 def segment_speeds(frame: pd.DataFrame, speed_col: str, log: Callable[[str], None]) -> tuple[pd.DataFrame, pd.DataFrame]:

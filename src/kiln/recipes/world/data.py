@@ -34,6 +34,7 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from kiln.errors import KilnError
+from kiln.recipes import dataset_info
 
 FORMAT = "kiln-world-frames/1"
 SPLITS = ("train", "val", "test")
@@ -172,13 +173,10 @@ def import_frames_dir(source: Path, out: Path, size: int, val_episodes: int, tes
 
 
 def read_info(data_dir: Path) -> dict[str, Any]:
-    path = data_dir / "dataset.json"
-    if not path.is_file():
-        raise KilnError(f"data.dir '{data_dir}' has no dataset.json, so it is not a world dataset; make one with: "
-                        f"kiln data world --env CarRacing-v3 --out {data_dir}  (or --frames-dir DIR for your own recordings)")
-    info = json.loads(path.read_text())
+    info = dataset_info(data_dir, "world", f"kiln data world --env CarRacing-v3 --out {data_dir}  (or --frames-dir DIR "
+                                           "for your own recordings)")
     if info.get("format") != FORMAT:
-        raise KilnError(f"'{path}' is not a {FORMAT} dataset (format {info.get('format')!r}); rewrite it with kiln data world")
+        raise KilnError(f"'{data_dir / 'dataset.json'}' is not a {FORMAT} dataset (format {info.get('format')!r}); rewrite it with kiln data world")
     return info
 
 
