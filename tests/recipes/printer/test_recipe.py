@@ -17,7 +17,7 @@ from kiln.cli import main
 from kiln.engine.export import PARITY, export_run
 from kiln.errors import KilnError
 from kiln.recipes import get_recipe, load_recipe_config
-from kiln.recipes.printer.model import RealTimeCorrector, RidgeFIR, WindowPredictor
+from kiln.recipes.printer.model import RidgeFIR, WindowPredictor
 from kiln.recipes.printer.task import hybrid_loss
 
 TRIANGLE = Path(pyGCodeDecode.__file__).parent / "examples" / "data" / "triangle.gcode"

@@ -34,7 +34,7 @@ def random_spanning_trees(rows, cols, rng):
     (randomised Kruskal), all lattices in one block-diagonal graph.
     """
     rows, cols = np.asarray(rows, dtype=np.int64), np.asarray(cols, dtype=np.int64)
-    num, max_rows, max_cols = len(rows), int(rows.max()), int(cols.max())
+    max_rows, max_cols = int(rows.max()), int(cols.max())
     offsets = np.cumsum(rows * cols) - rows * cols
     r = np.arange(max_rows)[None, :, None]
     c = np.arange(max_cols)[None, None, :]
