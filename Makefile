@@ -36,6 +36,7 @@ bench: setup
 	$(PY) bench/world_collect.py
 	$(PY) bench/printer_stream.py
 	$(PY) bench/seqgen_step.py
+	$(PY) bench/seqgen_loss_gradients.py
 
 clean:
 	rm -rf .venv runs data
