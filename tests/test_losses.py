@@ -227,6 +227,7 @@ def test_autocorrelation_loss_gradient_grows_as_the_prediction_flattens():
     mae = torch.nn.functional.l1_loss  # each element's gradient is +-1 / N at any scale: the same norm
     assert gradient(0.1 * x, mae).norm().item() == pytest.approx(gradient(x, mae).norm().item())
 
+
 def test_combined_loss_returns_the_weighted_sum_and_its_parts():
     from statsmodels.tsa.stattools import acf
 
