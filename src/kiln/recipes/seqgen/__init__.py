@@ -25,12 +25,11 @@ def prepare_data(cfg: SeqgenConfig, log) -> None:
     make = lambda out, settings, log: synthesize(out, settings, cfg.data.split, log)  # noqa: E731
     if generate_if_missing(data_dir, cfg.data.generate, make, f"kiln data seqgen --synthetic --out {data_dir}", log):
         return
-    info = dataset_info(data_dir)
-    if info:
-        if cfg.data.generate is not None and info.get("source") == "synthetic-string":
-            warn_if_made_differently(data_dir, cfg.data.generate.model_dump(), info, log)
-        if "pca_fit_split" in info:
-            warn_if_made_differently(data_dir, cfg.data.split.model_dump(), info["pca_fit_split"], log)
+    info = dataset_info(data_dir)  # {} for a directory of the seed's CSV files alone
+    if cfg.data.generate is not None and info.get("source") == "synthetic-string":
+        warn_if_made_differently(data_dir, cfg.data.generate.model_dump(), info, log)
+    if "pca_fit_split" in info:
+        warn_if_made_differently(data_dir, cfg.data.split.model_dump(), info["pca_fit_split"], log)
 
 
 def load_data(cfg: SeqgenConfig, log=print):

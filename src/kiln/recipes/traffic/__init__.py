@@ -36,10 +36,9 @@ def prepare_data(cfg: TrafficConfig, log) -> None:
     if generate_if_missing(data_dir, cfg.data.generate, simulate, command, log):
         return
     info = dataset_info(data_dir)
-    if cfg.data.generate is not None and info:
-        if info.get("source") == "simulated-city":
-            # cities written before per-segment records existed hold records per node
-            warn_if_made_differently(data_dir, cfg.data.generate.model_dump(), {"per_segment": False, **info}, log)
+    if cfg.data.generate is not None and info.get("source") == "simulated-city":
+        # cities written before per-segment records existed hold records per node
+        warn_if_made_differently(data_dir, cfg.data.generate.model_dump(), {"per_segment": False, **info}, log)
 
 
 def load_data(cfg: TrafficConfig, log=print):
