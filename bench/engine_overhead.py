@@ -33,7 +33,7 @@ import torch  # noqa: E402
 
 from kiln.engine.devices import accelerator_for, resolve_precision, set_threads  # noqa: E402
 from kiln.engine.schedules import build_optimizer, build_scheduler  # noqa: E402
-from kiln.engine.trainer import fit  # noqa: E402
+from kiln.engine.fit import fit  # noqa: E402
 from kiln.recipes import get_recipe, load_recipe_config  # noqa: E402
 
 EPOCHS = 3  # first one is warm-up
@@ -85,7 +85,8 @@ def interleaved_step_ratio(cfg, blocks: int = 40, steps: int = 50) -> float:
     ~4 ms step's engine cost shows. Returns raw time / kiln time over all blocks."""
     from kiln.engine.devices import make_fabric
     from kiln.engine.rundir import RunLog, Status
-    from kiln.engine.trainer import Run, load_splits
+    from kiln.engine.fit import load_splits
+    from kiln.engine.loop import Run
 
     recipe = get_recipe(cfg.recipe)
     precision, _ = resolve_precision(cfg.train.precision, accelerator_for(cfg.train.device))

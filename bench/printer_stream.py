@@ -63,7 +63,7 @@ def task_and_features(run: Path | None) -> tuple[PrinterTask, np.ndarray, list]:
     trajectory = simulate_moves(Printer(settings), read_gcode(procedural_gcode("boat", 10)), "boat", "first:2")[-1]
     if run is not None:
         stream = StreamingPredictor.from_run(run)
-        from kiln.engine.trainer import load_run_task
+        from kiln.engine.evaluate import load_run_task
         from kiln.recipes import get_recipe
 
         task = load_run_task(run, get_recipe("printer"), {})

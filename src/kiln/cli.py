@@ -163,7 +163,7 @@ def train(args: argparse.Namespace) -> int:
         if not is_worker_process():  # under DDP rank 0 prepares the directory; the others never write
             run_dir = prepare_run_dir(run_dir, args.overwrite)
 
-    from kiln.engine.trainer import fit
+    from kiln.engine.fit import fit
 
     results = fit(cfg, recipe, run_dir, resume=bool(args.resume), init_from=args.init_from)
     if results.get("state") == "interrupted":
@@ -178,7 +178,7 @@ def train(args: argparse.Namespace) -> int:
 def evaluate(args: argparse.Namespace) -> int:
     from kiln.engine.devices import set_threads
     from kiln.engine.monitor import print_results
-    from kiln.engine.trainer import evaluate_run
+    from kiln.engine.evaluate import evaluate_run
 
     recipe, cfg = run_config(args.run_dir)
     set_threads(cfg.train.threads)  # as kiln train does: small models on a busy CPU crawl with spare threads spinning

@@ -120,7 +120,7 @@ def toy():
 @pytest.fixture
 def run_toy(tmp_path):
     """run_toy(name, cfg, recipe=TOY, **fit kwargs) -> (results, run_dir): fits the toy recipe into tmp_path/name."""
-    from kiln.engine.trainer import fit
+    from kiln.engine.fit import fit
 
     def run(name: str, cfg: ToyConfig, recipe: Recipe = TOY, **kwargs):
         run_dir = Path(tmp_path) / name

@@ -13,7 +13,7 @@ spec.loader.exec_module(toy)
 
 if __name__ == "__main__":
     from kiln.engine.devices import is_worker_process
-    from kiln.engine.trainer import fit
+    from kiln.engine.fit import fit
 
     run_dir = Path(sys.argv[1])
     train = {k: yaml.safe_load(v) for k, v in (arg.split("=", 1) for arg in sys.argv[2:])}

@@ -1,7 +1,8 @@
 import pytest
 import torch
 
-from kiln.engine.checkpoint import load_checkpoint, load_weights, save_atomic
+from kiln.engine.checkpoint import load_checkpoint, load_weights
+from kiln.engine.files import save_atomic
 from kiln.errors import KilnError
 
 

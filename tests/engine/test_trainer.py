@@ -15,7 +15,8 @@ from kiln.engine import devices
 from kiln.engine.batches import TensorBatches
 from kiln.engine.media import make_loggers
 from kiln.engine.monitor import follow_log, print_status, read_status
-from kiln.engine.trainer import evaluate_run, fit
+from kiln.engine.evaluate import evaluate_run
+from kiln.engine.fit import fit
 from kiln.errors import KilnError
 from kiln.recipes import get_recipe, load_recipe_config
 

@@ -12,15 +12,20 @@ exactly and DDP ranks split it without overlap:
 The order of epoch e depends only on (seed, e). Under DDP, rank r takes positions r, r + W, r + 2W...
 of that order, so with a per-device batch b the ranks' i-th batches together hold exactly the
 samples of batch i of a one-process run with batch b x W.
+
+`predict` runs a recipe's function over a whole split in order on the same batches: every recipe's
+evaluation and report predict through it.
 """
 
 from __future__ import annotations
 
-from typing import Iterator, Protocol
+from typing import Callable, Iterator, Protocol
 
 import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, default_collate
+
+from kiln.errors import KilnError
 
 
 class Batches(Protocol):
@@ -135,3 +140,23 @@ def make_batches(split: dict[str, Tensor] | Dataset, batch_size: int, *, shuffle
         return TensorBatches(split, batch_size, shuffle, seed, rank, world, even)
     dataset = TensorDictDataset(split) if isinstance(split, dict) else split
     return LoaderBatches(dataset, batch_size, shuffle, seed, rank, world, even, num_workers, pin_memory)
+
+
+@torch.no_grad()
+def predict(split: dict[str, Tensor] | Dataset, step: Callable[[dict[str, Tensor]], Tensor | dict[str, Tensor]],
+            batch_size: int, device: torch.device | str | None = None) -> Tensor | dict[str, Tensor]:
+    """`step(batch)` over a whole split in order, `batch_size` samples at a time on `device` (default: where they
+    are); its outputs, a tensor or a dict of tensors with the batch dimension first, concatenated on the CPU, with
+    floating point ones as float32 (an autocast step returns bf16)."""
+    def to_cpu(x: Tensor) -> Tensor:
+        return x.detach().float().cpu() if x.is_floating_point() else x.detach().cpu()
+
+    parts = []
+    for batch in make_batches(split, batch_size, shuffle=False, even=False).epoch():
+        out = step({k: v.to(device) for k, v in batch.items()} if device is not None else batch)
+        parts.append({k: to_cpu(v) for k, v in out.items()} if isinstance(out, dict) else to_cpu(out))
+    if not parts:
+        raise KilnError("the split to predict on is empty; regenerate the dataset with more samples")
+    if isinstance(parts[0], dict):
+        return {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
+    return torch.cat(parts)

@@ -21,14 +21,6 @@ from kiln.errors import KilnError
 FORMAT = 1
 
 
-def save_atomic(obj: dict[str, Any], path: Path) -> None:
-    """Write to a temporary sibling, then rename: a crash never leaves a half-written file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
-
-
 def load_checkpoint(path: str | Path, recipe: str | None = None) -> dict[str, Any]:
     path = Path(path)
     if path.is_dir():  # a run directory stands for its best weights

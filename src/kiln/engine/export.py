@@ -20,7 +20,7 @@ import torch
 from torch import Tensor, nn
 
 from kiln.config import RunConfig
-from kiln.engine.trainer import load_run_task
+from kiln.engine.evaluate import load_run_task
 from kiln.errors import KilnError
 
 PARITY = 1e-5

@@ -22,8 +22,10 @@ import torch
 from kiln.config import RunConfig
 from kiln.engine.devices import accelerator_for, make_fabric, resolve_precision, seed_everything, set_threads
 from kiln.engine.report import plt, save_figure
-from kiln.engine.rundir import RunLog, Status, write_json
-from kiln.engine.trainer import NonFinite, Run, load_splits
+from kiln.engine.files import write_json
+from kiln.engine.rundir import RunLog, Status
+from kiln.engine.fit import load_splits
+from kiln.engine.loop import NonFinite, Run
 from kiln.errors import KilnError
 
 SMOOTHING = 0.98   # EMA of the loss, bias-corrected
@@ -67,10 +69,8 @@ def lr_range_test(cfg: RunConfig, recipe, out: Path, *, min_lr: float = 1e-7, ma
         raise KilnError(f"--min-lr ({min_lr:g}) must be positive and below --max-lr ({max_lr:g})")
     if steps < 10:
         raise KilnError(f"--steps {steps} is too few for a range test; use at least 10 (100 is usual)")
-    # the test trains only: no EMA, validation, loggers or health warnings (a diverging loss is its point)
-    train = cfg.train.model_copy(update={"scheduler": cfg.train.scheduler.model_copy(update={"name": "none"}), "ema_decay": None,
-                                         "loggers": [], "val_every_n_steps": None, "max_steps": None,
-                                         "health": cfg.train.health.model_copy(update={"loss_spike_factor": None, "grad_norm_max": None})})
+    # the lr follows the test's own schedule (set below), not the config's
+    train = cfg.train.model_copy(update={"scheduler": cfg.train.scheduler.model_copy(update={"name": "none"})})
     cfg = cfg.model_copy(update={"train": train})
     precision, why = resolve_precision(train.precision, accelerator_for(train.device))
     fabric = make_fabric(train.model_copy(update={"devices": 1, "strategy": "auto"}), precision)
@@ -84,7 +84,8 @@ def lr_range_test(cfg: RunConfig, recipe, out: Path, *, min_lr: float = 1e-7, ma
     task.fit_data(splits.train)
     if not any(p.requires_grad for p in task.parameters()):
         raise KilnError(f"this {recipe.name} model has no trainable parameters; there is no learning rate to find")
-    run = Run(fabric, cfg, task, splits, out, log, Status([]), precision, train.seed)
+    # the test only trains: no callbacks (no checkpoints, EMA, loggers or health warnings: a diverging loss is its point)
+    run = Run(fabric, cfg, task, splits, out, log, Status([]), precision, train.seed, callbacks=[])
     growth = (max_lr / min_lr) ** (1 / (steps - 1))
     run.scheduler = torch.optim.lr_scheduler.LambdaLR(run.optimizer, lambda step: min_lr * growth ** step / train.lr)
     log(f"LR range test: {steps} steps from {min_lr:g} to {max_lr:g} ({run.steps_per_epoch} steps per epoch)")

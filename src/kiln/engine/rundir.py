@@ -13,6 +13,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from kiln.engine.files import write_file, write_json
 from kiln.errors import KilnError
 
 
@@ -53,20 +54,6 @@ def live_owner(run_dir: Path) -> int | None:
     return pid
 
 
-def write_json(path: Path, obj: Any) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2, default=_jsonable) + "\n")
-    os.replace(tmp, path)
-
-
-def _jsonable(value: Any) -> Any:
-    if hasattr(value, "item"):
-        return value.item()
-    if hasattr(value, "tolist"):
-        return value.tolist()
-    raise TypeError(f"cannot write {type(value).__name__} to JSON")
-
-
 class RunLog:
     """Console + train.log: every line the user sees is also in the run's log (and a multi-phase run's
     phase lines in both the phase's log and the run's). `quiet` is for DDP ranks other than 0."""
@@ -104,12 +91,12 @@ class Status:
 
 
 def write_csv(path: Path, rows: list[dict[str, Any]], columns: list[str]) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", newline="") as f:
+    def write(f) -> None:
         writer = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore")
         writer.writeheader()
         writer.writerows(rows)
-    os.replace(tmp, path)
+
+    write_file(path, write)
 
 
 def write_history(run_dir: Path, rows: list[dict[str, Any]], extra: tuple[str, tuple[str, ...] | dict[str, str]] | None = None) -> None:

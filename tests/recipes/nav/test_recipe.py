@@ -5,7 +5,7 @@ import json
 import pytest
 import torch
 
-from kiln.engine.trainer import fit
+from kiln.engine.fit import fit
 from kiln.recipes import load_recipe_config
 from kiln.recipes.nav.data import generate_dataset
 

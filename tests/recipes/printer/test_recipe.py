@@ -85,7 +85,7 @@ def test_train_evaluate_report_export_stream_and_compensate(printer_config, tmp_
     assert session.run(None, {"input_features": np.zeros((5, 32, 4), np.float32)})[0].shape == (5, 2)
 
     # streaming keeps the state: each streamed error equals the whole model on the sequence up to that sample
-    from kiln.engine.trainer import load_run_task
+    from kiln.engine.evaluate import load_run_task
     from kiln.recipes.printer.data import read_split
     from kiln.recipes.printer.stream import StreamingPredictor
 

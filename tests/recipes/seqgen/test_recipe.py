@@ -12,7 +12,7 @@ import pytest
 import torch
 import yaml
 
-from kiln.engine.trainer import fit
+from kiln.engine.fit import fit
 from kiln.errors import KilnError
 from kiln.recipes import get_recipe, load_recipe_config
 from kiln.recipes.seqgen.task import COMBINED_COLUMNS, PURE_COLUMNS, teacher_forcing_ratio

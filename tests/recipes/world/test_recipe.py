@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from kiln.cli import main
-from kiln.engine.trainer import fit
+from kiln.engine.fit import fit
 from kiln.recipes import load_recipe_config
 
 REPO = Path(__file__).resolve().parents[3]

@@ -46,8 +46,8 @@ def plot(result: dict, layer, out: Path) -> None:
 
 
 def compensate(run_dir: Path, gcode: Path, layers: str | None = None, out: Path | None = None, log=print) -> dict:
-    from kiln.engine.rundir import write_json
-    from kiln.engine.trainer import load_run_task
+    from kiln.engine.files import write_json
+    from kiln.engine.evaluate import load_run_task
     from kiln.recipes import get_recipe
     from kiln.recipes.printer.config import PrinterGenerator
     from kiln.recipes.printer.data import stream_features

@@ -75,7 +75,7 @@ class StreamingPredictor:
     @classmethod
     def from_run(cls, run_dir: Path, which: str = "best_model.pt") -> StreamingPredictor:
         """The run's LSTM, exported to RUN/export/stream_step.onnx."""
-        from kiln.engine.trainer import load_run_task
+        from kiln.engine.evaluate import load_run_task
         from kiln.recipes import get_recipe
         from kiln.recipes.printer.model import RealTimeCorrector
 

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 from kiln.engine.report import plot_learning_curves, plt, save_figure, write_summary
-from kiln.engine.rundir import write_json
+from kiln.engine.files import write_json
 
 SHOWN = 4
 METRICS = ("mae", "acf_error", "spectral_distance", "discriminative_score")
