@@ -84,3 +84,39 @@ def test_json_configs_are_accepted(tmp_path):
 def test_missing_file():
     with pytest.raises(KilnError, match="not found"):
         load_config(Path("no/such.yaml"))
+
+
+def test_a_key_the_chosen_arch_ignores_is_an_error():
+    """by_arch: each architecture has exactly its own keys, with the same one-line errors as any section."""
+    from typing import Literal
+
+    from kiln.config import RunConfig, Section, by_arch, validate
+
+    class Wide(Section):
+        arch: Literal["wide"] = "wide"
+        width: int = 8
+
+    class Deep(Section):
+        arch: Literal["deep"] = "deep"
+        depth: int = 2
+
+    class Cfg(RunConfig):
+        recipe: str = "toy"
+        data: Section = Section()
+        model: by_arch(Wide, Deep) = Wide()
+
+    assert validate({"model": {"width": 4}}, Cfg, "x").model.width == 4  # no arch: the first member's
+    assert validate({"model": {"arch": "deep", "depth": 5}}, Cfg, "x").model.depth == 5
+    with pytest.raises(KilnError, match=r"^x: unknown config key 'model.width' \(model.arch 'deep' has no width\); "
+                                        r"valid keys here: arch, depth$"):
+        validate({"model": {"arch": "deep", "width": 4}}, Cfg, "x")
+    with pytest.raises(KilnError, match=r"x: model.depth: Input should be a valid integer"):
+        validate({"model": {"arch": "deep", "depth": "many"}}, Cfg, "x")
+    with pytest.raises(KilnError, match=r"^x: model.arch: Input should be .wide., .deep. \(got .tall.\)$"):
+        validate({"model": {"arch": "tall"}}, Cfg, "x")
+    from kiln.config import apply_overrides
+
+    with pytest.raises(KilnError, match=r"unknown config key 'model.width' \(model.arch 'deep' has no width\)"):
+        apply_overrides({"model": {"arch": "deep"}}, ["model.width=3"], Cfg)
+    with pytest.raises(KilnError, match=r"did you mean 'model.depth'\?"):
+        apply_overrides({"model": {"arch": "deep"}}, ["model.depht=3"], Cfg)

@@ -11,10 +11,10 @@ import difflib
 import json
 import typing
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from kiln.errors import KilnError
 
@@ -116,6 +116,16 @@ class RunConfig(Section):
         None, description="multi-phase training: each entry overrides data/model/train keys for one phase, "
         "plus optional name and init (best | last: which weights of the previous phase it starts from)")
 
+    # A recipe's own defaults for train: keys (e.g. the metric it monitors); a config's train: section wins.
+    train_defaults: ClassVar[dict[str, Any]] = {}
+
+    @model_validator(mode="before")
+    @classmethod
+    def _recipe_train_defaults(cls, raw: Any) -> Any:
+        if isinstance(raw, dict) and cls.train_defaults and isinstance(raw.get("train", {}), dict):
+            raw = {**raw, "train": {**cls.train_defaults, **(raw.get("train") or {})}}
+        return raw
+
     @model_validator(mode="after")
     def _monitor_is_a_split_metric(self) -> RunConfig:
         if not self.train.monitor.startswith(("train_", "val_")):
@@ -185,35 +195,104 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     return key.split("."), parsed
 
 
-def _field_names(model: type[BaseModel], path: list[str]) -> list[str]:
-    """Valid keys at `path` inside `model`, for "did you mean" hints."""
+def by_arch(*members: type[Section], tag: str = "arch") -> Any:
+    """A config section that is one of `members`, chosen by its `tag` key (a pydantic discriminated union): each
+    architecture has exactly its own keys, so a key the chosen one ignores is an error. A missing tag means the
+    first member's."""
+    default = members[0].model_fields[tag].default
+
+    def tag_first(value: Any) -> Any:
+        return {tag: default, **value} if isinstance(value, dict) and tag not in value else value
+
+    return typing.Annotated[typing.Union[members], Field(discriminator=tag), BeforeValidator(tag_first)]
+
+
+def _member(field, raw: Any) -> type[BaseModel] | None:
+    """The section class a field holds: itself, the model inside `X | None`, or for a by_arch union the member the
+    raw value's tag (or the default's) names."""
+    candidates = typing.get_args(field.annotation) or (field.annotation,)
+    sections = [c for c in candidates if isinstance(c, type) and issubclass(c, BaseModel)]
+    if not sections:
+        return None
+    tag = field.discriminator
+    if tag and len(sections) > 1:
+        wanted = raw.get(tag) if isinstance(raw, dict) and tag in raw else getattr(field.get_default(call_default_factory=True), tag, None)
+        return next((c for c in sections if c.model_fields[tag].default == wanted), sections[0])
+    return sections[0]
+
+
+def _field_names(model: type[BaseModel], path: list[str], raw: Any = None) -> list[str]:
+    """Valid keys at `path` inside `model` (given the raw config, for by_arch sections), for "did you mean" hints."""
     for part in path:
         field = model.model_fields.get(part)
-        # a section may be optional (`NavGenerator | None`): look inside the union for the model
-        candidates = (typing.get_args(field.annotation) or (field.annotation,)) if field else ()
-        sections = [c for c in candidates if isinstance(c, type) and issubclass(c, BaseModel)]
-        if not sections:
+        raw = raw.get(part) if isinstance(raw, dict) else None
+        model = _member(field, raw) if field else None
+        if model is None:
             return []
-        model = sections[0]
     return list(model.model_fields)
 
 
-def _unknown_key_message(schema: type[BaseModel], loc: list[str]) -> str:
-    names = _field_names(schema, loc[:-1])
+def _schema_path(schema: type[BaseModel], loc: list[str]) -> list[str]:
+    """A pydantic error location without the union tags it inserts (`model.recurrent.depth` -> `model.depth`)."""
+    out, model, parts = [], schema, list(loc)
+    while parts:
+        part = parts.pop(0)
+        out.append(part)
+        field = model.model_fields.get(part) if model is not None else None
+        if field is None:
+            model = None
+            continue
+        members = {c.model_fields[field.discriminator].default: c for c in typing.get_args(field.annotation)
+                   if isinstance(c, type)} if field.discriminator else {}
+        model = members.pop(parts.pop(0)) if parts and parts[0] in members else _member(field, None)
+    return out
+
+
+def _unknown_key_message(schema: type[BaseModel], loc: list[str], raw: Any = None) -> str:
+    names = _field_names(schema, loc[:-1], raw)
     close = difflib.get_close_matches(loc[-1], names, n=1)
-    if close:
+    arch = _arch_of(schema, loc[:-1], raw)
+    ignored = f" (model.arch {arch} has no {loc[-1]})" if arch and loc[-1] in _all_member_fields(schema, loc[:-1]) else ""
+    if close and not ignored:
         hint = f"; did you mean '{'.'.join(loc[:-1] + close)}'?"
     else:
         hint = f"; valid keys here: {', '.join(names)}" if names else f"; '{'.'.join(loc[:-1])}' has no sub-keys"
-    return f"unknown config key '{'.'.join(loc)}'{hint}"
+    return f"unknown config key '{'.'.join(loc)}'{ignored}{hint}"
+
+
+def _arch_of(schema: type[BaseModel], path: list[str], raw: Any) -> str | None:
+    """The tag value of a by_arch section at `path` (None elsewhere)."""
+    model, node = schema, raw
+    for part in path:
+        field = model.model_fields.get(part) if model is not None else None
+        if field is None:
+            return None
+        node = node.get(part) if isinstance(node, dict) else None
+        if field.discriminator and part == path[-1]:
+            chosen = _member(field, node)
+            return f"'{chosen.model_fields[field.discriminator].default}'" if chosen else None
+        model = _member(field, node)
+    return None
+
+
+def _all_member_fields(schema: type[BaseModel], path: list[str]) -> set[str]:
+    """Every key any member of a by_arch section at `path` has (a key another architecture takes)."""
+    model = schema
+    for part in path[:-1]:
+        field = model.model_fields.get(part) if model is not None else None
+        model = _member(field, None) if field else None
+    field = model.model_fields.get(path[-1]) if model is not None and path else None
+    if field is None or not field.discriminator:
+        return set()
+    return {name for c in typing.get_args(field.annotation) if isinstance(c, type) for name in c.model_fields}
 
 
 def apply_overrides(raw: dict[str, Any], overrides: list[str], schema: type[BaseModel]) -> dict[str, Any]:
     for text in overrides:
         path, value = parse_override(text)
         for depth in range(1, len(path) + 1):  # name the first part that does not exist
-            if path[depth - 1] not in _field_names(schema, path[:depth - 1]):
-                raise KilnError(_unknown_key_message(schema, path[:depth]))
+            if path[depth - 1] not in _field_names(schema, path[:depth - 1], raw):
+                raise KilnError(_unknown_key_message(schema, path[:depth], raw))
         node = raw
         for part in path[:-1]:
             if not isinstance(node.get(part), dict):
@@ -228,10 +307,14 @@ def validate(raw: dict[str, Any], schema: type[RunConfig], source: str) -> RunCo
         return schema.model_validate(raw)
     except ValidationError as err:
         first = err.errors()[0]
-        loc = [str(part) for part in first["loc"]]
+        loc = _schema_path(schema, [str(part) for part in first["loc"]])
         if first["type"] == "extra_forbidden":
-            raise KilnError(f"{source}: {_unknown_key_message(schema, loc)}") from None
+            raise KilnError(f"{source}: {_unknown_key_message(schema, loc, raw)}") from None
         key = ".".join(loc) or "config"
+        if first["type"] == "union_tag_invalid":  # a by_arch section with an unknown arch
+            ctx = first["ctx"]
+            raise KilnError(f"{source}: {key}.{ctx['discriminator'].strip(chr(39))}: Input should be {ctx['expected_tags']} "
+                            f"(got {ctx['tag']!r})") from None
         got = f" (got {first['input']!r})" if first["type"] != "missing" and not isinstance(first["input"], dict) else ""
         raise KilnError(f"{source}: {key}: {first['msg']}{got}") from None
 
