@@ -22,7 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 import torch  # noqa: E402
 
-from kiln.losses import CombinedMAEAutocorrLoss  # noqa: E402
+from kiln.recipes.seqgen.losses import CombinedMAEAutocorrLoss  # noqa: E402
 from kiln.recipes.seqgen.model import StreamlinedSequenceGenerator  # noqa: E402
 from kiln.recipes.seqgen.sim import draw_parameters, fit_pca, project, string_profiles  # noqa: E402
 

@@ -12,12 +12,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
-if TYPE_CHECKING:
-    import argparse
+from pydantic import BaseModel
 
 from kiln.errors import KilnError
 
 if TYPE_CHECKING:
+    import argparse
+
     from kiln.config import RunConfig
     from kiln.engine.task import Evaluation, Splits, Task
 
@@ -31,31 +32,96 @@ RECIPES = {
 
 
 @dataclass(frozen=True)
+class Generator:
+    """How a recipe makes its embedded default data: `data.generate`'s schema (also the `kiln data <recipe>` flags)
+    and the function that writes a dataset directory from it, returning its dataset.json."""
+
+    schema: type[BaseModel]
+    make: Callable[[Path, Any, Callable[[str], None]], dict[str, Any]]
+    # The words between `kiln data <recipe>` and `--out`, e.g. "--simulate", for the line that makes data.dir by hand.
+    flags: str = ""
+    # The generator settings a dataset.json records (default: its top-level keys); None where it was not generated.
+    recorded: Callable[[dict[str, Any]], dict[str, Any] | None] = lambda info: info
+
+
+@dataclass(frozen=True)
 class Recipe:
+    """A recipe's seam to the engine and the CLI. Only `name` and `config` are required: the rest defaults to the
+    package's own modules (`kiln.recipes.<name>.data.load_data`, `.task.build_task`, `.evaluation.evaluate`,
+    `.report.write_report`) and, with a `generator`, to making data.dir from `data.generate` and to
+    `kiln data <name>` flags from its schema. A field given explicitly wins."""
+
     name: str
     config: type[RunConfig]
-    # Make sure cfg.data.dir exists (generate it from the config's generator settings if it can).
-    prepare_data: Callable[[RunConfig, Callable[[str], None]], None]
+    generator: Generator | None = None
+    # Make sure cfg.data.dir exists (default: generate it from data.generate, or name the `kiln data` line that does).
+    prepare_data: Callable[[RunConfig, Callable[[str], None]], None] | None = None
     # Read the dataset directory into Splits: in-memory tensors, or map-style datasets for data that does not
     # fit in memory (log: console + train.log).
-    load_data: Callable[[RunConfig, Callable[[str], None]], Splits]
+    load_data: Callable[[RunConfig, Callable[[str], None]], Splits] | None = None
     # Build the task (model + steps) for a config and the dataset's description.
-    build_task: Callable[[RunConfig, dict[str, Any]], Task]
+    build_task: Callable[[RunConfig, dict[str, Any]], Task] | None = None
     # Held-out metrics of a trained task (and the predictions behind them); `options` carries the recipe's own
     # `kiln evaluate` flags.
-    evaluate: Callable[[Task, Splits, RunConfig, dict[str, Any]], Evaluation]
+    evaluate: Callable[[Task, Splits, RunConfig, dict[str, Any]], Evaluation] | None = None
     # Plots and report.md into run_dir/report, from the results and outputs evaluate() returned.
-    report: Callable[[Path, Task, Splits, RunConfig, dict[str, Any], dict[str, Any]], None]
+    report: Callable[[Path, Task, Splits, RunConfig, dict[str, Any], dict[str, Any]], None] | None = None
     # `kiln data <name> ...`: add its flags to a parser (--out is common), then build the dataset from parsed flags.
-    data_arguments: Callable[[argparse.ArgumentParser], None]
-    make_data: Callable[[argparse.Namespace], None]
-    # The seed's training flags that map one to one onto config keys (`--dim 128` == `model.dim=128`).
+    data_arguments: Callable[[argparse.ArgumentParser], None] | None = None
+    make_data: Callable[[argparse.Namespace], None] | None = None
+    # The original guide's training flags that map one to one onto config keys (`--dim 128` == `model.dim=128`).
     train_flags: dict[str, str] = field(default_factory=dict)
     # The recipe's own `kiln evaluate RUN ...` flags; their values reach evaluate() as `options`.
     evaluate_arguments: Callable[[argparse.ArgumentParser], None] | None = None
     # Tools of the recipe's own, run as `kiln <recipe> <command> ...`: command -> (add its arguments, run it).
     commands: dict[str, tuple[Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int | None]]] = \
         field(default_factory=dict)
+    # Where the default functions live (a recipe outside kiln.recipes, e.g. a test's, names its package).
+    package: str | None = None
+
+    def __post_init__(self) -> None:
+        package = self.package or f"kiln.recipes.{self.name}"
+        defaults = {
+            "load_data": lazy(f"{package}.data", "load_data"),
+            "build_task": lazy(f"{package}.task", "build_task"),
+            "evaluate": lazy(f"{package}.evaluation", "evaluate"),
+            "report": lazy(f"{package}.report", "write_report"),
+        }
+        if self.generator is not None:
+            defaults.update(prepare_data=self.generate_if_missing, data_arguments=self.generator_arguments,
+                            make_data=self.make_from_arguments)
+        for name, default in defaults.items():
+            if getattr(self, name) is None:
+                object.__setattr__(self, name, default)
+        missing = [name for name in ("prepare_data", "data_arguments", "make_data") if getattr(self, name) is None]
+        if missing:
+            raise TypeError(f"recipe {self.name}: give a generator or {', '.join(missing)}")
+
+    def data_command(self, data_dir: Path | str = "DIR") -> str:
+        flags = f" {self.generator.flags}" if self.generator is not None and self.generator.flags else ""
+        return f"kiln data {self.name}{flags} --out {data_dir}"
+
+    def generate_if_missing(self, cfg: RunConfig, log: Callable[[str], None]) -> None:
+        """The default prepare_data: make a missing data.dir from data.generate; say so when an existing one was made
+        with other settings than the config's."""
+        data_dir = Path(cfg.data.dir)
+        if generate_if_missing(data_dir, cfg.data.generate, self.generator.make, self.data_command(data_dir), log):
+            return
+        if cfg.data.generate is not None:
+            recorded = self.generator.recorded(dataset_info(data_dir))
+            if recorded is not None:
+                warn_if_made_differently(data_dir, cfg.data.generate.model_dump(), recorded, log)
+
+    def generator_arguments(self, parser: argparse.ArgumentParser) -> None:
+        from kiln.config import add_schema_arguments
+
+        add_schema_arguments(parser, self.generator.schema)
+
+    def make_from_arguments(self, args: argparse.Namespace) -> None:
+        from kiln.config import schema_from_arguments
+        from kiln.engine.rundir import RunLog
+
+        self.generator.make(args.out, schema_from_arguments(args, self.generator.schema), RunLog())
 
 
 def generate_if_missing(data_dir: Path, settings: Any, make: Callable[[Path, Any, Callable[[str], None]], Any],

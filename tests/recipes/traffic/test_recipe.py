@@ -13,9 +13,10 @@ import pandas as pd
 import pytest
 import torch
 
-from kiln.engine.trainer import evaluate_run, fit
+from kiln.engine.evaluate import evaluate_run
+from kiln.engine.fit import fit
 from kiln.recipes import get_recipe, load_recipe_config
-from kiln.metrics import interval_coverage, spread_scale_for_coverage
+from kiln.recipes.traffic.metrics import interval_coverage, spread_scale_for_coverage
 from kiln.recipes.traffic.task import TrafficTask, predict_split
 
 

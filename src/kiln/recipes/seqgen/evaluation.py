@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from kiln.losses import autocorrelation
+from kiln.recipes.seqgen.losses import autocorrelation
 
 NEIGHBOURS = (1, 2, 3, 5, 8, 13, 21)
 WELCH_SEGMENT = 64

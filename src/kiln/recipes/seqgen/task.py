@@ -7,7 +7,7 @@ import torch
 from torch import Tensor
 
 from kiln.engine.task import Evaluation, Task
-from kiln.losses import CombinedMAEAutocorrLoss
+from kiln.recipes.seqgen.losses import CombinedMAEAutocorrLoss
 from kiln.recipes.seqgen.config import SeqgenConfig
 from kiln.recipes.seqgen.evaluation import choose_k, generation_metrics, nearest_neighbour_mean
 from kiln.recipes.seqgen.model import StreamlinedSequenceGenerator

@@ -25,7 +25,7 @@ from torch import Tensor, nn
 from torch_geometric.nn import GATv2Conv
 from torch_geometric.utils import dropout_edge
 
-from kiln.metrics import dilate_mixture
+from kiln.recipes.traffic.metrics import dilate_mixture
 
 
 class FeedForward(nn.Sequential):

@@ -82,7 +82,7 @@ def fit_linear_svr(x: np.ndarray, y: np.ndarray, x_new: np.ndarray, epsilon: flo
 def tgcn_reference_tables(speed: np.ndarray, horizons: dict[str, int], seq_len: int = 12, jobs: int = 1) -> dict[str, dict]:
     """Persistence and T-GCN's linear SVR under the T-GCN protocol (80/20, metrics pooled over steps 1..h).
     The SVR fits one model per node and horizon (minutes on a CPU), so datasets store the result."""
-    from kiln.metrics import tgcn_metrics
+    from kiln.recipes.traffic.metrics import tgcn_metrics
 
     train_end = int(len(speed) * 0.8)
     tables: dict[str, dict] = {"persistence": {}, "linear_svr": {}}

@@ -10,7 +10,7 @@ import pandas as pd
 import torch
 
 from kiln.engine.report import plot_learning_curves, plt, save_figure, write_summary
-from kiln.metrics import central_interval
+from kiln.recipes.traffic.metrics import central_interval
 
 SHOWN_NODES = 3
 

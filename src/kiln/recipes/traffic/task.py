@@ -10,8 +10,8 @@ from torch import Tensor
 
 from kiln.engine.task import Evaluation, Task
 from kiln.errors import KilnError
-from kiln.losses import mixture_diversity, mixture_entropy, mixture_nll, mixture_usage_kl
-from kiln.metrics import (dilate_mixture, error_metrics, interval_coverage, mixture_crps, mixture_mean, pit, pit_histogram,
+from kiln.recipes.traffic.losses import mixture_diversity, mixture_entropy, mixture_nll, mixture_usage_kl
+from kiln.recipes.traffic.metrics import (dilate_mixture, error_metrics, interval_coverage, mixture_crps, mixture_mean, pit, pit_histogram,
                           reliability_curve, spread_scale_for_coverage, tgcn_metrics)
 from kiln.recipes.traffic.config import TrafficConfig
 from kiln.recipes.traffic.references import HistoricalAverage

@@ -1,6 +1,6 @@
 """Evaluation metrics: Gaussian-mixture summaries, calibration, CRPS and point-forecast errors.
 
-Mixture arguments follow kiln.losses: `means`, `stds`, `logits` shaped [..., K], targets shaped [...].
+Mixture arguments follow losses.py: `means`, `stds`, `logits` shaped [..., K], targets shaped [...].
 """
 
 from __future__ import annotations

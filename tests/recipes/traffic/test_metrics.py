@@ -9,7 +9,7 @@ from sklearn.metrics import explained_variance_score, mean_absolute_error, mean_
 from torch.distributions import Categorical, MixtureSameFamily, Normal
 from torchmetrics.regression import MeanAbsoluteError, MeanAbsolutePercentageError, MeanSquaredError, R2Score
 
-from kiln.metrics import (
+from kiln.recipes.traffic.metrics import (
     calibration_curve,
     central_interval,
     dilate_mixture,
