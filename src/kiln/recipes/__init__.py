@@ -47,8 +47,8 @@ class Generator:
 @dataclass(frozen=True)
 class Recipe:
     """A recipe's seam to the engine and the CLI. Only `name` and `config` are required: the rest defaults to the
-    package's own modules (`kiln.recipes.<name>.data.load_data`, `.task.build_task`, `.evaluation.evaluate`,
-    `.report.write_report`) and, with a `generator`, to making data.dir from `data.generate` and to
+    package's own modules (`kiln.recipes.<name>.data.load_data`, `.task.build_task`, `.evaluation.evaluate`
+    and `.headline`, `.report.write_report`) and, with a `generator`, to making data.dir from `data.generate` and to
     `kiln data <name>` flags from its schema. A field given explicitly wins."""
 
     name: str
@@ -66,6 +66,9 @@ class Recipe:
     evaluate: Callable[[Task, Splits, RunConfig, dict[str, Any]], Evaluation] | None = None
     # Plots and report.md into run_dir/report, from the results and outputs evaluate() returned.
     report: Callable[[Path, Task, Splits, RunConfig, dict[str, Any], dict[str, Any]], None] | None = None
+    # The recipe's headline from its test_results.json, for `kiln runs` and `kiln demo`: {"metric": name, "value": x,
+    # "baseline": name, "baseline_value": y, "higher_is_better": bool} (default: its evaluation.headline).
+    headline: Callable[[dict[str, Any]], dict[str, Any]] | None = None
     # `kiln data <name> ...`: add its flags to a parser (--out is common), then build the dataset from parsed flags.
     data_arguments: Callable[[argparse.ArgumentParser], None] | None = None
     make_data: Callable[[argparse.Namespace], None] | None = None
@@ -86,6 +89,7 @@ class Recipe:
             "build_task": lazy(f"{package}.task", "build_task"),
             "evaluate": lazy(f"{package}.evaluation", "evaluate"),
             "report": lazy(f"{package}.report", "write_report"),
+            "headline": lazy(f"{package}.evaluation", "headline"),
         }
         if self.generator is not None:
             defaults.update(prepare_data=self.generate_if_missing, data_arguments=self.generator_arguments,
