@@ -249,3 +249,31 @@ def test_calibrate_sees_only_the_validation_split_and_the_saved_weights_carry_it
         with torch.no_grad():
             expected = (task.predict(val["x"]) - val["y"]).mean()
         assert saved["val_bias"].item() == pytest.approx(expected.item(), abs=1e-6) and expected != 0
+
+
+def test_a_callback_sees_every_update_and_validation_and_can_end_the_run(toy_cfg, run_toy):
+    """fit(callbacks=...) joins the loop after the config's own: the hook a sweep's pruning uses."""
+    from kiln.engine.callbacks import Callback
+
+    class StopAfterTwo(Callback):
+        def __init__(self):
+            self.updates, self.rows, self.ended = 0, [], None
+
+        def on_update(self, run, loss, grad_norm):
+            self.updates += 1
+
+        def on_validation(self, run, row, improved):
+            self.rows.append(row["val_loss"])
+            if len(self.rows) == 2:
+                run.stop_reason = "stopped_by_test"
+
+        def on_end(self, run, outcome):
+            self.ended = outcome
+
+    probe = StopAfterTwo()
+    results, run_dir = run_toy("probe", toy_cfg(max_epochs=5), callbacks=(probe,))
+    history = json.loads((run_dir / "history.json").read_text())
+    assert probe.rows == history["val_loss"] and len(probe.rows) == 2
+    assert probe.updates == history["step"][-1] == 2 * 4  # 64 samples at batch 16: 4 updates per epoch
+    assert probe.ended == "finished"
+    assert json.loads((run_dir / "status.json").read_text())["stop_reason"] == "stopped_by_test"

@@ -23,6 +23,7 @@ from kiln.engine.checkpoint import load_checkpoint
 from kiln.engine.devices import accelerator_for, make_fabric, process_layout, resolve_precision, seed_everything, set_threads
 from kiln.engine.evaluate import calibrate, calibrate_saved, evaluate_run
 from kiln.engine.files import write_text
+from kiln.engine.callbacks import Callback
 from kiln.engine.loop import Run
 from kiln.engine.phases import WEIGHTS, finish_run, merge_histories, phase_state
 from kiln.engine.rundir import RunLog, Status, write_history, write_run_record
@@ -30,11 +31,12 @@ from kiln.engine.task import Splits
 from kiln.errors import KilnError
 
 
-def fit(cfg: RunConfig, recipe, run_dir: Path, *, resume: bool = False, init_from: str | None = None) -> dict[str, Any]:
+def fit(cfg: RunConfig, recipe, run_dir: Path, *, resume: bool = False, init_from: str | None = None,
+        callbacks: tuple[Callback, ...] = ()) -> dict[str, Any]:
     """Train `cfg` into `run_dir` (fresh or resumed), then evaluate the best model on the test split.
 
     Under DDP every process calls this; only rank 0 writes files. A config with `phases:` runs them in
-    order, each in run_dir/phase_K."""
+    order, each in run_dir/phase_K. `callbacks` join every phase's loop after the config's own (callbacks.py)."""
     precision, why = resolve_precision(cfg.train.precision, accelerator_for(cfg.train.device))
     fabric = make_fabric(cfg.train, precision)
     run_dir = Path(fabric.broadcast(str(run_dir)))  # ranks started by torchrun may have made other default names
@@ -46,11 +48,12 @@ def fit(cfg: RunConfig, recipe, run_dir: Path, *, resume: bool = False, init_fro
         write_run_record(run_dir, precision, why, fabric.world_size)
         write_text(run_dir / "config.yaml", dump_config(cfg))
     if cfg.phases:
-        results = fit_phases(fabric, cfg, recipe, run_dir, log, precision, resume=resume, init_from=init_from)
+        results = fit_phases(fabric, cfg, recipe, run_dir, log, precision, resume=resume, init_from=init_from, callbacks=callbacks)
     else:
         splits = load_splits(fabric, recipe, cfg, log)
         status = Status([run_dir / "status.json"] if zero else [])
-        results = fit_one(fabric, cfg, recipe, splits, run_dir, log, status, precision, resume=resume, init_from=init_from)
+        results = fit_one(fabric, cfg, recipe, splits, run_dir, log, status, precision, resume=resume, init_from=init_from,
+                          callbacks=callbacks)
     if fabric.world_size > 1:  # every rank waits for rank 0's evaluation, then all leave the process group together
         fabric.barrier()
         torch.distributed.destroy_process_group()
@@ -66,7 +69,7 @@ def load_splits(fabric, recipe, cfg: RunConfig, log: RunLog) -> Splits:
 
 
 def fit_phases(fabric, cfg: RunConfig, recipe, run_dir: Path, log: RunLog, precision: str, *, resume: bool,
-               init_from: str | None) -> dict[str, Any]:
+               init_from: str | None, callbacks: tuple[Callback, ...] = ()) -> dict[str, Any]:
     phases = cfg.phase_configs()
     zero = fabric.is_global_zero
     if resume and all(phase_state(run_dir / f"phase_{k}") == "finished" for k in range(1, len(phases) + 1)):
@@ -93,7 +96,7 @@ def fit_phases(fabric, cfg: RunConfig, recipe, run_dir: Path, log: RunLog, preci
                         phase=f"{k}/{len(phases)}", phase_name=name)
         results = fit_one(fabric, phase_cfg, recipe, splits_by_data[key], phase_dir, phase_log, status, precision,
                           resume=resume_phase, init_from=None if resume_phase else start_from,
-                          batch_seed=phase_cfg.train.seed + 7919 * (k - 1))  # each phase its own shuffles
+                          batch_seed=phase_cfg.train.seed + 7919 * (k - 1), callbacks=callbacks)  # each phase its own shuffles
         if zero:
             merge_histories(run_dir, len(phases))
         if results.get("state") == "interrupted":
@@ -106,13 +109,14 @@ def fit_phases(fabric, cfg: RunConfig, recipe, run_dir: Path, log: RunLog, preci
 
 
 def fit_one(fabric, cfg: RunConfig, recipe, splits: Splits, run_dir: Path, log: RunLog, status: Status, precision: str, *,
-            resume: bool = False, init_from: str | None = None, batch_seed: int | None = None) -> dict[str, Any]:
+            resume: bool = False, init_from: str | None = None, batch_seed: int | None = None,
+            callbacks: tuple[Callback, ...] = ()) -> dict[str, Any]:
     seed_everything(cfg.train.seed, cfg.train.deterministic)
     task = recipe.build_task(cfg, splits.info)
     task.fit_data(splits.train)
     closed_form = not any(p.requires_grad for p in task.parameters())
     run = Run(fabric, cfg, task, splits, run_dir, log, status, precision, cfg.train.seed if batch_seed is None else batch_seed,
-              callbacks=[] if closed_form else None)
+              callbacks=[] if closed_form else None, extra_callbacks=() if closed_form else callbacks)
     if closed_form:
         return fit_closed_form(run, recipe)
     if resume:

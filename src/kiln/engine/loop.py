@@ -138,10 +138,11 @@ class Run:
     """One training run (or one phase of a multi-phase run) in one run directory.
 
     `callbacks` default to the config's (callbacks.default_callbacks); pass [] for a loop that only trains
-    (the LR range test). A task without trainable parameters gets no optimizer: it can only be validated."""
+    (the LR range test). `extra_callbacks` run after them (a sweep's pruning). A task without trainable
+    parameters gets no optimizer: it can only be validated."""
 
     def __init__(self, fabric, cfg: RunConfig, task: Task, splits: Splits, run_dir: Path, log: RunLog, status: Status,
-                 precision: str, batch_seed: int, callbacks: list[Callback] | None = None):
+                 precision: str, batch_seed: int, callbacks: list[Callback] | None = None, extra_callbacks: tuple[Callback, ...] = ()):
         t = cfg.train
         self.fabric, self.cfg, self.t, self.splits, self.run_dir, self.log, self.status = fabric, cfg, t, splits, run_dir, log, status
         self.precision, self.zero = precision, fabric.is_global_zero
@@ -170,7 +171,7 @@ class Run:
         self.window: list[Tensor] = []  # losses of the micro-batches in the current accumulation window
         self.period_started = self.train_time = 0.0
         self.first_val_batch: dict[str, Tensor] | None = None
-        self.callbacks = default_callbacks(self) if callbacks is None else callbacks
+        self.callbacks = (default_callbacks(self) if callbacks is None else list(callbacks)) + list(extra_callbacks)
 
     def call(self, hook: str, *args: Any) -> None:
         for callback in self.callbacks:
