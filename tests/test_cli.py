@@ -37,23 +37,31 @@ def test_seed_flags_map_onto_config(tiny_config, tmp_path, capsys):
 def test_refuses_a_run_dir_another_live_kiln_is_training(tiny_config, tmp_path, capsys):
     import json
     import subprocess
+    import sys
 
     run_dir = tmp_path / "run"
     (run_dir / "checkpoints").mkdir(parents=True)
     (run_dir / "checkpoints" / "last.ckpt").write_text("x")
-    other = subprocess.Popen(["sleep", "30"])  # a live process that is not us
+    (run_dir / "status.json").write_text(json.dumps({"state": "running"}))
+    (run_dir / "config.yaml").write_text(tiny_config.read_text())
+    # a live process that holds the run's lock, as a training kiln does
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from kiln.engine.rundir import RunLock; "
+                               "RunLock.acquire(sys.argv[1]); print('locked', flush=True); time.sleep(60)", str(run_dir)],
+                              stdout=subprocess.PIPE, text=True)
     try:
-        (run_dir / "status.json").write_text(json.dumps({"state": "running", "pid": other.pid}))
+        assert holder.stdout.readline().strip() == "locked"
         assert main(["train", str(tiny_config), "--run-dir", str(run_dir), "--overwrite"]) == 2
-        assert f"in use by a running kiln (pid {other.pid})" in capsys.readouterr().err
+        assert f"in use by a running kiln (pid {holder.pid}" in capsys.readouterr().err
         assert main(["train", "--resume", str(run_dir)]) == 2
-        assert "is still training it" in capsys.readouterr().err
+        assert f"in use by a running kiln (pid {holder.pid}" in capsys.readouterr().err
         assert (run_dir / "checkpoints" / "last.ckpt").read_text() == "x"
     finally:
-        other.kill()
-        other.wait()
-    # once that process is gone, --overwrite may replace the directory
+        holder.kill()
+        holder.wait()
+    # once that process is gone (killed: its lock file stays behind), --overwrite takes the lock over and replaces the run
     assert main(["train", str(tiny_config), "--run-dir", str(run_dir), "--overwrite", "train.max_epochs=1"]) == 0
+    assert f"Took over the lock of {run_dir}: its holder (pid {holder.pid}" in (run_dir / "train.log").read_text()
+    assert (run_dir / "checkpoints" / "last.ckpt").read_bytes() != b"x"
 
 
 def test_refuses_non_empty_run_dir(tiny_config, tmp_path, capsys):

@@ -52,7 +52,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_config_arguments(train, recipes)
     train.add_argument("--run-dir", "--output-dir", "--checkpoint-dir", dest="run_dir", type=Path,
                        help="where the run goes (default runs/<recipe>/<config>-<time>); --output-dir and --checkpoint-dir are the seeds' names")
-    train.add_argument("--overwrite", action="store_true", help="replace a non-empty --run-dir")
+    train.add_argument("--overwrite", action="store_true",
+                       help="replace the kiln run in --run-dir (only a directory holding a kiln run is ever deleted)")
     train.add_argument("--resume", type=Path, metavar="RUN_DIR", help="continue RUN_DIR from its last checkpoint (and phase)")
     train.add_argument("--init-from", metavar="CHECKPOINT", help="start from these weights (best_model.pt, a .ckpt or a run dir)")
 
@@ -142,7 +143,7 @@ def run_config(run_dir: Path, overrides: list[str] = ()):
 
 def train(args: argparse.Namespace) -> int:
     from kiln.engine.devices import is_worker_process
-    from kiln.engine.rundir import default_run_dir, live_owner, prepare_run_dir
+    from kiln.engine.rundir import default_run_dir
     from kiln.recipes import load_recipe_config, recipe_of
 
     if args.resume:
@@ -151,8 +152,6 @@ def train(args: argparse.Namespace) -> int:
         elif args.config or args.config_flag:
             raise KilnError("--resume continues a run with its own config.yaml; give KEY=VALUE overrides, not a CONFIG")
         run_dir = args.resume
-        if not is_worker_process() and (owner := live_owner(run_dir)) is not None:
-            raise KilnError(f"cannot resume '{run_dir}': a kiln (pid {owner}) is still training it; stop it first (kill -INT {owner})")
         recipe, _ = run_config(run_dir)
         _, cfg = run_config(run_dir, collect_overrides(args, recipe))
     else:
@@ -160,12 +159,10 @@ def train(args: argparse.Namespace) -> int:
         recipe = recipe_of(path)
         _, cfg = load_recipe_config(path, collect_overrides(args, recipe))
         run_dir = args.run_dir or default_run_dir(cfg.recipe, cfg.name)
-        if not is_worker_process():  # under DDP rank 0 prepares the directory; the others never write
-            run_dir = prepare_run_dir(run_dir, args.overwrite)
 
     from kiln.engine.fit import fit
 
-    results = fit(cfg, recipe, run_dir, resume=bool(args.resume), init_from=args.init_from)
+    results = fit(cfg, recipe, run_dir, resume=bool(args.resume), init_from=args.init_from, overwrite=args.overwrite)
     if results.get("state") == "interrupted":
         return 0 if is_worker_process() else 130  # a DDP launcher takes a worker's non-zero exit for a crash
     if not is_worker_process():

@@ -12,9 +12,10 @@ validated whole before anything runs. Phase K starts from phase K-1's best weigh
 
 from __future__ import annotations
 
+import contextlib
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
@@ -22,38 +23,89 @@ from kiln.config import RunConfig, dump_config
 from kiln.engine.checkpoint import load_checkpoint
 from kiln.engine.devices import accelerator_for, make_fabric, process_layout, resolve_precision, seed_everything, set_threads
 from kiln.engine.evaluate import calibrate, calibrate_saved, evaluate_run
-from kiln.engine.files import write_text
+from kiln.engine.files import write_failed, write_text
 from kiln.engine.callbacks import Callback
-from kiln.engine.loop import Run
+from kiln.engine.loop import Run, one_line
 from kiln.engine.phases import WEIGHTS, finish_run, merge_histories, phase_state
-from kiln.engine.rundir import RunLog, Status, write_history, write_run_record
+from kiln.engine.rundir import RunLock, RunLog, Status, check_run_dir, clear_run_dir, write_history, write_run_record
 from kiln.engine.task import Splits
 from kiln.errors import KilnError
 
 
+class RunStart:
+    """A run directory from the first check to the first write (rank 0): the lock is taken at once, files are
+    written only once config, data, task and checkpoint have all passed (`ready`), so a start that fails on
+    bad input leaves the directory as it was (or no directory at all), and --overwrite deletes the old run only
+    when the new one is ready to train."""
+
+    def __init__(self, run_dir: Path, cfg: RunConfig, precision: str, why: str, world_size: int, log: RunLog, *,
+                 resume: bool, overwrite: bool):
+        self.run_dir, self.cfg, self.record, self.log = run_dir, cfg, (precision, why, world_size), log
+        self.resume, self.overwrite, self.is_ready = resume, overwrite, False
+        check_run_dir(run_dir, overwrite or resume)  # a file in the way, not writable, not a run: before any write
+        missing = [d for d in [run_dir, *run_dir.parents] if not d.exists()]
+        self.created = missing  # the directories this start makes, innermost first
+        try:
+            run_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise write_failed(run_dir, err) from None
+        self.lock = RunLock.acquire(run_dir)
+        try:
+            check_run_dir(run_dir, overwrite or resume)  # again, holding the lock: another start may have won the race
+        except KilnError:
+            self.end()
+            raise
+
+    def ready(self) -> None:
+        """Everything checked: replace an old run (--overwrite), then write train.log, run.json and config.yaml."""
+        if self.is_ready:
+            return
+        self.is_ready = True
+        if self.overwrite and not self.resume:
+            clear_run_dir(self.run_dir)
+        self.log.attach(self.run_dir / "train.log")
+        if (line := self.lock.taken_over()) is not None:
+            self.log(line)
+        write_run_record(self.run_dir, *self.record)
+        write_text(self.run_dir / "config.yaml", dump_config(self.cfg))
+
+    def end(self) -> None:
+        """Release the lock; a start that never got ready removes the directory it made (nothing else is in it)."""
+        self.lock.release()
+        if not self.is_ready:
+            for directory in self.created:
+                with contextlib.suppress(OSError):
+                    directory.rmdir()
+
+
 def fit(cfg: RunConfig, recipe, run_dir: Path, *, resume: bool = False, init_from: str | None = None,
-        callbacks: tuple[Callback, ...] = ()) -> dict[str, Any]:
+        overwrite: bool = False, callbacks: tuple[Callback, ...] = ()) -> dict[str, Any]:
     """Train `cfg` into `run_dir` (fresh or resumed), then evaluate the best model on the test split.
 
     Under DDP every process calls this; only rank 0 writes files. A config with `phases:` runs them in
-    order, each in run_dir/phase_K. `callbacks` join every phase's loop after the config's own (callbacks.py)."""
+    order, each in run_dir/phase_K. `callbacks` join every phase's loop after the config's own (callbacks.py).
+    Nothing is written to run_dir before the config, the data and the task have passed their checks."""
     precision, why = resolve_precision(cfg.train.precision, accelerator_for(cfg.train.device))
     fabric = make_fabric(cfg.train, precision)
     run_dir = Path(fabric.broadcast(str(run_dir)))  # ranks started by torchrun may have made other default names
     zero = fabric.is_global_zero
-    log = RunLog([run_dir / "train.log"] if zero else [], quiet=not zero)
-    log(f"Precision: {precision} (" + (f"auto: {why})" if cfg.train.precision == "auto" else f"{why})"))
-    set_threads(cfg.train.threads, process_layout(cfg.train)["devices"])
-    if zero:
-        write_run_record(run_dir, precision, why, fabric.world_size)
-        write_text(run_dir / "config.yaml", dump_config(cfg))
-    if cfg.phases:
-        results = fit_phases(fabric, cfg, recipe, run_dir, log, precision, resume=resume, init_from=init_from, callbacks=callbacks)
-    else:
-        splits = load_splits(fabric, recipe, cfg, log)
-        status = Status([run_dir / "status.json"] if zero else [])
-        results = fit_one(fabric, cfg, recipe, splits, run_dir, log, status, precision, resume=resume, init_from=init_from,
-                          callbacks=callbacks)
+    log = RunLog(quiet=not zero, held=True)
+    start = RunStart(run_dir, cfg, precision, why, fabric.world_size, log, resume=resume, overwrite=overwrite) if zero else None
+    ready = start.ready if zero else (lambda: None)
+    try:
+        log(f"Precision: {precision} (" + (f"auto: {why})" if cfg.train.precision == "auto" else f"{why})"))
+        set_threads(cfg.train.threads, process_layout(cfg.train)["devices"])
+        if cfg.phases:
+            results = fit_phases(fabric, cfg, recipe, run_dir, log, precision, resume=resume, init_from=init_from,
+                                 ready=ready, callbacks=callbacks)
+        else:
+            splits = load_splits(fabric, recipe, cfg, log)
+            status = Status([run_dir / "status.json"] if zero else [])
+            results = fit_one(fabric, cfg, recipe, splits, run_dir, log, status, precision, resume=resume, init_from=init_from,
+                              ready=ready, callbacks=callbacks)
+    finally:
+        if start is not None:
+            start.end()
     if fabric.world_size > 1:  # every rank waits for rank 0's evaluation, then all leave the process group together
         fabric.barrier()
         torch.distributed.destroy_process_group()
@@ -69,7 +121,7 @@ def load_splits(fabric, recipe, cfg: RunConfig, log: RunLog) -> Splits:
 
 
 def fit_phases(fabric, cfg: RunConfig, recipe, run_dir: Path, log: RunLog, precision: str, *, resume: bool,
-               init_from: str | None, callbacks: tuple[Callback, ...] = ()) -> dict[str, Any]:
+               init_from: str | None, ready: Callable[[], None], callbacks: tuple[Callback, ...] = ()) -> dict[str, Any]:
     phases = cfg.phase_configs()
     zero = fabric.is_global_zero
     if resume and all(phase_state(run_dir / f"phase_{k}") == "finished" for k in range(1, len(phases) + 1)):
@@ -85,17 +137,22 @@ def fit_phases(fabric, cfg: RunConfig, recipe, run_dir: Path, log: RunLog, preci
         resume_phase = resume and (phase_dir / "checkpoints" / "last.ckpt").is_file()
         start_from = init_from if k == 1 else str(run_dir / f"phase_{k - 1}" / WEIGHTS[init])
         log(f"Phase {k}/{len(phases)}: {name}" + ("" if resume_phase or not start_from else f", from {start_from}"))
-        if zero:
-            phase_dir.mkdir(exist_ok=True)
-            write_text(phase_dir / "config.yaml", dump_config(phase_cfg))
         key = json.dumps([phase_cfg.data.model_dump(mode="json"), phase_cfg.model.model_dump(mode="json")])
         if key not in splits_by_data:  # phases that change only train: keys share one load
             splits_by_data[key] = load_splits(fabric, recipe, phase_cfg, log)
-        phase_log = RunLog([phase_dir / "train.log", run_dir / "train.log"] if zero else [], quiet=not zero)
+        phase_log = RunLog(quiet=not zero, held=True)
         status = Status([phase_dir / "status.json", run_dir / "status.json"] if zero else [],
                         phase=f"{k}/{len(phases)}", phase_name=name)
+
+        def phase_ready(phase_dir=phase_dir, phase_cfg=phase_cfg, phase_log=phase_log) -> None:
+            ready()
+            if zero:
+                phase_dir.mkdir(exist_ok=True)
+                write_text(phase_dir / "config.yaml", dump_config(phase_cfg))
+                phase_log.attach(phase_dir / "train.log", run_dir / "train.log")
+
         results = fit_one(fabric, phase_cfg, recipe, splits_by_data[key], phase_dir, phase_log, status, precision,
-                          resume=resume_phase, init_from=None if resume_phase else start_from,
+                          resume=resume_phase, init_from=None if resume_phase else start_from, ready=phase_ready,
                           batch_seed=phase_cfg.train.seed + 7919 * (k - 1), callbacks=callbacks)  # each phase its own shuffles
         if zero:
             merge_histories(run_dir, len(phases))
@@ -110,31 +167,56 @@ def fit_phases(fabric, cfg: RunConfig, recipe, run_dir: Path, log: RunLog, preci
 
 def fit_one(fabric, cfg: RunConfig, recipe, splits: Splits, run_dir: Path, log: RunLog, status: Status, precision: str, *,
             resume: bool = False, init_from: str | None = None, batch_seed: int | None = None,
-            callbacks: tuple[Callback, ...] = ()) -> dict[str, Any]:
+            ready: Callable[[], None] = lambda: None, callbacks: tuple[Callback, ...] = ()) -> dict[str, Any]:
+    """Build the task, check it (monitor, --init-from or the checkpoint to resume), then `ready()` and train."""
     seed_everything(cfg.train.seed, cfg.train.deterministic)
     task = recipe.build_task(cfg, splits.info)
     task.fit_data(splits.train)
     closed_form = not any(p.requires_grad for p in task.parameters())
     run = Run(fabric, cfg, task, splits, run_dir, log, status, precision, cfg.train.seed if batch_seed is None else batch_seed,
               callbacks=[] if closed_form else None, extra_callbacks=() if closed_form else callbacks)
+    run.check_monitor()
     if closed_form:
+        ready()
         return fit_closed_form(run, recipe)
     if resume:
         last = run_dir / "checkpoints" / "last.ckpt"
         if not last.is_file():
             raise KilnError(f"cannot resume '{run_dir}': no checkpoints/last.ckpt there; pass a run directory written by kiln train")
         run.restore(load_checkpoint(last, cfg.recipe))
+        if run.done():
+            if (run_dir / "test_results.json").is_file():
+                s = run.state
+                raise KilnError(f"run '{run_dir}' already trained {s.epoch} of train.max_epochs={cfg.train.max_epochs} epochs "
+                                f"({s.step} steps); pass e.g. train.max_epochs={s.epoch + 10} to continue")
+            ready()
+            log(f"Training of {run_dir} had finished but its evaluation had not: evaluating")
+            return finish(run, recipe)
     else:
-        run.start(init_from)
+        run.init_weights(init_from)
+    ready()
+    if not resume:
+        run.start()
     if run.train() == "interrupted":
         return {"state": "interrupted"}
+    return finish(run, recipe)
+
+
+def finish(run: Run, recipe) -> dict[str, Any]:
+    """Training is over: final_model.pt, calibration on validation, the test evaluation (rank 0), status finished."""
     run.finish()
-    fabric.barrier()
-    if not fabric.is_global_zero:
+    run.fabric.barrier()
+    if not run.zero:
         return {"state": "finished"}
-    calibrate_saved([run_dir / "best_model.pt", run_dir / "final_model.pt"], run.evaluated, splits.val)
-    results = evaluate_run(run_dir, recipe, cfg, splits=splits, log=log, device=fabric.device)
-    status.update(state="finished")
+    try:
+        calibrate_saved([run.run_dir / "best_model.pt", run.run_dir / "final_model.pt"], run.evaluated, run.splits.val)
+        results = evaluate_run(run.run_dir, recipe, run.cfg, splits=run.splits, log=run.log, device=run.fabric.device)
+    except BaseException as err:  # training is safe in its files; `kiln train --resume` runs the evaluation again
+        stopped = isinstance(err, KeyboardInterrupt)
+        run.status.update(state="interrupted" if stopped else "failed", error=None if stopped else one_line(err),
+                          note="training finished; the evaluation did not: kiln train --resume evaluates")
+        raise
+    run.status.update(state="finished", note=None)
     return results
 
 

@@ -106,6 +106,11 @@ def accumulate(sums: dict[str, Tensor], out: dict[str, Tensor], n: int) -> None:
         sums[k] = sums.get(k, 0.0) + v.detach().float() * n
 
 
+def one_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
+
+
 def batch_size_of(batch: dict[str, Tensor]) -> int:
     return len(next(iter(batch.values())))
 
@@ -179,13 +184,17 @@ class Run:
 
     # ------------------------------------------------------------------ start, restore, checkpoints
 
-    def start(self, init_from: str | None) -> None:
+    def init_weights(self, init_from: str | None) -> None:
+        """Start from the weights of another run (--init-from), checked against this model."""
         from kiln.engine.checkpoint import load_checkpoint, load_weights
 
         if init_from:
             source = load_checkpoint(init_from, self.cfg.recipe)
             load_weights(self.task, source.get("state_dict", source.get("model")), init_from)
             self.log(f"Initialised weights from {init_from}")
+
+    def start(self) -> None:
+        """A fresh run's first line, and its callbacks' on_start."""
         params = sum(p.numel() for p in self.task.parameters())
         trained = sum(p.numel() for p in self.task.parameters() if p.requires_grad)
         frozen = f" ({params - trained:,} frozen)" if trained < params else ""
@@ -195,6 +204,7 @@ class Run:
         self.call("on_start")
 
     def restore(self, saved: dict[str, Any]) -> None:
+        """Continue from a checkpoint (--resume): weights, optimizer, schedule, random state, position, callbacks."""
         self.task.load_state_dict(saved["model"])
         self.optimizer.load_state_dict(saved["optimizer"])
         self.scheduler.load_state_dict(saved["scheduler"])
@@ -203,12 +213,28 @@ class Run:
         for callback in self.callbacks:
             callback.load_state_dict(saved)
         s = self.state
-        if self.done():
-            raise KilnError(f"run '{self.run_dir}' already trained {s.epoch} of train.max_epochs={self.t.max_epochs} epochs "
-                            f"({s.step} steps); pass e.g. train.max_epochs={s.epoch + 10} to continue")
-        if self.zero:
-            write_history(self.run_dir, s.history, self.task.history_file)
         self.log(f"Resuming {self.run_dir} at epoch {s.epoch + 1}" + (f", batch {s.batch_in_epoch + 1}" if s.batch_in_epoch else ""))
+
+    @torch.no_grad()
+    def check_monitor(self) -> None:
+        """train.monitor must be a metric the validation step logs: checked on one validation batch before training
+        (not after the first epoch), without touching the weights, buffers or random state. A train_* monitor is
+        left to the first validation, since the training step may count its calls."""
+        monitor = self.t.monitor
+        if not monitor.startswith("val_"):
+            return
+        batch = next(iter(self.val_batches.epoch()), None)
+        if batch is None:
+            raise KilnError("the validation split is empty; regenerate the dataset with more validation samples")
+        with torch.random.fork_rng(devices=[self.fabric.device] if self.fabric.device.type == "cuda" else []):
+            self.evaluated.eval()
+            with self.fabric.autocast():
+                out = self.evaluated(self.fabric.to_device(batch), "val")
+            self.model.train()
+        names = self.task.finish_metrics({f"{split}_{k}": float(v.float().mean()) for split in ("train", "val") for k, v in out.items()})
+        if monitor not in names:
+            choices = ", ".join(k for k in names if k.startswith("val_"))
+            raise KilnError(f"train.monitor '{monitor}' is not a metric of this {self.cfg.recipe} task; choose one of: {choices}")
 
     def save_checkpoint(self, name: str) -> None:
         if not self.zero:
@@ -237,6 +263,8 @@ class Run:
         s = self.state
         self.status.update(state="running", max_epochs=self.t.max_epochs, max_steps=self.t.max_steps, monitor=self.t.monitor,
                            run_dir=str(self.run_dir), **s.status())
+        if self.zero and s.history:  # resumed: history.csv may hold rows written after the checkpoint
+            write_history(self.run_dir, s.history, self.task.history_file)
         self.progress = make_progress() if self.zero and stdout_is_terminal() else None
         outcome = "failed"
         try:
@@ -258,7 +286,7 @@ class Run:
             self.status.update(state="interrupted", **s.status())
             self.log(f"Stopped at once by a second interrupt; resume from the last saved point with: kiln train --resume {self.run_dir}")
         except BaseException as err:
-            self.status.update(state="failed", error=str(err).splitlines()[0] if str(err) else type(err).__name__)
+            self.status.update(state="failed", error=one_line(err))
             raise
         finally:
             if self.progress is not None:

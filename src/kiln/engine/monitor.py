@@ -8,9 +8,10 @@ import time
 from datetime import datetime
 from pathlib import Path
 
+from kiln.engine.rundir import lock_held
 from kiln.errors import KilnError
 
-STALE_AFTER_S = 120  # a "running" run whose heartbeat is older than this probably died
+STALE_AFTER_S = 120  # a "running" run without a lock file whose heartbeat is older than this died
 
 
 def process_alive(pid: int | None) -> bool:
@@ -26,15 +27,33 @@ def process_alive(pid: int | None) -> bool:
 
 
 def read_status(run_dir: Path) -> dict:
+    """status.json, with a run whose process died without saying so (kill -9, power loss, OOM) shown as "dead":
+    its lock is no longer held (or, for a run without a lock file, its pid is gone or its heartbeat is old)."""
     path = run_dir / "status.json"
     if not path.is_file():
         raise KilnError(f"'{run_dir}' has no status.json; pass a directory written by kiln train")
-    status = json.loads(path.read_text())
-    if status.get("state") == "running":
-        age = (datetime.now() - datetime.fromisoformat(status["heartbeat"])).total_seconds()
-        if not process_alive(status.get("pid")) or age > STALE_AFTER_S:
-            status["state"] = f"running? (no heartbeat for {age:.0f}s; process {'gone' if not process_alive(status.get('pid')) else 'alive'})"
+    try:
+        status = json.loads(path.read_text())
+    except (OSError, ValueError) as err:
+        raise KilnError(f"'{path}' is damaged ({type(err).__name__}); the run's other files are intact, "
+                        f"resume it with kiln train --resume {run_dir}") from None
+    if not isinstance(status, dict):
+        raise KilnError(f"'{path}' is not a kiln status file; pass a directory written by kiln train")
+    if status.get("state") in ("running", "evaluating"):
+        owner = run_dir.parent if run_dir.name.startswith("phase_") else run_dir  # a phase's lock is its run's
+        held = lock_held(owner)
+        if held is False or (held is None and not heartbeat_alive(status)):
+            status["was"] = status["state"]
+            status["state"] = "dead"
     return status
+
+
+def heartbeat_alive(status: dict) -> bool:
+    try:
+        age = (datetime.now() - datetime.fromisoformat(status["heartbeat"])).total_seconds()
+    except (KeyError, TypeError, ValueError):
+        return False
+    return process_alive(status.get("pid")) and age <= STALE_AFTER_S
 
 
 def print_status(run_dirs: list[Path]) -> None:
@@ -47,13 +66,21 @@ def print_status(run_dirs: list[Path]) -> None:
             continue
         s = read_status(run_dir)
         best = f"{s.get('monitor', '')} {s['best']:.4f} ({s.get('best_epoch')})" if s.get("best") is not None else "-"
-        age = (datetime.now() - datetime.fromisoformat(s["heartbeat"])).total_seconds()
         phase = f"{s['phase']} {s.get('phase_name', '')}".strip() if s.get("phase") else "-"
-        table.add_row(str(run_dir), s["state"], phase, f"{s.get('epoch', 0)}/{s.get('max_epochs', '?')}", str(s.get("step", 0)),
-                      best, f"{age:.0f}s ago" if age < 3600 else s["heartbeat"])
+        state = f"dead (was {s['was']}; kiln train --resume {run_dir})" if s["state"] == "dead" else s["state"]
+        table.add_row(str(run_dir), state, phase, f"{s.get('epoch', 0)}/{s.get('max_epochs', '?')}", str(s.get("step", 0)),
+                      best, last_seen(s.get("heartbeat")))
     if not table.rows:
         raise KilnError("no runs found; pass run directories, e.g. kiln status runs/nav/demo")
     Console(width=max(Console().width, 120)).print(table)
+
+
+def last_seen(heartbeat: str | None) -> str:
+    try:
+        age = (datetime.now() - datetime.fromisoformat(heartbeat)).total_seconds()
+    except (TypeError, ValueError):
+        return "-"
+    return f"{age:.0f}s ago" if age < 3600 else heartbeat
 
 
 def follow_log(run_dir: Path, follow: bool, poll_s: float = 0.5) -> None:
@@ -66,7 +93,7 @@ def follow_log(run_dir: Path, follow: bool, poll_s: float = 0.5) -> None:
             if line:
                 print(line, end="", flush=True)
                 continue
-            if not follow or read_status(run_dir).get("state") != "running":
+            if not follow or read_status(run_dir).get("state") not in ("running", "evaluating"):
                 return
             time.sleep(poll_s)
 

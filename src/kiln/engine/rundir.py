@@ -13,7 +13,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from kiln.engine.files import write_file, write_json
+from kiln.engine.files import refuse_file_in_path, write_file, write_json
 from kiln.errors import KilnError
 
 
@@ -21,54 +21,174 @@ def default_run_dir(recipe: str, name: str) -> Path:
     return Path("runs") / recipe / f"{name}-{datetime.now():%Y%m%d-%H%M%S}"
 
 
-def prepare_run_dir(path: Path, overwrite: bool) -> Path:
-    """A fresh, empty run directory; never silently reuse one that holds a run."""
-    if path.exists() and not path.is_dir():
-        raise KilnError(f"run dir '{path}' is a file; pass another --run-dir")
-    if path.is_dir() and any(path.iterdir()):
-        owner = live_owner(path)
-        if owner is not None:
-            raise KilnError(f"run dir '{path}' is in use by a running kiln (pid {owner}); stop it first (kill -INT {owner}) or pass another --run-dir")
-        if not overwrite:
-            raise KilnError(f"run dir '{path}' is not empty; pass --overwrite to replace it, --resume {path} to continue it, or another --run-dir")
-        shutil.rmtree(path)
-    path.mkdir(parents=True, exist_ok=True)
-    return path
+# Files that mark a directory as a kiln run: only such a directory is ever deleted by --overwrite.
+RUN_MARKERS = ("status.json", "run.json")
+LOCK = ".lock"
 
 
-def live_owner(run_dir: Path) -> int | None:
-    """The pid of another live process still training in run_dir, if any (its files would race ours)."""
+def check_run_dir(path: Path, overwrite: bool) -> None:
+    """Refuse, before anything is written, a run dir that cannot become this run's: under a file, not
+    writable, or not empty without --overwrite; --overwrite replaces only a directory that holds a kiln run."""
+    path = Path(path)
+    refuse_file_in_path(path, "--run-dir")
+    existing = next(p for p in [path, *path.parents] if p.exists())
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise KilnError(f"run dir '{path}': '{existing}' is not writable; pass a --run-dir you may write to")
+    entries = [p.name for p in path.iterdir() if p.name != LOCK] if path.is_dir() else []
+    if entries and not overwrite:
+        raise KilnError(f"run dir '{path}' is not empty; pass --overwrite to replace it, --resume {path} to continue it, "
+                        f"or another --run-dir")
+    if entries and not any((path / marker).is_file() for marker in RUN_MARKERS):
+        raise KilnError(f"run dir '{path}' is not a kiln run (no {' or '.join(RUN_MARKERS)}), so --overwrite will not "
+                        f"delete it; pass another --run-dir")
+
+
+def clear_run_dir(path: Path) -> None:
+    """Everything in a run dir except its lock (what --overwrite replaces, once the new run has started)."""
+    for entry in path.iterdir():
+        if entry.name == LOCK:
+            continue
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry)
+        else:
+            entry.unlink()
+
+
+class RunLock:
+    """run_dir/.lock: only one process trains in a run directory at a time.
+
+    An exclusive flock on the file, which also records the holder's pid, host and start time. The kernel
+    drops the lock when its process dies (kill -9, power loss, OOM), so a stale lock is never a question of
+    guessing from a pid that may have been reused: the next kiln takes it over and says whose it was."""
+
+    def __init__(self, fd: int, path: Path, previous: dict[str, Any]):
+        self.fd, self.path, self.previous = fd, path, previous
+
+    @classmethod
+    def acquire(cls, run_dir: Path, wait_s: float = 2.0) -> RunLock:
+        import fcntl
+
+        path = Path(run_dir) / LOCK
+        deadline = time.monotonic() + wait_s
+        while True:
+            try:
+                fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+            except OSError as err:
+                from kiln.engine.files import write_failed
+
+                raise write_failed(path, err) from None
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(fd)
+                if time.monotonic() < deadline:  # `kiln status` may be peeking at it for a moment
+                    time.sleep(0.05)
+                    continue
+                holder = read_lock(path)
+                pid = holder.get("pid", "?")
+                raise KilnError(f"run dir '{run_dir}' is in use by a running kiln (pid {pid} on {holder.get('host', '?')}); "
+                                f"stop it first (kill -INT {pid}) or pass another --run-dir") from None
+            try:
+                same_file = os.fstat(fd).st_ino == os.stat(path).st_ino
+            except FileNotFoundError:
+                same_file = False
+            if not same_file:  # the holder removed the file while we waited for it: lock the new one
+                os.close(fd)
+                continue
+            previous = read_lock(path)
+            record = {"pid": os.getpid(), "host": platform_node(), "started": datetime.now().isoformat(timespec="seconds")}
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, (json.dumps(record) + "\n").encode(), 0)
+            os.fsync(fd)
+            return cls(fd, path, previous if previous.get("pid") not in (None, os.getpid()) else {})
+
+    def taken_over(self) -> str | None:
+        """The line to log when the lock was left by a process that is gone."""
+        p = self.previous
+        if not p:
+            return None
+        return f"Took over the lock of {self.path.parent}: its holder (pid {p.get('pid')} on {p.get('host')}, started " \
+               f"{p.get('started')}) is gone"
+
+    def release(self, remove: bool = True) -> None:
+        if self.fd is None:
+            return
+        if remove:
+            self.path.unlink(missing_ok=True)
+        os.close(self.fd)
+        self.fd = None
+
+
+def read_lock(path: Path) -> dict[str, Any]:
     try:
-        status = json.loads((run_dir / "status.json").read_text())
+        record = json.loads(Path(path).read_text() or "{}")
     except (OSError, ValueError):
-        return None
-    pid = status.get("pid")
-    if status.get("state") not in ("running", "evaluating") or not isinstance(pid, int) or pid == os.getpid():
+        return {}
+    return record if isinstance(record, dict) else {}
+
+
+def lock_held(run_dir: Path) -> bool | None:
+    """Whether a live process holds run_dir's lock (None: the run has no lock file, e.g. it was written by an older
+    kiln). Peeks with a shared lock, which never blocks the holder's exclusive one."""
+    import fcntl
+
+    path = Path(run_dir) / LOCK
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
         return None
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return None
-    except PermissionError:
-        pass  # alive, owned by someone else
-    return pid
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)  # closing drops a shared lock we took
+    return False
+
+
+def platform_node() -> str:
+    import platform
+
+    return platform.node()
 
 
 class RunLog:
     """Console + train.log: every line the user sees is also in the run's log (and a multi-phase run's
-    phase lines in both the phase's log and the run's). `quiet` is for DDP ranks other than 0."""
+    phase lines in both the phase's log and the run's). `quiet` is for DDP ranks other than 0.
+    `held=True` keeps the lines until `attach(path)`: a run checks its config and data before it writes its
+    directory, and the lines of those checks reach train.log once it exists."""
 
-    def __init__(self, paths: Path | list[Path] | None = None, quiet: bool = False):
+    def __init__(self, paths: Path | list[Path] | None = None, quiet: bool = False, held: bool = False):
         self.paths = [paths] if isinstance(paths, Path) else list(paths or [])
         self.quiet = quiet
+        self.held: list[str] | None = [] if held else None
 
     def __call__(self, message: str) -> None:
         if self.quiet:
             return
         print(message, flush=True)
-        for path in self.paths:
-            with open(path, "a") as f:
-                f.write(message + "\n")
+        if self.held is not None:
+            self.held.append(message)
+            return
+        self.write(self.paths, [message])
+
+    def attach(self, *paths: Path) -> None:
+        """Start writing to `paths`, beginning with the lines held so far."""
+        self.paths += paths
+        if self.held is not None and not self.quiet:
+            self.write(list(paths), self.held)
+        self.held = None
+
+    @staticmethod
+    def write(paths: list[Path], lines: list[str]) -> None:
+        for path in paths:
+            try:
+                with open(path, "a") as f:
+                    f.write("".join(line + "\n" for line in lines))
+            except OSError as err:
+                from kiln.engine.files import write_failed
+
+                raise write_failed(path, err) from None
 
 
 class Status:
