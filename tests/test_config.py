@@ -120,3 +120,9 @@ def test_a_key_the_chosen_arch_ignores_is_an_error():
         apply_overrides({"model": {"arch": "deep"}}, ["model.width=3"], Cfg)
     with pytest.raises(KilnError, match=r"did you mean 'model.depth'\?"):
         apply_overrides({"model": {"arch": "deep"}}, ["model.depht=3"], Cfg)
+
+
+@pytest.mark.parametrize("override", ["train.batch_size=true", "train.lr=false", "train.patience=true"])
+def test_a_boolean_is_not_a_number(tiny_config, override):
+    with pytest.raises(KilnError, match=rf"{override.split('=')[0]}: Input should be a valid (integer|number).* \(got '(true|false)'\)"):
+        load_config(tiny_config, [override])

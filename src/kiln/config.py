@@ -24,6 +24,22 @@ class Section(BaseModel):
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
+    @model_validator(mode="before")
+    @classmethod
+    def _no_bools_for_numbers(cls, raw: Any) -> Any:
+        """pydantic reads true as 1 for int and float fields; a boolean where a number belongs is a mistake, so it is
+        handed on as the text 'true'/'false', which the field then rejects under its own name."""
+        if not isinstance(raw, dict):
+            return raw
+        fixed = dict(raw)
+        for name, value in raw.items():
+            field = cls.model_fields.get(name)
+            if isinstance(value, bool) and field is not None:
+                kinds = set(typing.get_args(field.annotation)) or {field.annotation}
+                if kinds & {int, float} and bool not in kinds:
+                    fixed[name] = str(value).lower()
+        return fixed
+
 
 class SchedulerConfig(Section):
     # Every schedule is stepped once per optimizer step.

@@ -30,7 +30,13 @@ def load_checkpoint(path: str | Path, recipe: str | None = None) -> dict[str, An
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # torch raises many types for truncated, foreign or non-zip files
-        reason = str(err).strip().splitlines()[0][:120] if str(err).strip() else type(err).__name__
+        text = str(err).strip()
+        if text.startswith("Weights only load failed"):  # a pickle that holds more than tensors: nothing in it ran
+            detail = [line for line in text.splitlines()[1:] if line.strip() and not line.startswith("Check the documentation")]
+            reason = " ".join(" ".join(detail[:1]).split()).rstrip(".") or "a global outside the allowed types"
+            raise KilnError(f"checkpoint '{path}' holds Python objects other than tensors and plain values ({reason}); "
+                            f"kiln loads files with weights_only=True and runs no code from them: pass a file written by kiln") from None
+        reason = " ".join(text.splitlines()[0].split()) if text else type(err).__name__
         raise KilnError(f"checkpoint '{path}' could not be read ({reason}); the file is corrupt or not a PyTorch checkpoint") from None
     if not isinstance(obj, dict) or obj.get("kiln_format") != FORMAT:
         raise KilnError(f"'{path}' is not a kiln checkpoint; use best_model.pt, final_model.pt or a .ckpt written by kiln train")

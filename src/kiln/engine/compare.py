@@ -48,11 +48,13 @@ def metric_curve(run_dir: Path, metric: str) -> tuple[list[float], list[float]]:
 
 def compare_runs(run_dirs: list[Path], metric: str, out: Path) -> dict[str, Any]:
     """Plot `metric` against epoch for every run into `out` (PNG); returns each run's last and best value."""
+    from kiln.engine.files import make_dirs
     from kiln.engine.report import plt, save_figure
 
     if len({d.resolve() for d in run_dirs}) < len(run_dirs):
         raise KilnError("a run directory is given twice; pass each run once")
     curves = {str(d): metric_curve(d, metric) for d in run_dirs}
+    make_dirs(out.parent)
     fig, ax = plt.subplots(figsize=(8, 5))
     summary = {}
     for name, (epochs, values) in curves.items():
@@ -65,6 +67,5 @@ def compare_runs(run_dirs: list[Path], metric: str, out: Path) -> dict[str, Any]
     ax.set_title("Training Approach Comparison")
     ax.grid(alpha=0.3)
     ax.legend()
-    out.parent.mkdir(parents=True, exist_ok=True)
     save_figure(fig, out)
     return {"metric": metric, "out": str(out), "runs": summary}

@@ -62,6 +62,9 @@ def evaluate_run(run_dir: Path, recipe, cfg: RunConfig, *, splits: Splits | None
     device = device or accelerator_for(cfg.train.device)
     log = log or RunLog([run_dir / "train.log"])
     if splits is None:
+        if not Path(cfg.data.dir).exists():
+            log(f"The run's data.dir '{cfg.data.dir}' is gone; it is made again from the run's data: settings"
+                + (" (data.generate, the same seed as at training)" if getattr(cfg.data, "generate", None) is not None else ""))
         recipe.prepare_data(cfg, log)
         splits = recipe.load_data(cfg, log)
     task = load_run_task(run_dir, recipe, splits.info, device=device)

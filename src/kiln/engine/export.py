@@ -21,6 +21,7 @@ from torch import Tensor, nn
 
 from kiln.config import RunConfig
 from kiln.engine.evaluate import load_run_task
+from kiln.engine.files import make_dirs
 from kiln.errors import KilnError
 
 PARITY = 1e-5
@@ -128,7 +129,7 @@ def export_run(run_dir: Path, recipe, cfg: RunConfig, fmt: str, out: Path | None
         raise KilnError(f"the test split has only {len(inputs[0])} samples; the parity check needs at least {SAMPLES // 2}")
 
     path = Path(out) if out else run_dir / "export" / f"model{SUFFIX[fmt]}"
-    path.parent.mkdir(parents=True, exist_ok=True)
+    make_dirs(path.parent)
     tmp = path.with_name(path.name + ".tmp")
     with torch.no_grad():
         if fmt == "onnx":

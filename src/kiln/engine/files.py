@@ -89,11 +89,26 @@ def _jsonable(value: Any) -> Any:
 def check_new_directory(out: Path, what: str = "--out") -> None:
     """`out` may become a new directory: it does not exist, or is an empty directory, and no part of it is a file."""
     out = Path(out)
-    for parent in [out, *out.parents]:
-        if parent.exists() and not parent.is_dir():
-            raise KilnError(f"{what} '{out}': '{parent}' is a file, not a directory; pass another {what}")
+    refuse_file_in_path(out, what)
     if out.is_dir() and any(out.iterdir()):
         raise KilnError(f"{what} '{out}' exists and is not empty; pass another {what} or delete it")
+
+
+def refuse_file_in_path(path: Path, what: str) -> None:
+    for parent in [path, *path.parents]:
+        if parent.exists() and not parent.is_dir():
+            raise KilnError(f"{what} '{path}': '{parent}' is a file, not a directory; pass another {what}")
+
+
+def make_dirs(directory: Path, what: str = "--out") -> Path:
+    """mkdir -p with a one-line error when a part of the path is a file or the disk refuses."""
+    directory = Path(directory)
+    refuse_file_in_path(directory, what)
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise write_failed(directory, err) from None
+    return directory
 
 
 def fsync_tree(root: Path) -> None:

@@ -22,7 +22,7 @@ import torch
 from kiln.config import RunConfig
 from kiln.engine.devices import accelerator_for, make_fabric, resolve_precision, seed_everything, set_threads
 from kiln.engine.report import plt, save_figure
-from kiln.engine.files import write_json
+from kiln.engine.files import make_dirs, write_json
 from kiln.engine.rundir import RunLog, Status
 from kiln.engine.fit import load_splits
 from kiln.engine.loop import NonFinite, Run
@@ -74,7 +74,7 @@ def lr_range_test(cfg: RunConfig, recipe, out: Path, *, min_lr: float = 1e-7, ma
     cfg = cfg.model_copy(update={"train": train})
     precision, why = resolve_precision(train.precision, accelerator_for(train.device))
     fabric = make_fabric(train.model_copy(update={"devices": 1, "strategy": "auto"}), precision)
-    out.mkdir(parents=True, exist_ok=True)
+    make_dirs(out)
     log = RunLog(out / "lr_find.log")
     log(f"Precision: {precision} ({why})")
     set_threads(train.threads)
