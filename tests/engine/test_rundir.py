@@ -9,6 +9,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 import yaml
 
 from kiln.cli import main
@@ -162,3 +163,30 @@ def test_a_damaged_status_file_is_one_line(tmp_path):
     (tmp_path / "status.json").write_text('{"state": "runn')
     with pytest.raises(KilnError, match="status.json' is damaged"):
         read_status(tmp_path)
+
+
+def test_a_full_disk_during_a_checkpoint_keeps_the_last_good_one_and_fails_the_run(tiny_config, tmp_path, monkeypatch, capsys):
+    import errno
+
+    run_dir = tmp_path / "run"
+    real_save, calls = torch.save, {"n": 0}
+
+    def save(obj, f, *args, **kwargs):
+        if isinstance(obj, dict) and obj.get("kind") == "training-state":
+            calls["n"] += 1
+            if calls["n"] == 3:  # epoch 2's best.ckpt: part of the file, then the disk is full
+                f.write(b"partial")
+                raise OSError(errno.ENOSPC, "No space left on device")
+        return real_save(obj, f, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "save", save)
+    assert main(["train", str(tiny_config), "--run-dir", str(run_dir)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == f"kiln: error: could not write '{run_dir / 'checkpoints' / 'best.ckpt'}' (No space left on device); free some disk space"
+    status = read_status(run_dir)
+    assert status["state"] == "failed" and "No space left on device" in status["error"]
+    assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["best.ckpt", "last.ckpt"]  # no .tmp left
+    monkeypatch.setattr(torch, "save", real_save)
+    assert torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)["epoch"] == 1  # epoch 1's, whole
+    assert main(["train", "--resume", str(run_dir)]) == 0
+    assert read_status(run_dir)["state"] == "finished"
