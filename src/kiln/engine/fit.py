@@ -27,7 +27,8 @@ from kiln.engine.files import write_failed, write_text
 from kiln.engine.callbacks import Callback
 from kiln.engine.loop import Run, one_line
 from kiln.engine.phases import WEIGHTS, finish_run, merge_histories, phase_state
-from kiln.engine.rundir import RunLock, RunLog, Status, check_run_dir, clear_run_dir, write_history, write_run_record
+from kiln.engine.rundir import (RunLock, RunLog, Status, check_run_dir, clear_run_dir, first_init_from, write_history,
+                               write_run_record)
 from kiln.engine.task import Splits
 from kiln.errors import KilnError
 
@@ -39,8 +40,8 @@ class RunStart:
     when the new one is ready to train."""
 
     def __init__(self, run_dir: Path, cfg: RunConfig, precision: str, why: str, world_size: int, log: RunLog, *,
-                 resume: bool, overwrite: bool):
-        self.run_dir, self.cfg, self.record, self.log = run_dir, cfg, (precision, why, world_size), log
+                 resume: bool, overwrite: bool, init_from: str | None):
+        self.run_dir, self.cfg, self.record, self.log = run_dir, cfg, (precision, why, world_size, init_from), log
         self.resume, self.overwrite, self.is_ready = resume, overwrite, False
         check_run_dir(run_dir, overwrite or resume)  # a file in the way, not writable, not a run: before any write
         missing = [d for d in [run_dir, *run_dir.parents] if not d.exists()]
@@ -90,7 +91,8 @@ def fit(cfg: RunConfig, recipe, run_dir: Path, *, resume: bool = False, init_fro
     run_dir = Path(fabric.broadcast(str(run_dir)))  # ranks started by torchrun may have made other default names
     zero = fabric.is_global_zero
     log = RunLog(quiet=not zero, held=True)
-    start = RunStart(run_dir, cfg, precision, why, fabric.world_size, log, resume=resume, overwrite=overwrite) if zero else None
+    start = RunStart(run_dir, cfg, precision, why, fabric.world_size, log, resume=resume, overwrite=overwrite,
+                     init_from=init_from) if zero else None
     ready = start.ready if zero else (lambda: None)
     try:
         log(f"Precision: {precision} (" + (f"auto: {why})" if cfg.train.precision == "auto" else f"{why})"))
@@ -179,10 +181,13 @@ def fit_one(fabric, cfg: RunConfig, recipe, splits: Splits, run_dir: Path, log: 
     if closed_form:
         ready()
         return fit_closed_form(run, recipe)
+    last = run_dir / "checkpoints" / "last.ckpt"
+    if resume and not last.is_file():  # stopped (killed) before its first checkpoint: nothing to lose, start over
+        if not (run_dir / "run.json").is_file():
+            raise KilnError(f"cannot resume '{run_dir}': it holds no kiln run (no run.json); pass a run directory written by kiln train")
+        resume, init_from = False, first_init_from(run_dir)
+        log(f"{run_dir} stopped before its first checkpoint: training it from the start")
     if resume:
-        last = run_dir / "checkpoints" / "last.ckpt"
-        if not last.is_file():
-            raise KilnError(f"cannot resume '{run_dir}': no checkpoints/last.ckpt there; pass a run directory written by kiln train")
         run.restore(load_checkpoint(last, cfg.recipe))
         if run.done():
             if (run_dir / "test_results.json").is_file():

@@ -258,7 +258,7 @@ def source_commit() -> dict[str, Any]:
     return {"git_commit": commit.stdout.strip(), "git_dirty": bool(dirty.stdout.strip())}
 
 
-def write_run_record(run_dir: Path, precision: str, why: str, world_size: int) -> None:
+def write_run_record(run_dir: Path, precision: str, why: str, world_size: int, init_from: str | None = None) -> None:
     """run.json: how to reproduce the run. Each `kiln train` on this directory (the first, every --resume)
     appends an invocation: the exact command line, when, where, with which versions."""
     import platform
@@ -282,5 +282,14 @@ def write_run_record(run_dir: Path, precision: str, why: str, world_size: int) -
         "kiln_version": kiln.__version__, **source_commit(),
         "versions": {"python": platform.python_version(), **{n: installed(n) for n in ("torch", "lightning", "numpy")}},
         "platform": platform.platform(), "precision": precision, "precision_reason": why, "processes": world_size,
+        "init_from": init_from,
     })
     write_json(path, record)
+
+
+def first_init_from(run_dir: Path) -> str | None:
+    """The --init-from the run was started with (run.json's first invocation)."""
+    try:
+        return json.loads((run_dir / "run.json").read_text())["invocations"][0].get("init_from")
+    except (OSError, ValueError, KeyError, IndexError, TypeError):
+        return None
