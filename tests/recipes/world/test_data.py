@@ -140,3 +140,36 @@ def test_missing_gymnasium_or_box2d_names_the_install_command(monkeypatch):
 def test_a_directory_that_is_not_a_world_dataset_says_how_to_make_one(tmp_path):
     with pytest.raises(KilnError, match="kiln data world --env CarRacing-v3"):
         read_info(tmp_path)
+
+
+def test_collection_flags_with_frames_dir_are_an_error(tmp_path):
+    from kiln.cli import build_parser
+    from kiln.recipes.world import RECIPE
+
+    source = tmp_path / "rec"
+    for i in range(4):
+        write_episode(source, f"ep{i}", np.zeros((6, 8, 8, 3), np.uint8), np.zeros((6, 2)), as_npy=True)
+    out = tmp_path / "out"
+    args = build_parser().parse_args(["data", "world", "--frames-dir", str(source), "--episodes", "40", "--workers", "4",
+                                      "--size", "8", "--out", str(out)])
+    with pytest.raises(KilnError, match=r"^--episodes, --workers only apply to collecting CarRacing rollouts, not to --frames-dir"):
+        RECIPE.make_data(args)
+    assert not out.exists()
+    RECIPE.make_data(build_parser().parse_args(["data", "world", "--frames-dir", str(source), "--size", "8", "--val-episodes", "1",
+                                                "--test-episodes", "1", "--out", str(out)]))
+    assert read_info(out)["size"] == 8 and len(read_info(out)["splits"]["train"]["episodes"]) == 2
+
+
+def test_a_taken_out_is_refused_before_anything_is_collected(tmp_path, monkeypatch):
+    from kiln.recipes.world import sim
+    from kiln.recipes.world.data import collect_dataset
+
+    def never(*args):
+        raise AssertionError("collected into a taken --out")
+
+    monkeypatch.setattr(sim, "collect", never)
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "notes.txt").write_text("mine")
+    with pytest.raises(KilnError, match="exists and is not empty"):
+        collect_dataset(tmp_path / "out", TINY_COLLECT, lambda message: None)
+    assert (tmp_path / "out" / "notes.txt").read_text() == "mine"

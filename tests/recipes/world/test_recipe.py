@@ -32,6 +32,8 @@ def test_tiny_collect_train_evaluate_with_a_horizon_curriculum(world_config, tmp
             assert set(saved[table][horizon]) == {"psnr", "ssim"}
             assert 0 < saved[table][horizon]["ssim"] <= 1 and saved[table][horizon]["psnr"] > 5
     assert set(saved["recon"]) == {"psnr", "ssim"}
+    headline = recipe.headline(saved)
+    assert (headline["value"], headline["baseline_value"]) == (saved["pred"]["1"]["psnr"], saved["copy_last"]["1"]["psnr"])
     history = json.loads((run_dir / "history.json").read_text())
     assert history["phase"] == [1, 1, 2, 2] and history["step"] == [3, 6, 3, 6]
     assert "lr_model.encoder" in history and "val_copy_psnr_10" in history

@@ -1,19 +1,17 @@
 """World model and metrics: shapes through encoder, dynamics and decoder; PSNR/SSIM against torchmetrics'
-functional forms and closed forms; copy-last on known frames; gradient checkpointing; parameter groups."""
+functional forms and closed forms; gradient checkpointing; parameter groups."""
 
 from __future__ import annotations
 
 import math
 
-import numpy as np
 import pytest
 import torch
 from torchmetrics.functional.image import peak_signal_noise_ratio, structural_similarity_index_measure
 
 from kiln.engine.schedules import build_optimizer
-from kiln.engine.task import Splits
 from kiln.recipes.world.config import WorldConfig
-from kiln.recipes.world.task import WorldTask, evaluate, frame_psnr, frame_ssim
+from kiln.recipes.world.task import WorldTask, frame_psnr, frame_ssim
 
 from .conftest import TINY_MODEL
 
@@ -82,35 +80,6 @@ def test_ssim_and_the_perceptual_loss_stay_float32_under_bf16_autocast():
         torch.testing.assert_close(frame_ssim(pred, target), reference)
         perceptual = task.losses(frames, out, steps=1)["perceptual_loss"]
     assert perceptual.item() == pytest.approx(1 - reference.mean().item(), rel=1e-4)
-
-
-class KnownFrames(torch.utils.data.Dataset):
-    """Windows with frames whose values are known, to check copy-last by hand."""
-
-    def __init__(self, frames):
-        self.frames = frames  # uint8 [N, L, S, S, 3]
-
-    def __len__(self):
-        return len(self.frames)
-
-    def __getitems__(self, indices):
-        return {"frames": self.frames[indices], "actions": torch.zeros(len(indices), self.frames.shape[1], 3)}
-
-
-def test_copy_last_baseline_on_known_frames_and_the_results_layout():
-    rng = np.random.default_rng(2)
-    frames = torch.from_numpy(rng.integers(0, 256, (5, 12, 32, 32, 3), dtype=np.uint8))
-    task = WorldTask(make_cfg(), {"action_dim": 3})
-    cfg = make_cfg()
-    results = evaluate(task, Splits(train={}, val={}, test=KnownFrames(frames), info={}), cfg, {}).results
-    x = frames.numpy().astype(np.float64) / 255
-    for k in (1, 5, 10):  # frame t + k against frame t (the last of the 2 observed), per-frame PSNR, averaged
-        mse = ((x[:, 1] - x[:, 1 + k]) ** 2).mean(axis=(1, 2, 3))
-        assert results["copy_last"][str(k)]["psnr"] == pytest.approx(np.mean(10 * np.log10(1 / mse)), rel=1e-5)
-    assert set(results["recon"]) == {"psnr", "ssim"}
-    assert set(results["pred"]) == set(results["copy_last"]) == {"1", "5", "10"}
-    assert results["windows"] == 5
-    assert results["gain_over_copy_last_db"]["5"] == pytest.approx(results["pred"]["5"]["psnr"] - results["copy_last"]["5"]["psnr"])
 
 
 def test_gradient_checkpointing_gives_the_same_gradients():

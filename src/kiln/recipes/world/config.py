@@ -1,22 +1,23 @@
 """Config sections of the world recipe (pydantic only: imported by `kiln --help` and config checks).
 
-The seed's keys map onto these: model.{latent_dim, encoder.stages, dynamics.num_layers,
+The original guide's keys map onto these: model.{latent_dim, encoder.stages, dynamics.num_layers,
 dynamics.dropout, decoder.stages, decoder.init_size}, model.{recon,pred,perceptual,latent_reg,
-temporal}_weight (the seed's loss: section), model.{encoder,dynamics,decoder}_lr (the seed's
-optimizer: section; they become train.param_groups), data.{sequence_length, frame_skip},
+temporal}_weight (the guide's loss: section), data.{sequence_length, frame_skip},
 train.{batch_size, accumulate_grad_batches (gradient_accumulation), gradient_clip_val
 (max_grad_norm), precision (use_amp), num_workers, log_every_n_steps (log_interval),
-val_every_n_steps (eval_interval), checkpoint_every_n_steps (save_interval)} and
-train.scheduler {warmup (warmup_steps), min_lr}.
+val_every_n_steps (eval_interval), checkpoint_every_n_steps (save_interval)},
+train.scheduler {warmup (warmup_steps), min_lr} and train.param_groups (the guide's optimizer:
+encoder_lr, dynamics_lr, decoder_lr; model.encoder_lr etc. are accepted as the compatibility layer
+for its files and flags, see WorldConfig).
 """
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, ClassVar, Literal
 
-from pydantic import Field, model_validator
+from pydantic import BaseModel, Field, model_validator
 
-from kiln.config import ParamGroup, RunConfig, Section
+from kiln.config import RunConfig, Section
 
 # The CarRacing-v3 zoom-in: the camera animates from far to near over its first second (50 frames).
 INTRO_FRAMES = 50
@@ -26,7 +27,7 @@ class CollectSettings(Section):
     """Settings of `kiln data world` (rollouts of a gymnasium environment); kiln train collects a missing
     data.dir from these."""
 
-    env: str = Field("CarRacing-v3", description="gymnasium environment id (pixels observations, continuous actions)")
+    env: Literal["CarRacing-v3"] = Field("CarRacing-v3", description="gymnasium environment (the drivers steer CarRacing's car)")
     episodes: int = Field(24, ge=3, description="rollouts in total (train + val + test)")
     steps: int = Field(250, ge=20, description="frames kept per episode, after the dropped intro")
     size: int = Field(64, ge=16, le=96, description="frames are resized to size x size")
@@ -101,9 +102,10 @@ class WorldModel(Section):
     perceptual_weight: float = Field(0.1, ge=0, description="1 - SSIM of every decoded frame (no pretrained network)")
     latent_reg_weight: float = Field(0.01, ge=0, description="mean squared latent (keeps the latent scale bounded)")
     temporal_weight: float = Field(0.1, ge=0, description="rolled-out latents vs the encoder's latents of the true frames")
-    encoder_lr: float | None = Field(None, gt=0, description="lr of model.encoder (a train.param_groups entry); null = train.lr")
-    dynamics_lr: float | None = Field(None, gt=0, description="lr of model.dynamics; null = train.lr")
-    decoder_lr: float | None = Field(None, gt=0, description="lr of model.decoder; null = train.lr")
+    # The guide's per-module learning rates: copied into train.param_groups (WorldConfig), left out of a dumped config.
+    encoder_lr: float | None = Field(None, gt=0, exclude=True, description="the guide's encoder_lr = train.param_groups['model.encoder'].lr")
+    dynamics_lr: float | None = Field(None, gt=0, exclude=True, description="the guide's dynamics_lr = train.param_groups['model.dynamics'].lr")
+    decoder_lr: float | None = Field(None, gt=0, exclude=True, description="the guide's decoder_lr = train.param_groups['model.decoder'].lr")
 
     @model_validator(mode="after")
     def _stages_agree(self):
@@ -113,13 +115,39 @@ class WorldModel(Section):
         return self
 
 
+MODULES = ("encoder", "dynamics", "decoder")
+
+
+def as_dict(section: Any) -> dict[str, Any]:
+    """A raw config section as a dict (it may come as a validated model)."""
+    return section.model_dump() if isinstance(section, BaseModel) else dict(section or {})
+
+
 class WorldConfig(RunConfig):
     recipe: Literal["world"] = "world"
     data: WorldData = WorldData()
     model: WorldModel = WorldModel()
 
+    train_defaults: ClassVar[dict[str, Any]] = {"monitor": "val_pred_psnr", "mode": "max"}  # the mean over the eval horizons
+
+    @model_validator(mode="before")
+    @classmethod
+    def _module_lrs_into_param_groups(cls, raw: Any) -> Any:
+        """The compatibility layer for the guide's optimizer.{encoder,dynamics,decoder}_lr: model.encoder_lr (or
+        --encoder-lr) becomes train.param_groups['model.encoder'].lr, winning over an lr given there, so that a phase
+        that changes model.encoder_lr overrides its base config's group. A dumped config (config.yaml) holds only the group."""
+        model = raw.get("model") if isinstance(raw, dict) else None
+        if not isinstance(model, dict) or all(model.get(f"{module}_lr") is None for module in MODULES):
+            return raw
+        train = as_dict(raw.get("train"))
+        groups = {prefix: as_dict(group) for prefix, group in as_dict(train.get("param_groups")).items()}
+        for module in MODULES:
+            if model.get(f"{module}_lr") is not None:
+                groups[f"model.{module}"] = {**groups.get(f"model.{module}", {}), "lr": model[f"{module}_lr"]}
+        return {**raw, "train": {**train, "param_groups": groups}}
+
     @model_validator(mode="after")
-    def _shapes_and_module_lrs(self):
+    def _shapes_agree(self):
         if self.data.sequence_length <= self.model.context_frames:
             raise ValueError(f"data.sequence_length={self.data.sequence_length} must exceed model.context_frames="
                              f"{self.model.context_frames}: the rest of a window is the prediction horizon")
@@ -127,16 +155,6 @@ class WorldConfig(RunConfig):
         if generate is not None and generate.size != self.model.decoder.init_size * 2 ** len(self.model.decoder.stages):
             raise ValueError(f"frames of size {generate.size} need model.decoder.init_size * 2^len(stages) = {generate.size} "
                              f"(got {self.model.decoder.init_size} * 2^{len(self.model.decoder.stages)})")
-        # the seed's encoder_lr / dynamics_lr / decoder_lr are per-module parameter groups of the engine; they win over
-        # a group's lr (a phase that changes model.encoder_lr must not clash with the group its base config made)
-        for module in ("encoder", "dynamics", "decoder"):
-            lr, key = getattr(self.model, f"{module}_lr"), f"model.{module}"
-            if lr is None:
-                continue
-            given = self.train.param_groups.get(key)
-            groups = dict(self.train.param_groups)
-            groups[key] = ParamGroup(lr=lr, weight_decay=given.weight_decay if given else None)
-            object.__setattr__(self.train, "param_groups", groups)  # no re-validation loop
         return self
 
     @property

@@ -23,7 +23,6 @@ converted by `kiln data world --frames-dir DIR --out OUT`:
 from __future__ import annotations
 
 import json
-import shutil
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -33,6 +32,8 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
+from kiln.engine.files import dataset_dir, write_json
+from kiln.engine.task import Splits
 from kiln.errors import KilnError
 from kiln.recipes import dataset_info
 
@@ -46,15 +47,11 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
 
 
 def write_dataset(out: Path, episodes: list[dict[str, Any]], info: dict[str, Any], shard_frames: int) -> dict[str, Any]:
-    """Episodes (frames uint8 [T, S, S, 3], actions [T, A], split) -> shards under `out`, written into a temporary
-    sibling and renamed at the end, so an interrupted write never leaves a half dataset."""
-    if out.exists():
-        raise KilnError(f"'{out}' already exists; pass another --out or delete it")
-    tmp = out.with_name(out.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
+    """Episodes (frames uint8 [T, S, S, 3], actions [T, A], split) -> shards and dataset.json in `out` (inside a
+    dataset_dir block, which renames the whole directory into place). Returns the dataset.json."""
     splits: dict[str, Any] = {}
     for split in SPLITS:
-        (tmp / split).mkdir(parents=True)
+        (out / split).mkdir(parents=True)
         members = [e for e in episodes if e["split"] == split]
         if not members:
             raise KilnError(f"the {split} split has no episodes; collect more episodes or name some in splits.json")
@@ -62,9 +59,9 @@ def write_dataset(out: Path, episodes: list[dict[str, Any]], info: dict[str, Any
         for episode in members + [None]:
             if episode is None or (pending and sum(len(e["frames"]) for e in pending) + len(episode["frames"]) > shard_frames):
                 name = f"{split}/shard_{len(shards):05d}"
-                np.save(tmp / f"{name}.frames.npy", np.concatenate([e["frames"] for e in pending]))
-                np.save(tmp / f"{name}.actions.npy", np.concatenate([e["actions"] for e in pending]).astype(np.float32))
-                np.save(tmp / f"{name}.episodes.npy", np.concatenate([np.full(len(e["frames"]), e["episode"], np.int32) for e in pending]))
+                np.save(out / f"{name}.frames.npy", np.concatenate([e["frames"] for e in pending]))
+                np.save(out / f"{name}.actions.npy", np.concatenate([e["actions"] for e in pending]).astype(np.float32))
+                np.save(out / f"{name}.episodes.npy", np.concatenate([np.full(len(e["frames"]), e["episode"], np.int32) for e in pending]))
                 shards.append({"name": name, "frames": sum(len(e["frames"]) for e in pending)})
                 pending = []
             if episode is not None:
@@ -73,8 +70,7 @@ def write_dataset(out: Path, episodes: list[dict[str, Any]], info: dict[str, Any
                          "episodes": [{k: e[k] for k in e if k not in ("frames", "actions", "split")} | {"frames": len(e["frames"])}
                                       for e in members]}
     info = {"format": FORMAT, **info, "splits": splits}
-    (tmp / "dataset.json").write_text(json.dumps(info, indent=2) + "\n")
-    tmp.replace(out)
+    write_json(out / "dataset.json", info)
     return info
 
 
@@ -82,11 +78,12 @@ def collect_dataset(out: Path, settings, log: Callable[[str], None]) -> dict[str
     """`kiln data world --env ...`: simulator rollouts -> a dataset directory."""
     from kiln.recipes.world.sim import collect
 
-    episodes, stats = collect(settings, log)
-    info = {"source": settings.env, "size": settings.size, "action_dim": 3, "action_names": CARRACING_ACTIONS,
-            "collect": settings.model_dump(), **stats,
-            "split_rule": "by episode; test episodes drive track seeds from a range train and val never use"}
-    info = write_dataset(out, episodes, info, settings.shard_frames)
+    with dataset_dir(out) as tmp:  # a taken --out is refused before the (long) collection
+        episodes, stats = collect(settings, log)
+        info = {"source": settings.env, "size": settings.size, "action_dim": 3, "action_names": CARRACING_ACTIONS,
+                "collect": settings.model_dump(), **stats,
+                "split_rule": "by episode; test episodes drive track seeds from a range train and val never use"}
+        info = write_dataset(tmp, episodes, info, settings.shard_frames)
     log(f"Wrote {out}: " + ", ".join(f"{s} {len(info['splits'][s]['episodes'])} episodes / {info['splits'][s]['frames']:,} frames"
                                      for s in SPLITS))
     return info
@@ -127,6 +124,28 @@ def read_episode(path: Path, size: int) -> tuple[np.ndarray, np.ndarray, list[st
     return frames, actions, names
 
 
+def episode_splits(source: Path, names: list[str], val_episodes: int, test_episodes: int, seed: int) -> dict[str, str]:
+    """Episode name -> split: as source/splits.json names them, else val and test drawn at random with `seed`."""
+    split_of = {name: "train" for name in names}
+    if (source / "splits.json").is_file():
+        named = json.loads((source / "splits.json").read_text())
+        for split in ("val", "test"):
+            for name in named.get(split, []):
+                if name not in split_of:
+                    raise KilnError(f"splits.json names episode '{name}' in {split}, but {source} has no such directory")
+                split_of[name] = split
+        return split_of
+    if val_episodes + test_episodes >= len(names):
+        raise KilnError(f"{len(names)} episodes cannot give {val_episodes} val + {test_episodes} test episodes and leave "
+                        f"some for training; lower --val-episodes/--test-episodes or add splits.json")
+    order = np.random.default_rng(seed).permutation(len(names))
+    for i in order[:val_episodes]:
+        split_of[names[i]] = "val"
+    for i in order[val_episodes:val_episodes + test_episodes]:
+        split_of[names[i]] = "test"
+    return split_of
+
+
 def import_frames_dir(source: Path, out: Path, size: int, val_episodes: int, test_episodes: int, shard_frames: int, seed: int,
                       log: Callable[[str], None]) -> dict[str, Any]:
     """`kiln data world --frames-dir DIR`: a user's recordings in the generic layout -> a dataset directory.
@@ -137,34 +156,19 @@ def import_frames_dir(source: Path, out: Path, size: int, val_episodes: int, tes
     if not names:
         raise KilnError(f"--frames-dir '{source}' has no episode directories (DIR/<episode>/frames/ + actions.csv)")
     started = time.perf_counter()
-    split_of = {name: "train" for name in names}
-    if (source / "splits.json").is_file():
-        named = json.loads((source / "splits.json").read_text())
-        for split in ("val", "test"):
-            for name in named.get(split, []):
-                if name not in split_of:
-                    raise KilnError(f"splits.json names episode '{name}' in {split}, but {source} has no such directory")
-                split_of[name] = split
-    else:
-        if val_episodes + test_episodes >= len(names):
-            raise KilnError(f"{len(names)} episodes cannot give {val_episodes} val + {test_episodes} test episodes and leave "
-                            f"some for training; lower --val-episodes/--test-episodes or add splits.json")
-        order = np.random.default_rng(seed).permutation(len(names))
-        for i in order[:val_episodes]:
-            split_of[names[i]] = "val"
-        for i in order[val_episodes:val_episodes + test_episodes]:
-            split_of[names[i]] = "test"
-    episodes, action_names = [], None
-    for index, name in enumerate(names):
-        frames, actions, columns = read_episode(source / name, size)
-        if action_names is None:
-            action_names = columns
-        elif len(columns) != len(action_names):
-            raise KilnError(f"episode '{name}' has {len(columns)} action columns but '{names[0]}' has {len(action_names)}")
-        episodes.append({"episode": index, "name": name, "frames": frames, "actions": actions, "split": split_of[name]})
-    info = {"source": str(source), "size": size, "action_dim": len(action_names), "action_names": action_names,
-            "import_seconds": round(time.perf_counter() - started, 2), "split_rule": "by episode (splits.json or random)"}
-    info = write_dataset(out, episodes, info, shard_frames)
+    split_of = episode_splits(source, names, val_episodes, test_episodes, seed)
+    with dataset_dir(out) as tmp:
+        episodes, action_names = [], None
+        for index, name in enumerate(names):
+            frames, actions, columns = read_episode(source / name, size)
+            if action_names is None:
+                action_names = columns
+            elif len(columns) != len(action_names):
+                raise KilnError(f"episode '{name}' has {len(columns)} action columns but '{names[0]}' has {len(action_names)}")
+            episodes.append({"episode": index, "name": name, "frames": frames, "actions": actions, "split": split_of[name]})
+        info = {"source": str(source), "size": size, "action_dim": len(action_names), "action_names": action_names,
+                "import_seconds": round(time.perf_counter() - started, 2), "split_rule": "by episode (splits.json or random)"}
+        info = write_dataset(tmp, episodes, info, shard_frames)
     log(f"Wrote {out} from {source}: " + ", ".join(f"{s} {len(info['splits'][s]['episodes'])} episodes" for s in SPLITS))
     return info
 
@@ -240,6 +244,26 @@ class WindowDataset(Dataset):
             frames[rows] = got_frames.reshape(len(rows), self.length, *got_frames.shape[1:])
             actions[rows] = got_actions
         return {"frames": torch.from_numpy(frames), "actions": torch.from_numpy(actions)}
+
+
+def load_data(cfg, log: Callable[[str], None] = print) -> Splits:
+    """data.dir as window datasets: training windows of data.sequence_length frames at every start, validation and
+    test windows of context_frames + eval_horizon frames every eval_stride frames."""
+    data_dir = Path(cfg.data.dir)
+    info = read_info(data_dir)
+    side = cfg.model.decoder.init_size * 2 ** len(cfg.model.decoder.stages)
+    if info["size"] != side:
+        raise KilnError(f"'{data_dir}' holds {info['size']}x{info['size']} frames but the model makes {side}x{side} "
+                        f"(model.decoder.init_size * 2^len(stages)); change init_size or rewrite the data with --size {side}")
+    eval_length = cfg.model.context_frames + cfg.data.eval_horizon
+    splits = Splits(
+        train=WindowDataset(data_dir, "train", info, cfg.data.sequence_length, 1, cfg.data.frame_skip),
+        val=WindowDataset(data_dir, "val", info, eval_length, cfg.data.eval_stride, cfg.data.frame_skip),
+        test=WindowDataset(data_dir, "test", info, eval_length, cfg.data.eval_stride, cfg.data.frame_skip),
+        info=info)
+    log(f"Windows: {len(splits.train):,} train ({cfg.data.sequence_length} frames), {len(splits.val):,} val and "
+        f"{len(splits.test):,} test ({eval_length} frames) from {data_dir}")
+    return splits
 
 
 # ----------------------------------------------------------------------------- batches on the device

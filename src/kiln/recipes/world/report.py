@@ -7,7 +7,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch.utils.data import Subset
 
+from kiln.engine.batches import predict
+from kiln.engine.files import write_file
 from kiln.engine.report import plot_learning_curves, plt, save_figure, write_summary
 from kiln.recipes.world.data import CARRACING_ACTIONS, to_float
 
@@ -72,14 +75,13 @@ def draw_imagined(rows: dict[str, torch.Tensor], start: torch.Tensor, every: int
 
 
 def write_gif(rows: dict[str, torch.Tensor], out: Path, scale: int = 2) -> None:
-    """The imagined rollouts side by side, one GIF frame per step (Pillow)."""
+    """The imagined rollouts side by side, one GIF frame per step (Pillow), written atomically."""
     from PIL import Image
 
     strips = np.concatenate([as_images(frames) for frames in rows.values()], axis=2)  # [T, S, n * S, 3]
     images = [Image.fromarray(frame).resize((frame.shape[1] * scale, frame.shape[0] * scale), Image.NEAREST) for frame in strips]
-    tmp = out.with_name(out.name + ".tmp")
-    images[0].save(tmp, format="GIF", save_all=True, append_images=images[1:], duration=80, loop=0)
-    tmp.replace(out)
+    write_file(out, lambda f: images[0].save(f, format="GIF", save_all=True, append_images=images[1:], duration=80, loop=0),
+               binary=True)
 
 
 def metrics_table(results: dict) -> list[str]:
@@ -92,23 +94,30 @@ def metrics_table(results: dict) -> list[str]:
     return lines
 
 
+def shown_sequences(task, test) -> tuple[torch.Tensor, torch.Tensor]:
+    """SEQUENCES_SHOWN test windows spread over the split: their frames [B, L, 3, S, S] and the model's
+    eval_horizon-step predictions [B, L - K, 3, S, S], on the CPU."""
+    def step(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        frames = to_float(batch["frames"])
+        return {"frames": frames, "pred": task.predict(frames, batch["actions"].float(), task.eval_horizon)["pred"]}
+
+    picks = np.linspace(0, len(test) - 1, SEQUENCES_SHOWN).round().astype(int).tolist()
+    task.eval()
+    shown = predict(Subset(test, picks), step, len(picks), task.device)
+    return shown["frames"], shown["pred"]
+
+
 def write_report(run_dir: Path, task, splits, cfg, results: dict, outputs: dict) -> None:
     report_dir = run_dir / "report"
     report_dir.mkdir(exist_ok=True)
-    test = splits.test
-    picks = np.linspace(0, len(test) - 1, SEQUENCES_SHOWN).round().astype(int).tolist()
-    batch = test.__getitems__(picks)
-    frames, actions = to_float(batch["frames"]).to(task.device), batch["actions"].float().to(task.device)
-    task.eval()
-    with torch.no_grad():
-        pred = task.predict(frames, actions, task.eval_horizon)["pred"]
+    frames, pred = shown_sequences(task, splits.test)
     k = task.context
-    save_figure(draw_filmstrip(frames.cpu(), torch.cat([torch.zeros_like(frames[:, :k]), pred], 1).cpu(), k,
+    save_figure(draw_filmstrip(frames, torch.cat([torch.zeros_like(frames[:, :k]), pred], 1), k,
                                f"Test sequences (held-out tracks): truth vs {task.eval_horizon}-step prediction"),
                 report_dir / "filmstrip.png")
     figures = {"Truth vs prediction on test sequences": "filmstrip.png"}
     if splits.info.get("action_names") == CARRACING_ACTIONS:  # the scripts are CarRacing's [steer, gas, brake]
-        context = frames[0, :k].cpu()
+        context = frames[0, :k]
         rows = {name: imagine(task, context, torch.tensor(action).expand(IMAGINED_STEPS, -1)) for name, action in SCRIPTS}
         save_figure(draw_imagined(rows, context[-1]), report_dir / "imagined.png")
         write_gif(rows, report_dir / "imagined.gif")

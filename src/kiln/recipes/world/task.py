@@ -1,4 +1,4 @@
-"""World task: the five weighted losses, PSNR/SSIM beside the copy-last-frame baseline, and test evaluation.
+"""World task: the five weighted losses, and PSNR/SSIM beside the copy-last-frame baseline (evaluation.py: the test split).
 
 A batch is a window of L frames and their actions. The first K = context_frames are observed; the
 model encodes them, rolls the dynamics forward L - K steps in latent space (each step on its own
@@ -28,8 +28,8 @@ import torch
 from torch import Tensor
 from torchmetrics.functional.image import peak_signal_noise_ratio, structural_similarity_index_measure
 
-from kiln.engine.task import Evaluation, Splits, Task
-from kiln.recipes.world.data import WindowDataset, augment, to_float
+from kiln.engine.task import Task
+from kiln.recipes.world.data import augment, to_float
 from kiln.recipes.world.model import WorldModel
 
 REPORTED_HORIZONS = (1, 5, 10)
@@ -122,12 +122,13 @@ class WorldTask(Task):
         return metrics
 
     def scores(self, frames: Tensor, out: dict[str, Tensor]) -> dict[str, Any]:
-        """Per-frame PSNR and SSIM for reconstruction (decode(encode(x)) of every future frame of the window: what
-        the latent can hold, the ceiling of prediction), and [B] for k-step prediction and copy-last at each
-        reported horizon k, all on the same frames."""
+        """Per-frame PSNR and SSIM: [B, L - K] for reconstruction (decode(encode(x)) of every future frame of the
+        window: what the latent can hold, the ceiling of prediction), and [B] for k-step prediction and copy-last at
+        each reported horizon k, all on the same frames."""
         k0 = self.context
         last = frames[:, k0 - 1]
-        result: dict[str, Any] = {"recon": self.pair(out["recon"][:, k0:].flatten(0, 1), frames[:, k0:].flatten(0, 1)),
+        recon = self.pair(out["recon"][:, k0:].flatten(0, 1), frames[:, k0:].flatten(0, 1))
+        result: dict[str, Any] = {"recon": {name: value.view(len(frames), -1) for name, value in recon.items()},
                                   "pred": {}, "copy_last": {}}
         for k in horizons_for(self.eval_horizon):
             target = frames[:, self.context - 1 + k]
@@ -158,44 +159,3 @@ def filmstrip(truth: Tensor, recon: Tensor, pred: Tensor, context: int) -> Tenso
 
 def build_task(cfg, info: dict[str, Any]) -> WorldTask:
     return WorldTask(cfg, info)
-
-
-# ---------------------------------------------------------------------- evaluation
-
-
-@torch.no_grad()
-def evaluate(task: WorldTask, splits: Splits, cfg, options: dict) -> Evaluation:
-    """Test windows (held-out track seeds): reconstruction, k-step prediction and copy-last, PSNR and SSIM as
-    per-frame means; plus prediction with the actions of another window, which shows whether actions matter."""
-    test: WindowDataset = splits.test
-    batch_size = min(cfg.train.eval_batch_size, 64)
-    horizons = horizons_for(task.eval_horizon)
-    sums: dict[str, float] = {}
-    counts: dict[str, int] = {}
-    count = 0
-    task.eval()
-    for first in range(0, len(test), batch_size):
-        batch = test.__getitems__(list(range(first, min(first + batch_size, len(test)))))
-        frames, actions = to_float(batch["frames"].to(task.device)), batch["actions"].to(task.device).float()
-        scores = task.scores(frames, task.predict(frames, actions, task.eval_horizon))
-        shuffled = task.scores(frames, task.predict(frames, actions.roll(1, 0), task.eval_horizon))
-        flat = {("recon",): scores["recon"]}
-        flat.update({("pred", str(k)): scores["pred"][k] for k in horizons})
-        flat.update({("copy_last", str(k)): scores["copy_last"][k] for k in horizons})
-        flat.update({("pred_other_actions", str(k)): shuffled["pred"][k] for k in horizons})
-        for key, pair in flat.items():
-            for metric, values in pair.items():
-                name = "/".join((*key, metric))
-                sums[name] = sums.get(name, 0.0) + values.sum().item()
-                counts[name] = counts.get(name, 0) + values.numel()
-        count += len(frames)
-    results: dict[str, Any] = {"split": "test", "windows": count, "context_frames": task.context,
-                               "averaging": "per-frame mean of PSNR (dB) and SSIM, data_range 1.0"}
-    for name, total in sums.items():
-        *path, metric = name.split("/")
-        node = results
-        for part in path:
-            node = node.setdefault(part, {})
-        node[metric] = total / counts[name]
-    results["gain_over_copy_last_db"] = {str(k): results["pred"][str(k)]["psnr"] - results["copy_last"][str(k)]["psnr"] for k in horizons}
-    return Evaluation(results)
