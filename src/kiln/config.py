@@ -65,6 +65,16 @@ class HealthConfig(Section):
     grad_norm_max: float | None = Field(100.0, gt=0, description="warn when the total gradient norm (before clipping) exceeds this")
 
 
+class CompileConfig(Section):
+    """torch.compile of the task's steps (train.compile: true is {backend: inductor, mode: default})."""
+
+    backend: Literal["inductor", "aot_eager", "eager"] = Field("inductor", description="inductor generates kernels; "
+                                                                 "aot_eager/eager only trace (for checking a model compiles)")
+    mode: Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"] = "default"
+    fullgraph: bool = Field(False, description="fail (and fall back to eager) on any graph break instead of splitting")
+    dynamic: bool | None = Field(None, description="dynamic shapes: null lets torch decide after a shape changes")
+
+
 class TrainConfig(Section):
     batch_size: int = Field(64, gt=0, description="samples per device per micro-batch (global batch = batch_size x devices x accumulate_grad_batches)")
     eval_batch_size: int = Field(1024, gt=0, description="samples per batch in validation and test evaluation")
@@ -81,6 +91,8 @@ class TrainConfig(Section):
     precision: Literal["auto", "32", "16-mixed", "bf16-mixed"] = Field(
         "auto", description="auto: bf16-mixed on GPUs with bf16 (16-mixed on older ones) and on CPUs with native bf16 "
         "(AVX512-BF16 or AMX), else 32")
+    compile: bool | CompileConfig = Field(False, description="torch.compile the task's steps (true, or {backend, mode, "
+                                          "fullgraph, dynamic}); a model that does not compile falls back to eager, said in one line")
     accumulate_grad_batches: int = Field(1, gt=0)
     gradient_clip_val: float | None = Field(None, gt=0, description="max global grad norm; null = off")
     log_grad_norm: bool = Field(False, description="log gradient-norm statistics per epoch (mean/max total norm, max |grad|)")

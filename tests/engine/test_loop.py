@@ -277,3 +277,58 @@ def test_a_callback_sees_every_update_and_validation_and_can_end_the_run(toy_cfg
     assert probe.updates == history["step"][-1] == 2 * 4  # 64 samples at batch 16: 4 updates per epoch
     assert probe.ended == "finished"
     assert json.loads((run_dir / "status.json").read_text())["stop_reason"] == "stopped_by_test"
+
+
+def test_auto_precision_times_the_task_where_bf16_is_a_candidate_and_picks_the_faster(monkeypatch, toy_cfg, run_toy):
+    """On a CPU with native bf16, auto runs a few real steps of the run's own task in bf16-mixed and in fp32; here a
+    timing stub makes bf16 the slower, so fp32 is chosen, and the reason on the first line gives both timings."""
+    from kiln.engine import fit as fit_module
+
+    monkeypatch.setattr(devices, "cpu_native_bf16", lambda: "AVX512-BF16")
+    calls = []
+
+    def timed(build_task, split, train, candidates, accelerator):
+        calls.append(candidates)
+        real = devices.time_precisions(build_task, split, train, candidates, accelerator)
+        assert set(real) == {"bf16-mixed", "32"} and all(ms > 0 for ms in real.values())
+        return {"bf16-mixed": 9.0, "32": 3.0}
+
+    monkeypatch.setattr(fit_module, "time_precisions", timed)
+    monkeypatch.delenv(devices.AUTO_PRECISION_VARIABLE, raising=False)
+    _, run_dir = run_toy("timed", toy_cfg(precision="auto", max_epochs=1))
+    assert calls == [["bf16-mixed", "32"]]
+    record = json.loads((run_dir / "run.json").read_text())["invocations"][0]
+    assert record["precision"] == "32"
+    assert record["precision_reason"].startswith("bf16-mixed 9.0 ms, 32 3.0 ms per training step of this task, so 32;")
+    assert (run_dir / "train.log").read_text().splitlines()[0].startswith("Precision: 32 (auto: bf16-mixed 9.0 ms, 32 3.0 ms")
+    calls.clear()
+    _, run_dir = run_toy("explicit", toy_cfg(precision="32", max_epochs=1))
+    assert calls == []  # an explicit precision is never timed
+
+
+def test_compiled_steps_train_the_same_weights_and_keep_checkpoint_keys(toy_cfg, run_toy):
+    """train.compile wraps the training step in torch.compile (aot_eager here: the same kernels as eager, traced), so
+    the weights are the eager run's and the checkpoints and weight files keep their keys (no _orig_mod.)."""
+    _, eager = run_toy("eager", toy_cfg(max_epochs=2, model={"hidden": 8}))
+    _, compiled = run_toy("compiled", toy_cfg(max_epochs=2, model={"hidden": 8}, compile={"backend": "aot_eager"}))
+    a = torch.load(eager / "final_model.pt", weights_only=True)["state_dict"]
+    b = torch.load(compiled / "final_model.pt", weights_only=True)["state_dict"]
+    assert a.keys() == b.keys() and all(torch.allclose(a[k], b[k], atol=1e-6, rtol=0) for k in a)
+    assert torch.load(compiled / "checkpoints" / "last.ckpt", weights_only=True)["model"].keys() == a.keys()
+    assert "train.compile: compiled the training step in" in (compiled / "train.log").read_text()
+
+
+def test_a_model_that_does_not_compile_trains_eagerly_said_in_one_line(toy_cfg, run_toy, monkeypatch):
+    def broken_compile(fn, **options):
+        def step(batch):
+            raise RuntimeError("Unsupported: a graph break dynamo cannot trace\nmore detail")
+        return step
+
+    monkeypatch.setattr(torch, "compile", broken_compile)
+    _, eager = run_toy("eager", toy_cfg(max_epochs=1))
+    _, fallback = run_toy("fallback", toy_cfg(max_epochs=1, compile=True))
+    log = (fallback / "train.log").read_text()
+    assert "train.compile: this toy model does not compile (Unsupported: a graph break dynamo cannot trace); training eagerly" in log
+    a = torch.load(eager / "final_model.pt", weights_only=True)["state_dict"]
+    b = torch.load(fallback / "final_model.pt", weights_only=True)["state_dict"]
+    assert all(torch.equal(a[k], b[k]) for k in a)

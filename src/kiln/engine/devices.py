@@ -15,6 +15,9 @@ from kiln.config import TrainConfig
 from kiln.errors import KilnError
 
 PRECISION = {"32": "32-true", "16-mixed": "16-mixed", "bf16-mixed": "bf16-mixed"}
+# How rank 0 hands its timed `auto` choice to the processes a Fabric launch starts ("precision|why").
+AUTO_PRECISION_VARIABLE = "KILN_AUTO_PRECISION"
+TIMED_STEPS, WARMUP_STEPS, TIME_BUDGET_S = 5, 2, 3.0
 # Environment variables a launcher (Fabric's own, torchrun, SLURM-style) sets on every process it starts.
 RANK_VARIABLES = ("RANK", "LOCAL_RANK", "NODE_RANK")
 
@@ -53,6 +56,43 @@ def resolve_precision(requested: str, accelerator: str) -> tuple[str, str]:
         return "bf16-mixed", f"this CPU has native bf16 ({native})"
     return "32", ("this CPU has no native bf16 (no AVX512-BF16 or AMX), where bf16 autocast runs several times "
                   "slower than fp32")
+
+
+def time_precisions(build_task, train_split, train: TrainConfig, candidates: list[str], accelerator: str) -> dict[str, float] | None:
+    """Milliseconds per training step (forward, backward, optimizer step) of a fresh task in each candidate precision,
+    on the first training batch: WARMUP_STEPS untimed, then up to TIMED_STEPS timed or TIME_BUDGET_S per candidate.
+    None for a task without trainable parameters. The caller keeps the random state (torch.random.fork_rng)."""
+    import time
+
+    from kiln.engine.batches import make_batches
+    from kiln.engine.schedules import build_optimizer
+
+    device = torch.device("cuda" if accelerator == "cuda" else "cpu")
+    batch = next(iter(make_batches(train_split, train.batch_size, shuffle=False).epoch()))
+    batch = {k: v.to(device) for k, v in batch.items()}
+    timings = {}
+    for precision in dict.fromkeys(candidates):
+        task = build_task().to(device)
+        if not any(p.requires_grad for p in task.parameters()):
+            return None
+        optimizer = build_optimizer(task, train)
+        dtype = {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}.get(precision)
+        times = []
+        for step in range(WARMUP_STEPS + TIMED_STEPS):
+            started = time.perf_counter()
+            with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
+                loss = task(batch, "train")["loss"]
+            loss.float().backward()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            if step >= WARMUP_STEPS:
+                times.append(time.perf_counter() - started)
+            if sum(times) > TIME_BUDGET_S:
+                break
+        timings[precision] = 1000 * sorted(times)[len(times) // 2]  # the median step
+    return timings
 
 
 def launched_by_torchrun() -> bool:

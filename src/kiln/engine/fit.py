@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 from pathlib import Path
 from typing import Any, Callable
 
@@ -21,7 +22,8 @@ import torch
 
 from kiln.config import RunConfig, dump_config
 from kiln.engine.checkpoint import load_checkpoint
-from kiln.engine.devices import accelerator_for, make_fabric, process_layout, resolve_precision, seed_everything, set_threads
+from kiln.engine.devices import (AUTO_PRECISION_VARIABLE, accelerator_for, is_worker_process, launched_by_torchrun, make_fabric,
+                                 process_layout, resolve_precision, seed_everything, set_threads, time_precisions)
 from kiln.engine.evaluate import calibrate, calibrate_saved, evaluate_run
 from kiln.engine.files import write_failed, write_text
 from kiln.engine.callbacks import Callback
@@ -39,9 +41,9 @@ class RunStart:
     bad input leaves the directory as it was (or no directory at all), and --overwrite deletes the old run only
     when the new one is ready to train."""
 
-    def __init__(self, run_dir: Path, cfg: RunConfig, precision: str, why: str, world_size: int, log: RunLog, *,
-                 resume: bool, overwrite: bool, init_from: str | None):
-        self.run_dir, self.cfg, self.record, self.log = run_dir, cfg, (precision, why, world_size, init_from), log
+    def __init__(self, run_dir: Path, cfg: RunConfig, log: RunLog, *, resume: bool, overwrite: bool, init_from: str | None):
+        self.run_dir, self.cfg, self.log, self.init_from = run_dir, cfg, log, init_from
+        self.record: tuple[str, str, int] | None = None  # precision, why, processes: set once Fabric has started
         self.resume, self.overwrite, self.is_ready = resume, overwrite, False
         check_run_dir(run_dir, overwrite or resume)  # a file in the way, not writable, not a run: before any write
         missing = [d for d in [run_dir, *run_dir.parents] if not d.exists()]
@@ -67,7 +69,7 @@ class RunStart:
         self.log.attach(self.run_dir / "train.log")
         if (line := self.lock.taken_over()) is not None:
             self.log(line)
-        write_run_record(self.run_dir, *self.record)
+        write_run_record(self.run_dir, *self.record, init_from=self.init_from)
         write_text(self.run_dir / "config.yaml", dump_config(self.cfg))
 
     def end(self) -> None:
@@ -86,22 +88,24 @@ def fit(cfg: RunConfig, recipe, run_dir: Path, *, resume: bool = False, init_fro
     Under DDP every process calls this; only rank 0 writes files. A config with `phases:` runs them in
     order, each in run_dir/phase_K. `callbacks` join every phase's loop after the config's own (callbacks.py).
     Nothing is written to run_dir before the config, the data and the task have passed their checks."""
-    precision, why = resolve_precision(cfg.train.precision, accelerator_for(cfg.train.device))
-    fabric = make_fabric(cfg.train, precision)
-    run_dir = Path(fabric.broadcast(str(run_dir)))  # ranks started by torchrun may have made other default names
-    zero = fabric.is_global_zero
-    log = RunLog(quiet=not zero, held=True)
-    start = RunStart(run_dir, cfg, precision, why, fabric.world_size, log, resume=resume, overwrite=overwrite,
-                     init_from=init_from) if zero else None
-    ready = start.ready if zero else (lambda: None)
+    first = not is_worker_process()  # rank 0, before and after Fabric starts the others
+    log = RunLog(quiet=not first, held=True)
+    start = RunStart(run_dir, cfg, log, resume=resume, overwrite=overwrite, init_from=init_from) if first else None
     try:
-        log(f"Precision: {precision} (" + (f"auto: {why})" if cfg.train.precision == "auto" else f"{why})"))
         set_threads(cfg.train.threads, process_layout(cfg.train)["devices"])
+        precision, why, splits = choose_precision(cfg, recipe, log)
+        fabric = make_fabric(cfg.train, precision)
+        run_dir = Path(fabric.broadcast(str(run_dir)))  # ranks started by torchrun may have made other default names
+        zero = fabric.is_global_zero
+        if start is not None:
+            start.record = (precision, why, fabric.world_size)
+        log(f"Precision: {precision} (" + (f"auto: {why})" if cfg.train.precision == "auto" else f"{why})"))
+        ready = start.ready if zero else (lambda: None)
         if cfg.phases:
             results = fit_phases(fabric, cfg, recipe, run_dir, log, precision, resume=resume, init_from=init_from,
                                  ready=ready, callbacks=callbacks)
         else:
-            splits = load_splits(fabric, recipe, cfg, log)
+            splits = splits if splits is not None and fabric.world_size == 1 else load_splits(fabric, recipe, cfg, log)
             status = Status([run_dir / "status.json"] if zero else [])
             results = fit_one(fabric, cfg, recipe, splits, run_dir, log, status, precision, resume=resume, init_from=init_from,
                               ready=ready, callbacks=callbacks)
@@ -112,6 +116,34 @@ def fit(cfg: RunConfig, recipe, run_dir: Path, *, resume: bool = False, init_fro
         fabric.barrier()
         torch.distributed.destroy_process_group()
     return results
+
+
+def choose_precision(cfg: RunConfig, recipe, log: RunLog) -> tuple[str, str, Splits | None]:
+    """(precision, why, the splits if they were loaded to decide). `auto` keeps its capability rule; where bf16 is a
+    candidate, a few real training steps of this run's task in each candidate precision decide, on rank 0 before
+    the other processes start (a Fabric launch hands them the choice in KILN_AUTO_PRECISION; torchrun's ranks start
+    together and cannot agree before their process group exists, so they keep the rule)."""
+    accelerator = accelerator_for(cfg.train.device)
+    precision, why = resolve_precision(cfg.train.precision, accelerator)
+    if cfg.train.precision != "auto" or "bf16" not in precision:
+        return precision, why, None
+    if is_worker_process() or launched_by_torchrun():
+        handed = os.environ.get(AUTO_PRECISION_VARIABLE)
+        if handed:
+            precision, why = handed.split("|", 1)
+        return precision, why, None
+    phase_cfg = cfg.phase_configs()[0][2] if cfg.phases else cfg
+    recipe.prepare_data(phase_cfg, log)
+    splits = recipe.load_data(phase_cfg, log)
+    with torch.random.fork_rng(devices=[]):
+        timings = time_precisions(lambda: recipe.build_task(phase_cfg, splits.info), splits.train, phase_cfg.train,
+                                  [precision, "32"], accelerator)
+    if timings is not None:
+        precision = min(timings, key=timings.get)
+        why = (f"{', '.join(f'{p} {ms:.1f} ms' for p, ms in timings.items())} per training step of this task, so {precision}; "
+               f"{why}")
+    os.environ[AUTO_PRECISION_VARIABLE] = f"{precision}|{why}"  # the processes a Fabric launch starts inherit it
+    return precision, why, splits if not cfg.phases else None
 
 
 def load_splits(fabric, recipe, cfg: RunConfig, log: RunLog) -> Splits:

@@ -177,6 +177,20 @@ class Run:
         self.period_started = self.train_time = 0.0
         self.first_val_batch: dict[str, Tensor] | None = None
         self.callbacks = (default_callbacks(self) if callbacks is None else list(callbacks)) + list(extra_callbacks)
+        self.compiling = self.compile(t.compile) if self.optimizer is not None else None
+
+    def compile(self, setting) -> dict[str, Any] | None:
+        """train.compile: torch.compile the task's training step (an attribute of the instance, so the module, its
+        state_dict keys, checkpoints, EMA, export and resume are untouched; validation stays eager). The first step,
+        which compiles, is timed and reported (first_compiled_step)."""
+        if not setting:
+            return None
+        options = {"backend": "inductor", "mode": "default", "fullgraph": False, "dynamic": None,
+                   **({} if isinstance(setting, bool) else setting.model_dump())}
+        mode = options["mode"] if options["mode"] != "default" and options["backend"] == "inductor" else None
+        self.task.training_step = torch.compile(self.task.training_step, backend=options["backend"], mode=mode,
+                                                fullgraph=options["fullgraph"], dynamic=options["dynamic"])
+        return {"options": options, "seconds": None}
 
     def call(self, hook: str, *args: Any) -> None:
         for callback in self.callbacks:
@@ -339,12 +353,36 @@ class Run:
     def forward_backward(self, batch: dict[str, Tensor], window: int, is_update: bool) -> None:
         s = self.state
         with self.fabric.no_backward_sync(self.model, enabled=not is_update):
-            out = self.model(batch, "train")  # Fabric's wrapper applies the precision's autocast
-            self.fabric.backward(out["loss"] / window)
+            if self.compiling is not None and self.compiling["seconds"] is None:
+                out = self.first_compiled_step(batch, window)
+            else:
+                out = self.model(batch, "train")  # Fabric's wrapper applies the precision's autocast
+                self.fabric.backward(out["loss"] / window)
         n = batch_size_of(batch)
         accumulate(s.sums, out, n)
         s.count += n
         self.window.append(out["loss"].detach())
+
+    def first_compiled_step(self, batch: dict[str, Tensor], window: int) -> dict[str, Tensor]:
+        """The first compiled step: compiles (timed and reported). A model that does not compile is said in one line,
+        and the run trains eagerly from this step on."""
+        started = time.perf_counter()
+        try:
+            out = self.model(batch, "train")
+            self.fabric.backward(out["loss"] / window)
+        except Exception as err:  # dynamo and inductor raise many types
+            del self.task.training_step  # the class's own, eager step again
+            self.compiling = None
+            self.task.zero_grad(set_to_none=True)  # the first micro-batch of the run: nothing else to lose
+            self.log(f"train.compile: this {self.cfg.recipe} model does not compile ({one_line(err)[:200]}); training eagerly")
+            out = self.model(batch, "train")
+            self.fabric.backward(out["loss"] / window)
+            return out
+        self.compiling["seconds"] = time.perf_counter() - started
+        options = self.compiling["options"]
+        self.log(f"train.compile: compiled the training step in {self.compiling['seconds']:.1f}s "
+                 f"({options['backend']}, mode {options['mode']})")
+        return out
 
     def update(self) -> float:
         """One optimizer update; returns the window's train loss. Its single host sync checks the loss and gradient
