@@ -104,6 +104,31 @@ def build_parser() -> argparse.ArgumentParser:
     status = verbs.add_parser("status", help="show the state of runs (running, finished, interrupted, failed)")
     status.add_argument("run_dirs", nargs="*", type=Path, help="run directories (default: every run under runs/)")
 
+    sweep = verbs.add_parser("sweep", help="grid or TPE search over a config (Optuna), shared by many processes and machines",
+                             description="Run every point of --grid, or --trials trials of a --space search, each as an "
+                             "ordinary run directory under --out; CONFIG may also be a sweep file (sweeps/<recipe>/*.yaml). "
+                             "See docs/sweeps.md.")
+    add_config_arguments(sweep, recipes)
+    sweep.add_argument("--grid", nargs="+", metavar="KEY=V1,V2", help="grid axes; every point of their product runs once "
+                       "(a KEY=V entry with one value fixes that key, like an override)")
+    sweep.add_argument("--space", metavar="SPACE.yaml", help="search space: KEY: {choice: [...]} | {uniform: [lo, hi]} | "
+                       "{log_uniform: [lo, hi]} | {int: [lo, hi]} | {log_int: [lo, hi]}")
+    sweep.add_argument("--trials", type=int, help="trials of a --space search (all workers and machines together)")
+    sweep.add_argument("--sampler", choices=("tpe", "random"), help="--space sampler (default tpe)")
+    sweep.add_argument("--pruner", choices=("median", "hyperband", "none"),
+                       help="stop poor trials at a validation (default: median for --space, none for --grid)")
+    sweep.add_argument("--objective", help="the metric trials are ranked by (default train.monitor); test_* reads "
+                       "test_results.json")
+    sweep.add_argument("--direction", choices=("min", "max"), help="default train.mode (needed for another objective)")
+    sweep.add_argument("--out", type=Path, help="the sweep directory (default runs/<recipe>/<config>-sweep-<time>)")
+    sweep.add_argument("--workers", type=int, default=1, help="worker processes on this machine (default 1)")
+    sweep.add_argument("--storage", metavar="URL", help="an Optuna RDB URL shared by several machines, e.g. "
+                       "postgresql://user@host/db (default: a journal file in --out)")
+    sweep.add_argument("--retries", type=int, help="re-runs of a trial that failed with an exception (default 0)")
+    sweep.add_argument("--heat-map", metavar="A,B", help="the two grid axes of plots/heat_map.png (default the first two)")
+    sweep.add_argument("--resume", type=Path, metavar="DIR", help="continue the sweep in DIR")
+    sweep.add_argument("--status", type=Path, metavar="DIR", help="print the table of the sweep in DIR; runs nothing")
+
     logs = verbs.add_parser("logs", help="print a run's train.log")
     logs.add_argument("run_dir", type=Path)
     logs.add_argument("--follow", "-f", action="store_true", help="keep printing new lines until the run stops")
@@ -243,6 +268,29 @@ def status(args: argparse.Namespace) -> int:
     return 0
 
 
+def sweep(args: argparse.Namespace) -> int:
+    from kiln.recipes import recipe_of
+    from kiln.sweep import launch
+
+    if args.workers < 1 or (args.retries is not None and args.retries < 0):
+        raise KilnError("--workers must be at least 1 and --retries at least 0")
+    given = [name for name in ("config", "config_flag", "grid", "space", "objective", "direction", "sampler", "pruner",
+                               "out") if getattr(args, name)] + (["overrides"] if args.overrides else [])
+    if args.status or args.resume:
+        if given or (args.status and args.resume):
+            raise KilnError("--resume DIR and --status DIR take the sweep as it was defined; give only --workers, "
+                            "--trials, --retries, --storage or --heat-map")
+        if args.status:
+            return launch.status(args.status, args.storage)
+        return launch.resume(args.resume, workers=args.workers, storage=args.storage, trials=args.trials,
+                             retries=args.retries, heat_map=args.heat_map)
+    path = config_path(args)
+    return launch.start(path, collect_overrides(args, recipe_of(launch.config_file(path))), out=args.out,
+                        workers=args.workers, storage=args.storage, heat_map=args.heat_map, grid=args.grid,
+                        space=args.space, trials=args.trials, objective=args.objective, direction=args.direction,
+                        sampler=args.sampler, pruner=args.pruner, retries=args.retries)
+
+
 def logs(args: argparse.Namespace) -> int:
     from kiln.engine.monitor import follow_log
 
@@ -250,7 +298,7 @@ def logs(args: argparse.Namespace) -> int:
     return 0
 
 
-VERBS = {"train": train, "evaluate": evaluate, "export": export, "lr-find": lr_find, "data": data, "compare": compare, "status": status, "logs": logs}
+VERBS = {"train": train, "evaluate": evaluate, "export": export, "lr-find": lr_find, "data": data, "compare": compare, "status": status, "sweep": sweep, "logs": logs}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -269,7 +317,7 @@ def main(argv: list[str] | None = None) -> int:
             return args.run_command(args) or 0
         return VERBS[args.verb](args)
     except KilnError as err:
-        print(f"kiln: error: {err}", file=sys.stderr)
+        print(f"kiln: error: {' '.join(str(err).split(chr(10)))}", file=sys.stderr)  # always one line
         return 2
     except KeyboardInterrupt:  # before training started (data generation, imports): nothing to save
         print("kiln: interrupted", file=sys.stderr)

@@ -214,7 +214,11 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     key, sep, value = text.partition("=")
     if not sep or not key or any(not part for part in key.split(".")):
         raise KilnError(f"override '{text}' must look like section.key=value, e.g. train.lr=5e-4")
-    parsed = yaml.safe_load(value) if value.strip() else ""
+    try:
+        parsed = yaml.safe_load(value) if value.strip() else ""
+    except yaml.YAMLError as err:
+        reason = " ".join(str(err).split("\n")[0].split())
+        raise KilnError(f"override '{key}': its value {value!r} is not valid YAML ({reason}); quote it or fix it") from None
     if isinstance(parsed, str):  # YAML 1.1 reads 5e-4 as text; numbers are what people mean
         try:
             parsed = float(parsed) if any(c in parsed for c in ".eE") else int(parsed)
@@ -276,16 +280,22 @@ def _schema_path(schema: type[BaseModel], loc: list[str]) -> list[str]:
     return out
 
 
+def _shown(parts: list[str]) -> str:
+    """A dotted key as the user typed it, with control characters escaped so the message stays one line."""
+    key = ".".join(str(part) for part in parts)
+    return key if key.isprintable() else repr(key)[1:-1]
+
+
 def _unknown_key_message(schema: type[BaseModel], loc: list[str], raw: Any = None) -> str:
     names = _field_names(schema, loc[:-1], raw)
     close = difflib.get_close_matches(loc[-1], names, n=1)
     arch = _arch_of(schema, loc[:-1], raw)
     ignored = f" (model.arch {arch} has no {loc[-1]})" if arch and loc[-1] in _all_member_fields(schema, loc[:-1]) else ""
     if close and not ignored:
-        hint = f"; did you mean '{'.'.join(loc[:-1] + close)}'?"
+        hint = f"; did you mean '{_shown(loc[:-1] + close)}'?"
     else:
-        hint = f"; valid keys here: {', '.join(names)}" if names else f"; '{'.'.join(loc[:-1])}' has no sub-keys"
-    return f"unknown config key '{'.'.join(loc)}'{ignored}{hint}"
+        hint = f"; valid keys here: {', '.join(names)}" if names else f"; '{_shown(loc[:-1])}' has no sub-keys"
+    return f"unknown config key '{_shown(loc)}'{ignored}{hint}"
 
 
 def _arch_of(schema: type[BaseModel], path: list[str], raw: Any) -> str | None:
@@ -338,7 +348,7 @@ def validate(raw: dict[str, Any], schema: type[RunConfig], source: str) -> RunCo
         loc = _schema_path(schema, [str(part) for part in first["loc"]])
         if first["type"] == "extra_forbidden":
             raise KilnError(f"{source}: {_unknown_key_message(schema, loc, raw)}") from None
-        key = ".".join(loc) or "config"
+        key = _shown(loc) or "config"
         if first["type"] == "union_tag_invalid":  # a by_arch section with an unknown arch
             ctx = first["ctx"]
             raise KilnError(f"{source}: {key}.{ctx['discriminator'].strip(chr(39))}: Input should be {ctx['expected_tags']} "

@@ -150,9 +150,16 @@ def dataset_info(data_dir: Path, recipe: str | None = None, command: str = "") -
             return {}
         raise KilnError(f"data.dir '{data_dir}' has no dataset.json, so it is not a {recipe} dataset; make one with: {command}")
     try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as err:
-        raise KilnError(f"'{path}' is not valid JSON ({err}); regenerate the dataset with kiln data") from None
+        info = json.loads(path.read_bytes().decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        reason = f"not UTF-8 text at byte {err.start}" if isinstance(err, UnicodeDecodeError) else f"not valid JSON: {err}"
+        raise KilnError(f"'{path}' is {reason}; regenerate the dataset with kiln data") from None
+    except OSError as err:
+        raise KilnError(f"'{path}' could not be read ({err.strerror}); check its permissions or regenerate the dataset") from None
+    if not isinstance(info, dict):
+        raise KilnError(f"'{path}' holds a JSON {type(info).__name__}, not an object describing the dataset; "
+                        f"regenerate the dataset with kiln data")
+    return info
 
 
 def warn_if_made_differently(data_dir: Path, wanted: dict[str, Any], have: dict[str, Any], log: Callable[[str], None]) -> None:
