@@ -213,12 +213,12 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     """`train.lr=5e-4` -> (["train", "lr"], 5e-4). Values are read as YAML, so lists and nulls work."""
     key, sep, value = text.partition("=")
     if not sep or not key or any(not part for part in key.split(".")):
-        raise KilnError(f"override '{text}' must look like section.key=value, e.g. train.lr=5e-4")
+        raise KilnError(f"override '{_shown([text])}' must look like section.key=value, e.g. train.lr=5e-4")
     try:
         parsed = yaml.safe_load(value) if value.strip() else ""
     except yaml.YAMLError as err:
         reason = " ".join(str(err).split("\n")[0].split())
-        raise KilnError(f"override '{key}': its value {value!r} is not valid YAML ({reason}); quote it or fix it") from None
+        raise KilnError(f"override '{_shown([key])}': its value {value!r} is not valid YAML ({reason}); quote it or fix it") from None
     if isinstance(parsed, str):  # YAML 1.1 reads 5e-4 as text; numbers are what people mean
         try:
             parsed = float(parsed) if any(c in parsed for c in ".eE") else int(parsed)
