@@ -1,6 +1,6 @@
-"""Why the seed's combined loss (alpha 0.5) learns the values late: the sizes of its two terms' gradients.
+"""Why the original guide's combined loss (alpha 0.5) learns the values late: the sizes of its two terms' gradients.
 
-For freshly initialised StreamlinedSequenceGenerators (the seed's 256 x 2, five seeds) and a batch of 64 simulated
+For freshly initialised StreamlinedSequenceGenerators (the guide's 256 x 2, five seeds) and a batch of 64 simulated
 sequences (the default synthetic string: PCA to 5 components and z-scored, both fitted on this batch), one scheduled-sampling pass at the budget
 configs' phase-1 settings (teacher forcing 0.7, noise 0.05), then the gradient norm over all weights of the MAE term
 and of the autocorrelation term (max_lag 10), each unweighted. An untrained generator's outputs barely vary over a

@@ -1,9 +1,9 @@
-"""Scheduled sampling two ways (`model.sampling`): `sequential`, the seed's 151-step loop per batch (each step fed the
-truth or the model's own output of the step before; StreamlinedSequenceGenerator.rollout) vs `parallel`, one-pass
-parallel scheduled sampling (a teacher-forced pass without gradients, then the mixed inputs in one sequence-at-once
-pass; .teacher_forced), on the seed's StreamlinedSequenceGenerator.
+"""Scheduled sampling two ways (`model.sampling`): `sequential`, the original guide's 151-step loop per batch (each
+step fed the truth or the model's own output of the step before; StreamlinedSequenceGenerator.rollout) vs `parallel`,
+one-pass parallel scheduled sampling (a teacher-forced pass without gradients, then the mixed inputs in one
+sequence-at-once pass; .teacher_forced), on the guide's StreamlinedSequenceGenerator.
 
-Same weights, batch (32, the seed's), teacher forcing 0.7, noise, bf16 autocast where `precision: auto` picks it,
+Same weights, batch (32, the guide's), teacher forcing 0.7, noise, bf16 autocast where `precision: auto` picks it,
 threads 1; forward, L1 loss, backward and AdamW per step; the two ways alternate in interleaved rounds and each
 keeps its best round (this VM's speed drifts with the other users' load). Last line: JSON with `ratio` =
 loop ms per step / parallel ms per step.

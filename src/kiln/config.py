@@ -289,8 +289,9 @@ def _shown(parts: list[str]) -> str:
 def _unknown_key_message(schema: type[BaseModel], loc: list[str], raw: Any = None) -> str:
     names = _field_names(schema, loc[:-1], raw)
     close = difflib.get_close_matches(loc[-1], names, n=1)
-    arch = _arch_of(schema, loc[:-1], raw)
-    ignored = f" (model.arch {arch} has no {loc[-1]})" if arch and loc[-1] in _all_member_fields(schema, loc[:-1]) else ""
+    tagged = _arch_of(schema, loc[:-1], raw)
+    ignored = (f" ({_shown(loc[:-1])}.{tagged[0]} {tagged[1]} has no {loc[-1]})"
+               if tagged and loc[-1] in _all_member_fields(schema, loc[:-1]) else "")
     if close and not ignored:
         hint = f"; did you mean '{_shown(loc[:-1] + close)}'?"
     else:
@@ -298,8 +299,8 @@ def _unknown_key_message(schema: type[BaseModel], loc: list[str], raw: Any = Non
     return f"unknown config key '{_shown(loc)}'{ignored}{hint}"
 
 
-def _arch_of(schema: type[BaseModel], path: list[str], raw: Any) -> str | None:
-    """The tag value of a by_arch section at `path` (None elsewhere)."""
+def _arch_of(schema: type[BaseModel], path: list[str], raw: Any) -> tuple[str, str] | None:
+    """(tag key, its value quoted) of a by_arch section at `path` (None elsewhere)."""
     model, node = schema, raw
     for part in path:
         field = model.model_fields.get(part) if model is not None else None
@@ -308,7 +309,7 @@ def _arch_of(schema: type[BaseModel], path: list[str], raw: Any) -> str | None:
         node = node.get(part) if isinstance(node, dict) else None
         if field.discriminator and part == path[-1]:
             chosen = _member(field, node)
-            return f"'{chosen.model_fields[field.discriminator].default}'" if chosen else None
+            return (field.discriminator, f"'{chosen.model_fields[field.discriminator].default}'") if chosen else None
         model = _member(field, node)
     return None
 

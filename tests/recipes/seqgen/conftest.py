@@ -23,10 +23,12 @@ def one_thread():
 
 @pytest.fixture(scope="session")
 def strings_dir(tmp_path_factory) -> Path:
+    from kiln.recipes.seqgen.config import SyntheticStrings
     from kiln.recipes.seqgen.data import generate_dataset
 
     out = tmp_path_factory.mktemp("seqgen") / "strings"
-    generate_dataset(out, num_sequences=48, profile_points=16, seed=3, train_size=32, val_size=8, split_seed=1)
+    settings = SyntheticStrings(num_sequences=48, profile_points=16, seed=3, train_size=32, val_size=8, split_seed=1)
+    generate_dataset(out, settings, lambda message: None)
     return out
 
 

@@ -1,4 +1,4 @@
-"""The seed's CSV format: the synthetic generator (physics, PCA on the training split only), validation of bad
+"""The original guide's CSV format: the synthetic generator (physics, PCA on the training split only), validation of bad
 files, and the seeded split."""
 
 from __future__ import annotations
@@ -13,7 +13,9 @@ import pandas as pd
 import pytest
 
 from kiln.errors import KilnError
-from kiln.recipes.seqgen.data import COLUMNS, read_sequences, split_indices
+from kiln.recipes import load_recipe_config
+from kiln.recipes.seqgen.config import SyntheticStrings
+from kiln.recipes.seqgen.data import COLUMNS, generate_dataset, read_sequences, split_indices
 from kiln.recipes.seqgen.sim import PLUCK, string_profiles
 
 
@@ -28,7 +30,7 @@ def test_the_string_starts_as_the_pluck_and_decays():
     assert late[0] / late[1] == pytest.approx(np.exp(-1.5 * 0.018 * 135), rel=0.5)
 
 
-def test_synthetic_dataset_is_the_seed_format_with_pca_fitted_on_training_sequences_only(strings_dir):
+def test_synthetic_dataset_is_the_guide_s_format_with_pca_fitted_on_training_sequences_only(strings_dir):
     files = sorted(strings_dir.glob("*.csv"))
     assert len(files) == 48
     frame = pd.read_csv(files[0])
@@ -91,3 +93,38 @@ def test_kiln_data_seqgen_cli(tmp_path):
     assert "12 sequences" in done.stdout and len(list(out.glob("*.csv"))) == 12 and (out / "pca.npz").is_file()
     again = subprocess.run(args, capture_output=True, text=True)
     assert again.returncode == 2 and "not empty" in again.stderr and len(again.stderr.strip().splitlines()) == 1
+
+
+def test_a_dataset_is_written_whole_or_not_at_all(tmp_path, monkeypatch):
+    out = tmp_path / "strings"
+    with pytest.raises(KilnError, match="10 sequences cannot make 9 train \\+ 1 val"):
+        generate_dataset(out, SyntheticStrings(num_sequences=10, profile_points=8, train_size=9, val_size=1), print)
+    assert list(tmp_path.iterdir()) == []                           # neither the directory nor a temporary
+    (out / "mine.csv").parent.mkdir()
+    (out / "mine.csv").write_text("x")
+    monkeypatch.setattr("kiln.recipes.seqgen.sim.string_profiles", lambda *a: pytest.fail("simulated into a taken --out"))
+    with pytest.raises(KilnError, match="exists and is not empty"):
+        generate_dataset(out, SyntheticStrings(num_sequences=10, profile_points=8, train_size=6, val_size=2), print)
+    assert [f.name for f in tmp_path.iterdir()] == ["strings"] and [f.name for f in out.iterdir()] == ["mine.csv"]
+
+
+def test_kiln_train_makes_a_missing_data_dir_with_the_config_s_split_and_warns_on_another(seqgen_config, tmp_path):
+    from kiln.recipes.seqgen import RECIPE
+
+    data_dir = tmp_path / "made"
+    overrides = [f"data.dir={data_dir}", "data.generate={num_sequences: 20, profile_points: 8, seed: 1}",
+                 "data.split={train_size: 12, val_size: 4, split_seed: 2}"]
+    lines = []
+    RECIPE.prepare_data(load_recipe_config(seqgen_config, overrides)[1], lines.append)
+    info = json.loads((data_dir / "dataset.json").read_text())
+    assert info["pca_fit_split"] == {"train_size": 12, "val_size": 4, "split_seed": 2} and info["seed"] == 1
+    assert lines[0] == f"data.dir '{data_dir}' not found: generating it from data.generate" and len(lines) == 2
+    lines.clear()
+    RECIPE.prepare_data(load_recipe_config(seqgen_config, overrides + ["data.split.split_seed=3", "data.generate.seed=4"])[1],
+                        lines.append)
+    assert lines == [f"Warning: using existing {data_dir}, made with seed=1 (config: 4); delete it or change data.dir to regenerate",
+                     f"Warning: using existing {data_dir}, made with split_seed=2 (config: 3); delete it or change data.dir "
+                     f"to regenerate"]
+    with pytest.raises(KilnError, match=rf"data.dir '{tmp_path / 'none'}' does not exist; make it with: "
+                                        rf"kiln data seqgen --synthetic --out {tmp_path / 'none'}$"):
+        RECIPE.prepare_data(load_recipe_config(seqgen_config, [f"data.dir={tmp_path / 'none'}"])[1], print)

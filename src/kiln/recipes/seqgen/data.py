@@ -1,4 +1,4 @@
-"""Seqgen datasets: a directory of CSV files, one sequence each, as the seed's sample pipeline writes them.
+"""Seqgen datasets: a directory of CSV files, one sequence each, as the original guide's sample pipeline writes them.
 
 Each file holds 151 rows (one per step) with the columns
 
@@ -6,7 +6,7 @@ Each file holds 151 rows (one per step) with the columns
 
 (5 principal-component scores of the simulated profile at that step, and the sequence's 2 parameters,
 repeated on every row). Files are read in name order, validated (row count, columns, NaN, parameters
-constant within a file) and split into train / val / test by a seeded shuffle (the seed: 4400 / 550 /
+constant within a file) and split into train / val / test by a seeded shuffle (the guide: 4400 / 550 /
 the rest). `kiln data seqgen --synthetic` also writes dataset.json (provenance) and pca.npz (the PCA fitted
 on the training split only). Components and parameters are z-scored with training-split statistics,
 which travel with the model (best_model.pt's data_info).
@@ -14,17 +14,19 @@ which travel with the model (best_model.pt's data_info).
 
 from __future__ import annotations
 
-import json
-import os
-import shutil
 import time
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 import pandas as pd
 
+from kiln.engine.files import dataset_dir, write_json
 from kiln.errors import KilnError
+
+if TYPE_CHECKING:
+    from kiln.engine.task import Splits
+    from kiln.recipes.seqgen.config import SeqgenConfig, SyntheticStrings
 
 STEPS = 151
 COMPONENTS = [f"pc{k}" for k in range(1, 6)]
@@ -109,36 +111,30 @@ def write_sequences(out: Path, params: np.ndarray, components: np.ndarray) -> No
                    comments="", fmt=["%d"] + ["%.8g"] * 7)
 
 
-def generate_dataset(out: Path, num_sequences: int, profile_points: int, seed: int, train_size: int, val_size: int,
-                     split_seed: int) -> dict:
-    """Simulate the string for num_sequences parameter pairs, fit a 5-component PCA on the training split's
-    profiles only, and write the CSV files, pca.npz and dataset.json (into a temporary sibling, then renamed)."""
+def generate_dataset(out: Path, settings: SyntheticStrings, log: Callable[[str], None]) -> dict:
+    """`kiln data seqgen --synthetic`: simulate the string for settings.num_sequences parameter pairs, fit a
+    5-component PCA on the training split's profiles only, and write the CSV files, pca.npz and dataset.json."""
     from kiln.recipes.seqgen.sim import PARAM_RANGES, draw_parameters, fit_pca, project, string_profiles
 
-    out = Path(out)
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise KilnError(f"'{out}' is not empty; pass another --out or delete it")
-    started = time.perf_counter()
-    params = draw_parameters(num_sequences, seed)
-    profiles = string_profiles(params, profile_points)
-    train = split_indices(num_sequences, train_size, val_size, split_seed)["train"]
-    pca = fit_pca(profiles[train], len(COMPONENTS))
-    components = project(profiles, pca)
-    tmp = out.with_name(out.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    write_sequences(tmp, params, components)
-    np.savez(tmp / "pca.npz", **pca)
-    info = {"source": "synthetic-string", "num_sequences": num_sequences, "profile_points": profile_points, "seed": seed,
-            "steps": STEPS, "parameters": {"param1": "wave speed", "param2": "damping"},
-            "parameter_ranges": {f"param{k + 1}": list(r) for k, r in enumerate(PARAM_RANGES.values())},
-            "pca_fit_split": {"train_size": train_size, "val_size": val_size, "split_seed": split_seed},
-            "pca_explained_variance_ratio": [round(float(v), 6) for v in pca["explained_variance_ratio"]],
-            "generation_seconds": round(time.perf_counter() - started, 3)}
-    (tmp / "dataset.json").write_text(json.dumps(info, indent=2) + "\n")
-    if out.exists():
-        out.rmdir()
-    os.replace(tmp, out)
+    s = settings
+    with dataset_dir(out) as tmp:  # a taken --out is refused before the simulation
+        started = time.perf_counter()
+        params = draw_parameters(s.num_sequences, s.seed)
+        profiles = string_profiles(params, s.profile_points)
+        train = split_indices(s.num_sequences, s.train_size, s.val_size, s.split_seed)["train"]
+        pca = fit_pca(profiles[train], len(COMPONENTS))
+        write_sequences(tmp, params, project(profiles, pca))
+        np.savez(tmp / "pca.npz", **pca)
+        info = {"source": "synthetic-string", "num_sequences": s.num_sequences, "profile_points": s.profile_points,
+                "seed": s.seed, "steps": STEPS, "parameters": {"param1": "wave speed", "param2": "damping"},
+                "parameter_ranges": {f"param{k + 1}": list(r) for k, r in enumerate(PARAM_RANGES.values())},
+                "pca_fit_split": {"train_size": s.train_size, "val_size": s.val_size, "split_seed": s.split_seed},
+                "pca_explained_variance_ratio": [round(float(v), 6) for v in pca["explained_variance_ratio"]],
+                "generation_seconds": round(time.perf_counter() - started, 3)}
+        write_json(tmp / "dataset.json", info)
+    log(f"Wrote {out}: {s.num_sequences} sequences of a plucked damped string ({s.profile_points}-point profile -> "
+        f"{len(COMPONENTS)} PCA components, fitted on the {s.train_size} training sequences: "
+        f"{sum(info['pca_explained_variance_ratio']):.4%} of the variance) in {info['generation_seconds']:.1f}s")
     return info
 
 
@@ -153,3 +149,20 @@ def build_splits(params: np.ndarray, components: np.ndarray, split: dict[str, np
     p = (params - np.array(stats["param_mean"])) / np.array(stats["param_std"])
     arrays = {name: {"params": p[idx].astype(np.float32), "y": y[idx].astype(np.float32)} for name, idx in split.items()}
     return arrays, stats
+
+
+def load_data(cfg: SeqgenConfig, log: Callable[[str], None] = print) -> Splits:
+    """data.dir -> in-memory Splits of z-scored tensors; info carries the statistics and the test files' names."""
+    import torch
+
+    from kiln.engine.task import Splits
+    from kiln.recipes import dataset_info
+
+    names, params, components = read_sequences(Path(cfg.data.dir), cfg.data.on_bad_file, log)
+    s = cfg.data.split
+    split = split_indices(len(names), s.train_size, s.val_size, s.split_seed)
+    arrays, stats = build_splits(params, components, split)
+    log(f"Split {len(split['train'])} train / {len(split['val'])} val / {len(split['test'])} test sequences (seed {s.split_seed})")
+    info = {**stats, "dataset": dataset_info(cfg.data.dir), "test_files": [names[i] for i in split["test"]]}
+    tensors = {name: {k: torch.from_numpy(v) for k, v in split_arrays.items()} for name, split_arrays in arrays.items()}
+    return Splits(**tensors, info=info)

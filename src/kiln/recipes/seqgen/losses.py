@@ -1,4 +1,4 @@
-"""seqgen's losses: the seed's autocorrelation loss and its combination with the MAE (the original guide's
+"""seqgen's losses: the original guide's autocorrelation loss and its combination with the MAE (its
 `AutocorrelationLoss` and `CombinedMAEAutocorrLoss`)."""
 
 from __future__ import annotations
@@ -37,8 +37,8 @@ class AutocorrelationLoss(torch.nn.Module):
 
 
 class CombinedMAEAutocorrLoss(torch.nn.Module):
-    """alpha * MAE + (1 - alpha) * autocorrelation loss; returns (combined, mae, autocorr) as the seed does.
-    alpha = 1 is the seed's pure-MAE training, alpha = 0 its pure-autocorrelation training."""
+    """alpha * MAE + (1 - alpha) * autocorrelation loss; returns (combined, mae, autocorr) as in the guide.
+    alpha = 1 is the guide's pure-MAE training, alpha = 0 its pure-autocorrelation training."""
 
     def __init__(self, alpha: float = 0.5, max_lag: int = 10):
         super().__init__()

@@ -9,7 +9,7 @@ parameters: step 0 is fed zeros and every later step the model's own output.
 
 Training feeds the true previous step with probability `teacher_forcing` and the model's own prediction
 otherwise (scheduled sampling, Bengio et al. 2015), in one of two ways (`model.sampling`):
-- `sequential` (the seed's): one step at a time, the own prediction being the output of the step before in the
+- `sequential` (the guide's): one step at a time, the own prediction being the output of the step before in the
   same rollout, so errors compound in training as they do in free-running generation (gradients flow through);
 - `parallel`: the own predictions come from a first, fully teacher-forced pass without gradients, so both passes
   run the LSTM over the whole sequence at once (parallel scheduled sampling with one pass, Duckworth et al. 2019).

@@ -1,5 +1,5 @@
 """Seqgen report: generated vs true sequences for a few parameter pairs, the model beside its baselines, and the
-seed's args.json."""
+original guide's args.json."""
 
 from __future__ import annotations
 
@@ -15,8 +15,8 @@ SHOWN = 4
 METRICS = ("mae", "acf_error", "spectral_distance", "discriminative_score")
 
 
-def seed_arguments(cfg) -> dict:
-    """The seed's args.json: its argument names with this run's values."""
+def guide_arguments(cfg) -> dict:
+    """The guide's args.json: its argument names with this run's values (alpha null under a pure loss)."""
     m, t = cfg.model, cfg.train
     return {"data_dir": cfg.data.dir, "loss": m.loss, "epochs": t.max_epochs, "batch_size": t.batch_size, "start_lr": t.lr,
             "min_lr": t.scheduler.min_lr, "scheduler": t.scheduler.name, "hidden_size": m.hidden_size,
@@ -55,7 +55,7 @@ def plot_sequences(true: torch.Tensor, curves: dict[str, torch.Tensor], params: 
 
 
 def write_report(run_dir: Path, task, splits, cfg, results: dict, outputs: dict) -> None:
-    write_json(run_dir / "args.json", seed_arguments(cfg))
+    write_json(run_dir / "args.json", guide_arguments(cfg))
     report = run_dir / "report"
     report.mkdir(exist_ok=True)
     figures = {}

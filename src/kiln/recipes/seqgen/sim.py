@@ -1,6 +1,6 @@
 """The embedded data source: a plucked, damped, stiff string, simulated in closed form for many parameter pairs.
 
-The seed's sequences come from a simulation pipeline: two continuous parameters -> a high-dimensional
+The original guide's sequences come from a simulation pipeline: two continuous parameters -> a high-dimensional
 profile evolving over 151 steps -> PCA to 5 components. Here the profile is the displacement u(x, t) of a
 string fixed at both ends, plucked at x0 = 0.3 and released (the modal solution of the damped wave equation
 with a small bending stiffness, e.g. Fletcher & Rossing, *The Physics of Musical Instruments*, ch. 2):
