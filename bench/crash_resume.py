@@ -147,13 +147,13 @@ def main() -> None:
                 else:
                     time.sleep(rng.uniform(0.0, 0.3) if intent.startswith("before") else rng.uniform(0.2, duration / 4))
                 process.send_signal(signal.SIGKILL)
-            process.communicate()
+            _, err = process.communicate()
             if process.returncode == 0:  # it finished before the kill came
                 if (run_dir / "test_results.json").is_file():
                     break
                 continue
             if process.returncode != -signal.SIGKILL:
-                raise SystemExit(f"the killed run exited with {process.returncode}, not by SIGKILL: {process.stderr}")
+                raise SystemExit(f"the killed run exited with {process.returncode}, not by SIGKILL: {err.strip()[-500:]}")
             kills += 1
             where = flag.read_text()
             kind = ("before the first checkpoint" if not (run_dir / "checkpoints" / "last.ckpt").is_file()
