@@ -11,10 +11,10 @@ import time
 from pathlib import Path
 
 try:
-    from kiln.recipes.nav import data
+    from kiln.recipes.nav import data, grid, layouts
 except ImportError:  # running from a checkout without an installed package
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
-    from kiln.recipes.nav import data
+    from kiln.recipes.nav import data, grid, layouts
 
 import networkx as nx
 import numpy as np
@@ -28,10 +28,10 @@ NUM_ASTAR = 500
 def kiln_samples_per_s(n, rng):
     """Grids, starts, goals, BFS distances, optimal sets and single labels for n samples."""
     start = time.perf_counter()
-    grids, starts, goals = data.random_grids(n, GRID_SIZE, DENSITY, rng)
-    dist = data.bfs_distance_field(grids, goals)
-    optimal = data.optimal_action_sets(grids, dist, goals)
-    data.single_action_labels(optimal, starts)
+    grids, starts, goals = layouts.random_grids(n, GRID_SIZE, DENSITY, rng)
+    dist = grid.bfs_distance_field(grids, goals)
+    optimal = grid.optimal_action_sets(grids, dist, goals)
+    grid.single_action_labels(optimal, starts)
     return n / (time.perf_counter() - start)
 
 

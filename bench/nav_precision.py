@@ -21,18 +21,18 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 import torch  # noqa: E402
 
 from kiln.engine.devices import resolve_precision, set_threads  # noqa: E402
-from kiln.recipes.nav.config import NavModel  # noqa: E402
+from kiln.recipes.nav.config import MixerModel  # noqa: E402
 from kiln.recipes.nav.model import build_model  # noqa: E402
-from kiln.recipes.nav.task import optimal_set_nll  # noqa: E402
+from kiln.recipes.nav.metrics import optimal_set_nll  # noqa: E402
 
 MODELS = {
-    "recipe2 (dim 128, depth 3, channel_mult 2, recursions 3)": NavModel(dim=128, depth=3, channel_mult=2, recursions=3, dropout=0.1),
-    "dim 128, depth 3, channel_mult 4": NavModel(dim=128, depth=3, dropout=0.15),
-    "quick (dim 64, depth 2, recursions 2)": NavModel(dim=64, depth=2, recursions=2, dropout=0.0),
+    "recipe2 (dim 128, depth 3, channel_mult 2, recursions 3)": MixerModel(dim=128, depth=3, channel_mult=2, recursions=3, dropout=0.1),
+    "dim 128, depth 3, channel_mult 4": MixerModel(dim=128, depth=3, dropout=0.15),
+    "quick (dim 64, depth 2, recursions 2)": MixerModel(dim=64, depth=2, recursions=2, dropout=0.0),
 }
 
 
-def ms_per_step(model_cfg: NavModel, bf16: bool, batch: int = 128, steps: int = 10) -> float:
+def ms_per_step(model_cfg: MixerModel, bf16: bool, batch: int = 128, steps: int = 10) -> float:
     torch.manual_seed(0)
     model = build_model(model_cfg, 8)
     optimizer = torch.optim.AdamW(model.parameters())

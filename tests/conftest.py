@@ -25,7 +25,7 @@ def tiny_config(tmp_path, tiny_data_dir) -> Path:
         "recipe": "nav",
         "data": {"dir": str(tiny_data_dir), "generate": None},
         "model": {"dim": 16, "depth": 1, "token_hidden": 16, "channel_mult": 2, "dropout": 0.1},
-        "train": {"batch_size": 32, "max_epochs": 3, "lr": 3e-3, "loggers": [], "threads": 1,
+        "train": {"batch_size": 32, "max_epochs": 3, "lr": 3e-3, "loggers": [], "threads": 1, "monitor": "val_loss", "mode": "min",
                   "scheduler": {"name": "warmup_cosine", "warmup": 0.1}},
     }
     path = tmp_path / "tiny.yaml"

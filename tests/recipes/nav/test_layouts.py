@@ -1,11 +1,12 @@
-"""Layouts beside the random one: mazes, rooms and map windows, checked with networkx."""
+"""Layouts: random grids, mazes, rooms and map windows, checked with networkx."""
 
 import networkx as nx
 import numpy as np
 import pytest
 
 from kiln.recipes.nav import layouts
-from kiln.recipes.nav.data import bfs_distance_field
+from kiln.recipes.nav.grid import bfs_distance_field
+from kiln.recipes.nav.movingai import read_map_folder
 
 
 def free_graph(grid):
@@ -13,6 +14,17 @@ def free_graph(grid):
     graph = nx.grid_2d_graph(*grid.shape)
     graph.remove_nodes_from([tuple(cell) for cell in np.argwhere(grid == 1)])
     return graph
+
+
+def test_random_grids_starts_goals_valid():
+    rng = np.random.default_rng(4)
+    grids, starts, goals = layouts.random_grids(200, 8, 0.35, rng)
+    assert grids.shape == (200, 8, 8) and grids.dtype == np.uint8
+    assert starts.dtype == np.int64 and goals.shape == (200, 2)
+    for grid, start, goal in zip(grids, starts, goals):
+        assert grid[tuple(start)] == 0 and grid[tuple(goal)] == 0
+        assert tuple(start) != tuple(goal)
+        assert nx.has_path(free_graph(grid), tuple(start), tuple(goal))
 
 
 @pytest.mark.parametrize("layout", ["maze", "rooms"])
@@ -73,7 +85,7 @@ def test_map_windows_are_cut_from_the_maps(tmp_path):
     write_map(tmp_path / "small.map", ["....", "...."])  # too small for a 10x10 window: never used
     shares, maps_dir = layouts.parse_layouts(f"maps:{tmp_path}")
     assert shares == {"maps": 1.0} and maps_dir == tmp_path
-    maps = layouts.read_map_folder(maps_dir)
+    maps = read_map_folder(maps_dir)
     assert len(maps) == 2
     windows = layouts.map_windows(maps, 50, 10, rng)
     views = np.lib.stride_tricks.sliding_window_view(big.astype(np.uint8), (10, 10)).reshape(-1, 10, 10)
@@ -91,7 +103,7 @@ def test_parse_layouts():
         with pytest.raises(ValueError, match=message):
             layouts.parse_layouts(spec)
     with pytest.raises(ValueError, match="does not exist"):
-        layouts.read_map_folder("/no/such/dir")
+        read_map_folder("/no/such/dir")
 
 
 def test_kiln_data_nav_flags_are_checked(tmp_path, capsys):

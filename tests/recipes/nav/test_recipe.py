@@ -4,9 +4,11 @@ import json
 
 import pytest
 import torch
+import yaml
 
 from kiln.engine.fit import fit
 from kiln.recipes import load_recipe_config
+from kiln.recipes.nav import RECIPE
 from kiln.recipes.nav.data import generate_dataset
 
 
@@ -26,6 +28,9 @@ def test_architectures_train_end_to_end(tiny_config, tmp_path, overrides):
     history = json.loads((run_dir / "history.json").read_text())
     assert history["train_loss"][1] < history["train_loss"][0]
     assert 0 <= results["rollout_success"] <= 1
+    headline = RECIPE.headline(results)  # the seam's default: evaluation.headline
+    assert headline["value"] == results["rollout_success"] and headline["higher_is_better"]
+    assert headline["baseline"] == "shortest path" and headline["baseline_value"] == 1.0  # every test start reaches its goal
 
 
 def test_grid_size_comes_from_the_dataset(tiny_config, tmp_path):
@@ -51,14 +56,21 @@ def test_a_changed_generator_setting_warns_instead_of_silently_reusing(tiny_conf
     assert f"Warning: using existing {data_dir}, made with num_train=64 (config: 99)" in capsys.readouterr().out
 
 
+def with_model(config_path, model, out):
+    """A copy of a config file with another model: section (an arch takes only its own keys)."""
+    config = yaml.safe_load(config_path.read_text())
+    out.write_text(yaml.safe_dump({**config, "model": model}))
+    return out
+
+
 def test_size_agnostic_model_trains_on_mixed_sizes_and_reports_each_layout_and_size(tiny_config, tmp_path):
     data_dir = tmp_path / "mixed"
     generate_dataset(data_dir, num_train=96, num_val=16, num_test=16, grid_size=10, min_grid_size=6,
                      layout="random=1,maze=1", eval_sizes=[6, 14], eval_grids=4, seed=2)
     run_dir = tmp_path / "run"
     run_dir.mkdir()
-    results = train(tiny_config, run_dir, [f"data.dir={data_dir}", "model.arch=recurrent", "model.dim=8",
-                                           "train.max_epochs=1"])
+    recurrent = with_model(tiny_config, {"arch": "recurrent", "dim": 8, "channel_mult": 2}, tmp_path / "recurrent.yaml")
+    results = train(recurrent, run_dir, [f"data.dir={data_dir}", "train.max_epochs=1"])
     table = results["by_layout_size"]
     assert sorted(table) == ["maze_14", "maze_6", "random_14", "random_6"]
     for key, row in table.items():

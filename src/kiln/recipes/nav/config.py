@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from kiln.config import RunConfig, Section
+from kiln.config import RunConfig, Section, by_arch
 
 
 class NavGenerator(Section):
@@ -61,22 +61,42 @@ class NavData(Section):
     generate: NavGenerator | None = Field(NavGenerator(), description="null for a dataset made elsewhere")
 
 
-class NavModel(Section):
-    arch: Literal["mixer", "trm", "recurrent"] = Field("mixer", description="mixer and trm are tied to the training "
-                                                       "grid size; recurrent runs on maps of any size")
-    dim: int = Field(64, gt=0, description="token width (recurrent: state channels per cell)")
-    depth: int = Field(2, gt=0, description="mixer blocks (in TRM: blocks of the one tiny network)")
+class MixerModel(Section):
+    """An MLP-Mixer over the cells; its position embedding ties it to the training grid size."""
+
+    arch: Literal["mixer"] = "mixer"
+    dim: int = Field(64, gt=0, description="token width")
+    depth: int = Field(2, gt=0, description="mixer blocks")
     dropout: float = Field(0.1, ge=0, lt=1)
     token_hidden: int = Field(128, gt=0, description="hidden width of the token-mixing MLP")
-    channel_mult: int = Field(4, gt=0, description="channel MLP hidden width = channel_mult * dim (recurrent: the update's)")
-    recursions: int = Field(1, gt=0, description="mixer: apply the blocks this many times with tied weights; trm: latent steps n")
-    cycles: int = Field(2, gt=0, description="trm: recursion cycles T per supervision step (T-1 without gradients)")
-    supervision_steps: int = Field(2, gt=0, description="trm: deep-supervision steps per batch")
-    iterations: int | None = Field(None, gt=0, description="recurrent: iterations at inference; null = per map, "
-                                   "its goal's BFS eccentricity + 2 (the length of the wave)")
+    channel_mult: int = Field(4, gt=0, description="channel MLP hidden width = channel_mult * dim")
+    recursions: int = Field(1, gt=0, description="apply the blocks this many times with tied weights")
+
+
+class TrmModel(MixerModel):
+    """TRM: one tiny mixer network refines a latent and an answer, with deep supervision; tied to the grid size."""
+
+    arch: Literal["trm"] = "trm"
+    depth: int = Field(2, gt=0, description="blocks of the one tiny network")
+    recursions: int = Field(1, gt=0, description="latent steps n per cycle")
+    cycles: int = Field(2, gt=0, description="recursion cycles T per supervision step (T-1 without gradients)")
+    supervision_steps: int = Field(2, gt=0, description="deep-supervision steps per batch")
+
+
+class RecurrentModel(Section):
+    """A weight-tied recurrent convolutional policy with no size in its weights: runs on maps of any size."""
+
+    arch: Literal["recurrent"] = "recurrent"
+    dim: int = Field(64, gt=0, description="state channels per cell")
+    channel_mult: int = Field(4, gt=0, description="hidden width of the gated update = channel_mult * dim")
+    iterations: int | None = Field(None, gt=0, description="iterations at inference; null = per map, its goal's BFS "
+                                   "eccentricity + 2 (the length of the wave)")
 
 
 class NavConfig(RunConfig):
     recipe: Literal["nav"] = "nav"
     data: NavData = NavData()
-    model: NavModel = NavModel()
+    model: by_arch(MixerModel, TrmModel, RecurrentModel) = MixerModel()
+
+    # every nav run keeps the checkpoint whose greedy rollouts reach the goal most often
+    train_defaults: ClassVar[dict[str, Any]] = {"monitor": "val_rollout_success", "mode": "max"}

@@ -1,7 +1,7 @@
-"""Structured layouts beside data.random_grids: perfect mazes, rooms with doors, windows of a user's maps.
+"""The layouts a dataset's grids are drawn from: random walls, perfect mazes, rooms with doors, windows of a user's maps.
 
-Every generator returns (grids, starts, goals) like data.random_grids: uint8 [N, G, G] (1 = wall),
-a goal on a free cell and a distinct start that can reach it. All are vectorised over the whole batch:
+Every generator returns (grids, starts, goals): uint8 [N, G, G] (1 = wall), a goal on a free cell and a
+distinct start that can reach it. All are vectorised over the whole batch:
 spanning trees come from one scipy minimum_spanning_tree call on a block-diagonal graph of all grids;
 the Python loops run over symmetries, maps or rejection rounds, never over grids.
 """
@@ -14,8 +14,7 @@ import numpy as np
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import minimum_spanning_tree
 
-from kiln.recipes.nav.data import (CHUNK_CELLS, NUM_SYMMETRIES, place_start_and_goal, random_grids, read_movingai_map,
-                                   transform_grid)
+from kiln.recipes.nav.grid import CHUNK_CELLS, NUM_SYMMETRIES, place_start_and_goal, transform_grid
 
 LAYOUTS = ("random", "maze", "rooms")  # plus "maps:DIR", windows of a folder of MovingAI maps
 ROOM_SIDES = (3, 7)       # room interiors are 3 to 7 cells wide (the last one along an axis takes what is left)
@@ -69,6 +68,36 @@ def _random_symmetries(grids, rng):
 
 # -----------------------------------------------------------------------------
 # layouts
+
+
+def random_grids(n, size, density, rng):
+    """n grids with walls drawn i.i.d. at `density`, and a goal plus a distinct start that reaches it.
+
+    Rejection sampling in bulk: draw a batch, drop grids where no start can reach the goal, repeat.
+    """
+    if not 0.0 <= density < 1.0 or size < 2:
+        raise ValueError(f"need 0 <= density < 1 and size >= 2, got density={density}, size={size}")
+    max_batch = max(1, CHUNK_CELLS // (size * size))
+    kept_grids = [np.zeros((0, size, size), dtype=np.uint8)]
+    kept_starts, kept_goals = [np.zeros((0, 2), dtype=np.int64)], [np.zeros((0, 2), dtype=np.int64)]
+    num_kept, num_drawn, accept_rate = 0, 0, 1.0
+    while num_kept < n:
+        if num_drawn > 100 * n + 10 * max_batch:
+            raise RuntimeError(f"under 1% of grids are solvable at density={density}, size={size}")
+        # oversample by the observed acceptance rate so the last batch rarely falls short
+        batch = min(int((n - num_kept) / max(accept_rate, 0.01) * 1.02) + 16, max_batch)
+        grids, starts, goals = place_start_and_goal((rng.random((batch, size, size), dtype=np.float32) < density).astype(np.uint8), rng)
+        kept_grids.append(grids)
+        kept_starts.append(starts)
+        kept_goals.append(goals)
+        num_kept += len(grids)
+        num_drawn += batch
+        accept_rate = num_kept / num_drawn
+    return (
+        np.concatenate(kept_grids)[:n],
+        np.concatenate(kept_starts)[:n],
+        np.concatenate(kept_goals)[:n],
+    )
 
 
 def maze_layouts(n, size, rng):
@@ -141,17 +170,6 @@ def room_layouts(n, size, rng):
     door_row = np.broadcast_to(row_lines[:, : max_rows - 1, None], down.shape)
     grids[np.broadcast_to(batch[:, :, None], down.shape)[valid], door_row[valid], door_col[valid]] = 0
     return grids
-
-
-def read_map_folder(folder):
-    """Every MovingAI .map file in a folder as a uint8 grid (1 = wall), in file-name order."""
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise ValueError(f"maps folder '{folder}' does not exist")
-    paths = sorted(folder.glob("*.map"))
-    if not paths:
-        raise ValueError(f"maps folder '{folder}' has no .map files")
-    return [read_movingai_map(path) for path in paths]
 
 
 def map_windows(maps, n, size, rng):

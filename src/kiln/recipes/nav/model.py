@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from kiln.recipes.nav.data import bfs_distance_field
+from kiln.recipes.nav.grid import bfs_distance_field
 
 CELL_CODES = 3  # free, wall, goal
 NUM_ACTIONS = 5
@@ -187,10 +187,11 @@ class RecurrentConvPolicy(nn.Module):
 
 
 def build_model(model_cfg, grid_size: int) -> nn.Module:
-    common = dict(grid_size=grid_size, dim=model_cfg.dim, depth=model_cfg.depth, dropout=model_cfg.dropout,
-                  token_hidden=model_cfg.token_hidden, channel_mult=model_cfg.channel_mult, recursions=model_cfg.recursions)
+    """The policy a config's model: section names (config.MixerModel, TrmModel or RecurrentModel)."""
     if model_cfg.arch == "recurrent":
         return RecurrentConvPolicy(model_cfg.dim, model_cfg.channel_mult * model_cfg.dim, model_cfg.iterations)
+    mixer = dict(grid_size=grid_size, dim=model_cfg.dim, depth=model_cfg.depth, dropout=model_cfg.dropout,
+                 token_hidden=model_cfg.token_hidden, channel_mult=model_cfg.channel_mult, recursions=model_cfg.recursions)
     if model_cfg.arch == "trm":
-        return TinyRecursiveMixer(**common, cycles=model_cfg.cycles, supervision_steps=model_cfg.supervision_steps)
-    return GridMixer(**common)
+        return TinyRecursiveMixer(**mixer, cycles=model_cfg.cycles, supervision_steps=model_cfg.supervision_steps)
+    return GridMixer(**mixer)

@@ -9,8 +9,9 @@ import numpy as np
 import torch
 
 from kiln.engine.report import plot_learning_curves, plt, save_figure, write_summary
-from kiln.recipes.nav.data import ACTION_DELTAS
-from kiln.recipes.nav.task import greedy_rollout, predict_logits
+from kiln.recipes.nav.evaluation import predict_logits
+from kiln.recipes.nav.grid import ACTION_DELTAS
+from kiln.recipes.nav.metrics import greedy_rollout
 
 GRIDS_SHOWN = 8
 

@@ -1,11 +1,80 @@
+"""Tests for kiln.recipes.nav.evaluation: pooled split metrics, rollouts on a user's MovingAI map, the headline."""
+
 import numpy as np
 import pytest
 import torch
 
 from kiln.errors import KilnError
-from kiln.recipes.nav import data
-from kiln.recipes.nav.maps import evaluate_map
+from kiln.recipes.nav.data import to_tensors
+from kiln.recipes.nav import evaluation
+from kiln.recipes.nav.evaluation import evaluate_map, predict_logits, shortest_path_rollout_success, split_metrics
+from kiln.recipes.nav.grid import STAY, bfs_distance_field, optimal_action_sets
 from kiln.recipes.nav.task import NavTask, RecurrentNavTask
+
+
+class Oracle(torch.nn.Module):
+    """Logits that put all mass on one optimal action per cell (or on a fixed action)."""
+
+    def __init__(self, logits):
+        super().__init__()
+        self.logits = logits
+
+    def forward(self, cells):
+        return [self.logits[: len(cells)]]
+
+
+def test_a_perfect_policy_scores_perfectly(make_split):
+    split = to_tensors(make_split())
+    first_optimal = split["optimal"].float().argmax(-1)  # an optimal action at every reachable cell
+    logits = torch.nn.functional.one_hot(first_optimal, 5).float() * 10
+    task = NavTask(Oracle(logits), grid_size=7)
+    metrics = split_metrics(task, split)
+    assert metrics["optimal_action_accuracy"] == 1.0
+    assert metrics["start_optimal_accuracy"] == 1.0
+    assert metrics["exact_accuracy"] == 1.0  # the first optimal action is the guide's tie-broken label
+    assert metrics["rollout_success"] == 1.0
+    assert metrics["rollout_optimality"] == pytest.approx(1.0)
+
+
+class RecordingPolicy(torch.nn.Module):
+    """bf16 logits of a given action per cell; records each batch's size and reports its number as iterations."""
+
+    def __init__(self, action=0):
+        super().__init__()
+        self.action, self.batches, self.last_iterations = action, [], 0
+
+    def forward(self, cells):
+        self.batches.append(len(cells))
+        self.last_iterations = 3 * len(self.batches)
+        logits = torch.nn.functional.one_hot(torch.full((len(cells), cells[0].numel()), self.action), 5)
+        return [logits.to(torch.bfloat16)]
+
+
+def test_predict_logits_caps_the_cells_per_batch_and_reports_the_most_iterations(make_split, monkeypatch):
+    cells = to_tensors(make_split(n=5, size=7))["cells"]
+    monkeypatch.setattr(evaluation, "MAX_BATCH_CELLS", 2 * 49 + 10)  # two 7x7 maps per batch
+    task = RecurrentNavTask(RecordingPolicy(action=2), 7)
+    logits, iterations = predict_logits(task, cells, batch_size=4)
+    assert task.model.batches == [2, 2, 1] and iterations == 9
+    assert logits.dtype == torch.float32 and logits.shape == (5, 49, 5)
+    assert (logits.argmax(-1) == 2).all()
+    fixed_depth = NavTask(Oracle(torch.zeros(5, 49, 5)), 7)  # no iteration count
+    assert predict_logits(fixed_depth, cells)[1] is None
+
+
+def test_the_shortest_path_optimum_reaches_every_goal_that_its_moves_lead_to(make_split):
+    split = to_tensors(make_split(n=10, size=7))
+    assert shortest_path_rollout_success(split) == 1.0
+    split["optimal"][0] = False
+    split["optimal"][0, :, STAY] = True  # grid 0: the optimum would stay where it is
+    assert shortest_path_rollout_success(split) == pytest.approx(0.9)
+
+
+def test_headline_is_rollout_success_against_the_shortest_path_optimum():
+    results = {"split": "test", "rollout_success": 0.93, "shortest_path_rollout_success": 1.0, "loss": 0.2}
+    assert evaluation.headline(results) == {"metric": "rollout success", "value": 0.93, "baseline": "shortest path",
+                                            "baseline_value": 1.0, "higher_is_better": True}
+
 
 # 6x6 map: a wall column with a gap, plus a walled-off pocket at the bottom right.
 MAP = """type octile
@@ -27,7 +96,7 @@ class BfsPolicy(torch.nn.Module):
     def forward(self, cells):
         grids = (cells == 1).numpy().astype(np.uint8)
         goals = np.argwhere(cells.numpy() == 2)[:, 1:]
-        optimal = data.optimal_action_sets(grids, data.bfs_distance_field(grids, goals), goals)
+        optimal = optimal_action_sets(grids, bfs_distance_field(grids, goals), goals)
         return [torch.from_numpy(optimal.reshape(len(cells), -1, 5)).float() * 10]
 
 
