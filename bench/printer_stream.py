@@ -1,13 +1,13 @@
-"""Per-sample latency of the printer recipe's streaming predictor against the seed's.
+"""Per-sample latency of the printer recipe's streaming predictor against the original guide's.
 
-The seed's StreamingPredictor keeps the last 20 samples and re-runs that window through the model in eager
+The guide's StreamingPredictor keeps the last 20 samples and re-runs that window through the model in eager
 PyTorch for every new sample; kiln's keeps the LSTM state and runs one step per sample on ONNX Runtime.
 Both run the same LSTM (the quick config's size, or a trained run's with --run) over the same simulated layer,
 one sample at a time, each as a stream of its own (a deployment runs one of them, not both in turns): kiln's
-whole layer, then the seed's, for --rounds rounds so that a change of load hits both alike; the first 50 calls
+whole layer, then the guide's, for --rounds rounds so that a change of load hits both alike; the first 50 calls
 of each round are dropped. Then kiln's predictor once more at the machine's pace, one sample per millisecond
 (sleeping between samples, as a 1 kHz control loop in Python does).
-The last line is JSON: ratio (the seed's median per-sample time over kiln's), p50_ms and p99_ms (kiln's wall-clock
+The last line is JSON: ratio (the guide's median per-sample time over kiln's), p50_ms and p99_ms (kiln's wall-clock
 latency, back to back), paced_p50_ms and paced_p99_ms (the same at 1 kHz), cpu_p99_ms (kiln's per-sample CPU time
 of this thread, back to back: the latency without the time the scheduler gave to other processes) and load (the
 1-minute load average).
@@ -30,18 +30,19 @@ import numpy as np
 import torch
 
 from kiln.recipes.printer.config import PrinterConfig, PrinterGenerator
-from kiln.recipes.printer.data import feature_names, stream_features
+from kiln.recipes.printer.data import GUIDE_FEATURES, feature_names, stream_features
 from kiln.recipes.printer.gcode import read_gcode
-from kiln.recipes.printer.models import procedural_gcode
+from kiln.recipes.printer.evaluation import predict_stream
+from kiln.recipes.printer.procedural_prints import procedural_gcode
 from kiln.recipes.printer.sim import Printer, simulate_moves
-from kiln.recipes.printer.stream import StreamingPredictor
+from kiln.recipes.printer.stream import StreamingPredictor, load_lstm_task
 from kiln.recipes.printer.task import PrinterTask
 
-WINDOW = 20  # the seed's StreamingPredictor(seq_len=20)
+WINDOW = 20  # the guide's StreamingPredictor(seq_len=20)
 
 
-class SeedStreamingPredictor:
-    """The seed's Stage 5 example: a deque of the last 20 samples, normalised, re-run through the model."""
+class GuideStreamingPredictor:
+    """The guide's Stage 5 example: a deque of the last 20 samples, normalised, re-run through the model."""
 
     def __init__(self, model, mean: np.ndarray, std: np.ndarray, seq_len: int = WINDOW):
         self.model, self.mean, self.std = model, mean, std
@@ -58,15 +59,11 @@ class SeedStreamingPredictor:
 
 def task_and_features(run: Path | None) -> tuple[PrinterTask, np.ndarray, list]:
     """A task (a trained run's, or the quick config's shape with its initial weights: latency does not depend on
-    the weights) and the features and seed inputs of one simulated layer."""
+    the weights) and the features and the guide's inputs (x_ref, y_ref, vx_ref, vy_ref) of one simulated layer."""
     settings = PrinterGenerator(model_layers=10)
     trajectory = simulate_moves(Printer(settings), read_gcode(procedural_gcode("boat", 10)), "boat", "first:2")[-1]
     if run is not None:
-        stream = StreamingPredictor.from_run(run)
-        from kiln.engine.evaluate import load_run_task
-        from kiln.recipes import get_recipe
-
-        task = load_run_task(run, get_recipe("printer"), {})
+        task = load_lstm_task(run)
     else:
         cfg = PrinterConfig.model_validate({"recipe": "printer", "data": {"position": False},
                                             "model": {"hidden_size": 32, "num_layers": 2, "dropout": 0.0}})
@@ -78,8 +75,8 @@ def task_and_features(run: Path | None) -> tuple[PrinterTask, np.ndarray, list]:
     data = task.feature_names
     lags = [float(n[6:-2]) for n in data if n.startswith("vx_lag")]
     features = stream_features(trajectory.signals, task.sample_rate, "x_ref" in data, "ax_ref" in data, lags)
-    seed_inputs = [tuple(trajectory.signals[k][i] for k in ("x_ref", "y_ref", "vx_ref", "vy_ref")) for i in range(len(features))]
-    return task, features, seed_inputs
+    guide_inputs = [tuple(trajectory.signals[k][i] for k in GUIDE_FEATURES) for i in range(len(features))]
+    return task, features, guide_inputs
 
 
 def paced(predictor: StreamingPredictor, inputs: list, period_s: float = 1e-3) -> list[float]:
@@ -101,53 +98,51 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--run", type=Path, help="a trained printer run (default: the quick config's LSTM shape)")
     parser.add_argument("--samples", type=int, default=3000, help="samples streamed by each predictor")
-    parser.add_argument("--rounds", type=int, default=2, help="rounds of kiln's stream then the seed's")
+    parser.add_argument("--rounds", type=int, default=2, help="rounds of kiln's stream then the guide's")
     args = parser.parse_args()
     torch.set_num_threads(1)
 
-    task, features, seed_inputs = task_and_features(args.run)
+    task, features, guide_inputs = task_and_features(args.run)
     n = min(args.samples, len(features))
     with tempfile.TemporaryDirectory() as tmp:
         ours = StreamingPredictor.from_task(task, Path(tmp) / "stream_step.onnx")
-        seed = SeedStreamingPredictor(task.model, np.array(task.stats["feature_mean"]), np.array(task.stats["feature_std"]))
+        guide = GuideStreamingPredictor(task.model, np.array(task.stats["feature_mean"]), np.array(task.stats["feature_std"]))
 
         # the streamed errors equal the LSTM's outputs on the whole sequence (what makes one step per sample enough)
-        from kiln.recipes.printer.task import predict_stream
-
         reference = predict_stream(task, torch.from_numpy(features[:200]))
-        streamed = np.array([ours.predict(*seed_inputs[i])[:2] for i in range(200)])
+        streamed = np.array([ours.predict(*guide_inputs[i])[:2] for i in range(200)])
         parity = float(np.abs(streamed - reference).max())
 
-        kiln_ms, kiln_cpu_ms, seed_ms = [], [], []
+        kiln_ms, kiln_cpu_ms, guide_ms = [], [], []
         for _ in range(args.rounds):
             ours.reset()
             round_ms, round_cpu_ms = [], []
             for i in range(n):
                 cpu_started = time.thread_time_ns()
-                round_ms.append(ours.predict(*seed_inputs[i])[2])
+                round_ms.append(ours.predict(*guide_inputs[i])[2])
                 round_cpu_ms.append((time.thread_time_ns() - cpu_started) / 1e6)
             kiln_ms += round_ms[50:]
             kiln_cpu_ms += round_cpu_ms[50:]
             round_ms = []
             for i in range(n):
                 started = time.perf_counter()
-                seed.predict(features[i])
+                guide.predict(features[i])
                 round_ms.append((time.perf_counter() - started) * 1000)
-            seed_ms += round_ms[50:]
-        paced_ms = paced(ours, seed_inputs[:n])[50:]
-    kiln_ms, kiln_cpu_ms, seed_ms, paced_ms = (np.array(v) for v in (kiln_ms, kiln_cpu_ms, seed_ms, paced_ms))
-    p = {name: (float(np.percentile(v, 50)), float(np.percentile(v, 99))) for name, v in (("kiln", kiln_ms), ("seed", seed_ms))}
+            guide_ms += round_ms[50:]
+        paced_ms = paced(ours, guide_inputs[:n])[50:]
+    kiln_ms, kiln_cpu_ms, guide_ms, paced_ms = (np.array(v) for v in (kiln_ms, kiln_cpu_ms, guide_ms, paced_ms))
+    p = {name: (float(np.percentile(v, 50)), float(np.percentile(v, 99))) for name, v in (("kiln", kiln_ms), ("guide", guide_ms))}
     print(f"LSTM {task.model.lstm.num_layers}x{task.model.lstm.hidden_size}, {len(task.feature_names)} features, {n} samples each "
           f"(torch {torch.__version__}, 1 thread)")
-    print(f"  seed: re-run a {WINDOW}-step window in eager PyTorch   p50 {p['seed'][0]:.4f} ms  p99 {p['seed'][1]:.4f} ms")
+    print(f"  guide: re-run a {WINDOW}-step window in eager PyTorch  p50 {p['guide'][0]:.4f} ms  p99 {p['guide'][1]:.4f} ms")
     print(f"  kiln: one LSTM step, state kept, ONNX Runtime      p50 {p['kiln'][0]:.4f} ms  p99 {p['kiln'][1]:.4f} ms")
     print(f"  kiln at 1 kHz (sleeping between samples)           p50 {np.percentile(paced_ms, 50):.4f} ms  "
           f"p99 {np.percentile(paced_ms, 99):.4f} ms")
     print(f"  kiln's CPU time per sample (this thread, no preemption)  p50 {np.percentile(kiln_cpu_ms, 50):.4f} ms  "
           f"p99 {np.percentile(kiln_cpu_ms, 99):.4f} ms  (load average {os.getloadavg()[0]:.1f})")
     print(f"  streamed vs whole-sequence LSTM: max |difference| {parity:.2e} mm")
-    print(json.dumps({"ratio": round(p["seed"][0] / p["kiln"][0], 2), "p50_ms": round(p["kiln"][0], 5), "p99_ms": round(p["kiln"][1], 5),
-                      "seed_p50_ms": round(p["seed"][0], 5), "seed_p99_ms": round(p["seed"][1], 5),
+    print(json.dumps({"ratio": round(p["guide"][0] / p["kiln"][0], 2), "p50_ms": round(p["kiln"][0], 5), "p99_ms": round(p["kiln"][1], 5),
+                      "guide_p50_ms": round(p["guide"][0], 5), "guide_p99_ms": round(p["guide"][1], 5),
                       "paced_p50_ms": round(float(np.percentile(paced_ms, 50)), 5),
                       "paced_p99_ms": round(float(np.percentile(paced_ms, 99)), 5), "parity_mm": parity,
                       "cpu_p99_ms": round(float(np.percentile(kiln_cpu_ms, 99)), 5), "load": round(os.getloadavg()[0], 2),

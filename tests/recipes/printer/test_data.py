@@ -1,9 +1,10 @@
 """Stage 1 output and stage 2 preparation: no trajectory in two splits, statistics from train only, features
-as the streaming predictor computes them, the seed's RealTimeDataset."""
+as the streaming predictor computes them, the original guide's RealTimeDataset."""
 
 from __future__ import annotations
 
 import json
+import shutil
 import time
 
 import numpy as np
@@ -12,10 +13,11 @@ import torch
 
 from kiln.errors import KilnError
 from kiln.recipes.printer.config import PrinterData, PrinterGenerator
+from kiln.recipes import get_recipe, load_recipe_config
 from kiln.recipes.printer.data import (RealTimeDataset, assign_splits, feature_names, load_trajectories, prepare,
-                                       read_split, stream_features, window_tensors)
+                                       read_split, simulate, stream_features, window_tensors)
 from kiln.recipes.printer.gcode import read_gcode
-from kiln.recipes.printer.models import MODELS, honeycomb, procedural_gcode
+from kiln.recipes.printer.procedural_prints import MODELS, procedural_gcode
 from kiln.recipes.printer.sim import Printer, select_layers, simulate_moves
 
 
@@ -40,27 +42,6 @@ def test_procedural_models_have_their_layers_and_sampling_picks_every_nth():
     assert select_layers("first:2", 50).tolist() == [0, 1] and select_layers("3-5", 50).tolist() == [3, 4, 5]
     with pytest.raises(KilnError, match="sampled:N"):
         select_layers("every:3", 10)
-
-
-def test_honeycomb_infill_is_one_path_of_hexagon_sides_inside_its_disc():
-    side, radius = 1.9, 20.0
-    path = honeycomb(radius, np.pi / 4, side)
-    assert np.linalg.norm(path, axis=1).max() < radius
-    step = np.diff(path, axis=0)
-    length = np.linalg.norm(step, axis=1)
-    inner = np.isclose(length, side)                       # the rest join one row to the next at the edge
-    assert inner.mean() > 0.9
-    heading = np.degrees(np.arctan2(step[:, 1], step[:, 0]))
-    turn = np.abs((np.diff(heading) + 180) % 360 - 180)[inner[1:] & inner[:-1]]
-    assert np.isclose(turn, 60).mean() > 0.95              # a hexagon's exterior angle (the rest: row ends)
-    # hexagons, not zig-zags: neighbouring rows share their flats (unrotated, flats are horizontal), so inside the
-    # disc each flat is drawn twice, once by each row
-    flat = honeycomb(radius, 0.0, side)
-    step = np.diff(flat, axis=0)
-    horizontal = np.isclose(step[:, 1], 0) & np.isclose(np.abs(step[:, 0]), side)
-    middles = np.round(flat[:-1][horizontal] + step[horizontal] / 2, 6)
-    _, counts = np.unique(middles, axis=0, return_counts=True)
-    assert (counts == 2).mean() > 0.75 and counts.max() == 2
 
 
 def test_splits_hold_out_whole_models_and_never_share_a_trajectory(printer_dir):
@@ -110,7 +91,7 @@ def test_features_are_what_a_stream_can_compute():
     assert stream_features(signals, 1000.0, False, False, []).shape == (50, 2)
 
 
-def test_realtime_dataset_gives_the_seed_items(printer_dir):
+def test_realtime_dataset_gives_the_guides_items(printer_dir):
     data = PrinterData(dir=str(printer_dir), sequence_length=32, stride=16, test_models=["bearing5"])
     stats = prepare(printer_dir, data, lambda message: None)
     dataset = RealTimeDataset(printer_dir / "processed" / "train")
@@ -128,3 +109,51 @@ def test_realtime_dataset_gives_the_seed_items(printer_dir):
     assert (printer_dir / "processed" / "prep.json").stat().st_mtime_ns == before
     prepare(printer_dir, data.model_copy(update={"stride": 24}), lambda message: None)
     assert json.loads((printer_dir / "processed" / "prep.json").read_text())["stride"] == 24
+
+
+def test_a_taken_out_is_refused_before_simulating_and_a_failed_one_leaves_nothing(tmp_path, monkeypatch):
+    taken = tmp_path / "taken"
+    taken.mkdir()
+    (taken / "notes.txt").write_text("mine")
+    with monkeypatch.context() as patch:
+        patch.setattr("kiln.recipes.printer.data.simulate_sources", lambda *args: pytest.fail("simulated"))
+        with pytest.raises(KilnError, match="exists and is not empty"):
+            simulate(taken, PrinterGenerator(), lambda message: None)
+    with pytest.raises(KilnError, match="neither a procedural model"):
+        simulate(tmp_path / "new", PrinterGenerator(models="boat,teapot", model_layers=2), lambda message: None)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["taken"]
+
+
+def test_processed_is_written_whole_or_not_at_all(printer_dir, tmp_path, monkeypatch):
+    data_dir = tmp_path / "tiny"
+    data_dir.mkdir()
+    for name in ("dataset.json", "trajectories.npz"):
+        shutil.copy(printer_dir / name, data_dir / name)
+    data = PrinterData(dir=str(data_dir), sequence_length=32, stride=16, test_models=["bearing5"])
+    prepare(data_dir, data, lambda message: None)
+    real_save = __import__("kiln.engine.files", fromlist=["save_atomic"]).save_atomic
+
+    def full_disk_at_val(obj, path):
+        if path.parent.name == "val":
+            raise KilnError(f"could not write '{path}' (No space left on device); free some disk space")
+        real_save(obj, path)
+
+    with monkeypatch.context() as patch:
+        patch.setattr("kiln.recipes.printer.data.save_atomic", full_disk_at_val)
+        with pytest.raises(KilnError, match="No space left"):
+            prepare(data_dir, data.model_copy(update={"stride": 24}), lambda message: None)
+    assert sorted(p.name for p in data_dir.iterdir()) == ["dataset.json", "trajectories.npz"]  # no half processed/
+    prepare(data_dir, data.model_copy(update={"stride": 24}), lambda message: None)
+    assert json.loads((data_dir / "processed" / "prep.json").read_text())["stride"] == 24
+
+
+def test_a_directory_without_dataset_json_is_refused_without_a_warning(printer_config, tmp_path):
+    (tmp_path / "elsewhere").mkdir()
+    recipe = get_recipe("printer")
+    _, cfg = load_recipe_config(printer_config, [f"data.dir={tmp_path / 'elsewhere'}"])
+    said = []
+    recipe.prepare_data(cfg, said.append)
+    assert said == []
+    with pytest.raises(KilnError, match=r"has no dataset.json, so it is not a printer dataset; make one with: "
+                                        r"kiln data printer --out .*elsewhere$"):
+        recipe.load_data(cfg, said.append)

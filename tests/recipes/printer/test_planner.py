@@ -11,7 +11,7 @@ import pyGCodeDecode
 import pytest
 
 from kiln.recipes.printer.gcode import read_gcode, read_gcode_file
-from kiln.recipes.printer.models import procedural_gcode
+from kiln.recipes.printer.procedural_prints import procedural_gcode
 from kiln.recipes.printer.planner import plan_moves, sample_plan, shaper_pulses
 
 EXAMPLES = Path(pyGCodeDecode.__file__).parent / "examples" / "data"

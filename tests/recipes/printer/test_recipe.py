@@ -1,5 +1,5 @@
 """The printer recipe end to end: train, evaluate (with the ridge FIR on the same windows), export, stream,
-compensate; the seed's losses and the ridge fit against independent references."""
+compensate; the original guide's losses and the ridge fit against independent references."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import onnxruntime
 import pyGCodeDecode
 import pytest
 import torch
+import yaml
 from torch import nn
 
 from kiln.cli import main
@@ -23,8 +24,8 @@ from kiln.recipes.printer.task import hybrid_loss
 TRIANGLE = Path(pyGCodeDecode.__file__).parent / "examples" / "data" / "triangle.gcode"
 
 
-class SeedHybridLoss(nn.Module):
-    """The seed's HybridLoss, verbatim."""
+class GuideHybridLoss(nn.Module):
+    """The original guide's HybridLoss, verbatim."""
 
     def __init__(self, mae_ratio=0.7):
         super().__init__()
@@ -37,9 +38,9 @@ class SeedHybridLoss(nn.Module):
         return self.mae_ratio * self.mae(preds, targets) + self.mse_ratio * self.mse(preds, targets)
 
 
-def test_losses_are_the_seeds():
+def test_losses_are_the_guides():
     pred, target = torch.randn(16, 5, 2), torch.randn(16, 5, 2)
-    torch.testing.assert_close(hybrid_loss(pred, target, "hybrid", 0.7), SeedHybridLoss(0.7)(pred, target))
+    torch.testing.assert_close(hybrid_loss(pred, target, "hybrid", 0.7), GuideHybridLoss(0.7)(pred, target))
     torch.testing.assert_close(hybrid_loss(pred, target, "mae", 0.7), nn.L1Loss()(pred, target))
     torch.testing.assert_close(hybrid_loss(pred, target, "mse", 0.7), nn.MSELoss()(pred, target))
 
@@ -73,8 +74,10 @@ def test_train_evaluate_report_export_stream_and_compensate(printer_config, tmp_
         assert (run / "report" / name).is_file(), name
     history = json.loads((run / "history.json").read_text())
     assert "val_r2" in history and "val_inference_us" in history
+    assert get_recipe("printer").headline(results) == {"metric": "test R2", "value": results["r2"], "baseline": "ridge FIR",
+                                                       "baseline_value": results["ridge_r2"], "higher_is_better": True}
 
-    # kiln export: the seed's input_features -> error_predictions, a dynamic batch, parity with PyTorch
+    # kiln export: the guide's input_features -> error_predictions, a dynamic batch, parity with PyTorch
     recipe, cfg = load_recipe_config(run / "config.yaml")
     for fmt in ("onnx", "torchscript"):
         result = export_run(run, recipe, cfg, fmt)
@@ -110,7 +113,9 @@ def test_train_evaluate_report_export_stream_and_compensate(printer_config, tmp_
 
 def test_ridge_alone_takes_the_closed_form_path(printer_config, tmp_path, capsys):
     run = tmp_path / "ridge"
-    assert main(["train", str(printer_config), "--run-dir", str(run), "model.arch=ridge"]) == 0
+    ridge_config = tmp_path / "ridge.yaml"
+    ridge_config.write_text(yaml.safe_dump({**yaml.safe_load(printer_config.read_text()), "model": {"arch": "ridge"}}))
+    assert main(["train", str(ridge_config), "--run-dir", str(run)]) == 0
     assert "no trainable parameters; fitted in closed form" in (run / "train.log").read_text()
     results = json.loads((run / "test_results.json").read_text())
     assert results["model"] == "ridge" and np.isclose(results["r2"], results["ridge_r2"])

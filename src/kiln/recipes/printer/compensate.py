@@ -45,16 +45,12 @@ def plot(result: dict, layer, out: Path) -> None:
     save_figure(fig, out)
 
 
-def compensate(run_dir: Path, gcode: Path, layers: str | None = None, out: Path | None = None, log=print) -> dict:
-    from kiln.engine.files import write_json
+def load_run(run_dir: Path):
+    """A trained run's LSTM task and the settings of the simulated printer its dataset was made with."""
     from kiln.engine.evaluate import load_run_task
     from kiln.recipes import get_recipe
     from kiln.recipes.printer.config import PrinterGenerator
-    from kiln.recipes.printer.data import stream_features
-    from kiln.recipes.printer.gcode import read_gcode_file
     from kiln.recipes.printer.model import RealTimeCorrector
-    from kiln.recipes.printer.sim import SETTLE_S, WARMUP_S, Printer, select_layers
-    from kiln.recipes.printer.task import predict_stream
 
     run_dir = Path(run_dir)
     if not (run_dir / "best_model.pt").is_file():
@@ -67,39 +63,54 @@ def compensate(run_dir: Path, gcode: Path, layers: str | None = None, out: Path 
     dataset = dataset_info(data_dir)
     if not dataset:
         raise KilnError(f"the run's dataset '{data_dir}' (with the simulated printer's settings) is gone; regenerate it")
-    settings = PrinterGenerator(**{k: dataset[k] for k in PrinterGenerator.model_fields})
-    names = saved["data_info"]["feature_names"]
+    return task, PrinterGenerator(**{k: dataset[k] for k in PrinterGenerator.model_fields})
+
+
+def compensate_layer(task, printer, plan, times: np.ndarray, settle: int) -> dict:
+    """One layer printed as planned, then with the error the LSTM predicts (streamed, its state warming up first)
+    taken out of the path: the reference and both errors (actual - planned, mm) from the layer's first move on."""
+    from kiln.recipes.printer.data import stream_features
+    from kiln.recipes.printer.evaluation import predict_stream
+
+    names = task.feature_names
     lags = [float(n[6:-2]) for n in names if n.startswith("vx_lag")]
+    plain = printer.simulate(plan, times)
+    features = stream_features(plain, printer.rate, "x_ref" in names, "ax_ref" in names, lags)
+    corrected = printer.simulate(plan, times, offset=-predict_stream(task, torch.from_numpy(features)))
+
+    def error(signals: dict) -> np.ndarray:
+        return np.stack([signals["x_act"] - signals["x_ref"], signals["y_act"] - signals["y_ref"]], 1)[settle:]
+
+    return {"x_ref": plain["x_ref"][settle:], "y_ref": plain["y_ref"][settle:], "before": error(plain),
+            "after": error(corrected), "rate": printer.rate}
+
+
+def compensate(run_dir: Path, gcode: Path, layers: str | None = None, out: Path | None = None, log=print) -> dict:
+    from kiln.engine.files import write_json
+    from kiln.recipes.printer.gcode import read_gcode_file
+    from kiln.recipes.printer.sim import SETTLE_S, WARMUP_S, Printer, select_layers
+
+    task, settings = load_run(run_dir)
     printer = Printer(settings)
     moves = read_gcode_file(gcode)
     for line, reason in moves.errors[:5]:
         log(f"Warning: {gcode} line {line}: {reason} (skipped)")
     plan = printer.plan(moves)
     settle = int(round((SETTLE_S + WARMUP_S) * printer.rate))  # scored from the layer's first move on
-    before, after, shown = [], [], None
+    printed = []
     for layer in select_layers(layers or settings.layers, len(moves.layer_z)):
         times = printer.layer_times(plan, int(layer))
-        if times is None or len(times) <= settle + 1:
-            continue
-        plain = printer.simulate(plan, times)
-        features = stream_features(plain, printer.rate, "x_ref" in names, "ax_ref" in names, lags)
-        predicted = predict_stream(task, torch.from_numpy(features))   # the error the LSTM expects (its state warms up first)
-        corrected = printer.simulate(plan, times, offset=-predicted)
-        e0 = np.stack([plain["x_act"] - plain["x_ref"], plain["y_act"] - plain["y_ref"]], 1)[settle:]
-        e1 = np.stack([corrected["x_act"] - corrected["x_ref"], corrected["y_act"] - corrected["y_ref"]], 1)[settle:]
-        before.append(e0)
-        after.append(e1)
-        if shown is None or len(e0) > len(shown["before"]):
-            shown = {"x_ref": plain["x_ref"][settle:], "y_ref": plain["y_ref"][settle:], "before": e0, "after": e1, "rate": printer.rate}
-    if not before:
+        if times is not None and len(times) > settle + 1:
+            printed.append(compensate_layer(task, printer, plan, times, settle))
+    if not printed:
         raise KilnError(f"no layer of '{gcode}' was simulated with layers '{layers or settings.layers}'; pass --layers all")
-    b, a = error_stats(np.concatenate(before)), error_stats(np.concatenate(after))
-    result = {"gcode": str(gcode), "layers": len(before), "samples": int(sum(len(e) for e in before)),
+    b, a = (error_stats(np.concatenate([p[key] for p in printed])) for key in ("before", "after"))
+    result = {"gcode": str(gcode), "layers": len(printed), "samples": int(sum(len(p["before"]) for p in printed)),
               "rms_reduction": 1 - a["rms"] / b["rms"],
               "rms_before_mm": b["rms"], "rms_after_mm": a["rms"], "max_before_mm": b["max"], "max_after_mm": a["max"]}
-    out = Path(out) if out else run_dir / "compensation" / Path(gcode).stem
+    out = Path(out) if out else Path(run_dir) / "compensation" / Path(gcode).stem
     out.mkdir(parents=True, exist_ok=True)
-    plot(result, shown, out / "compensation.png")
+    plot(result, max(printed, key=lambda p: len(p["before"])), out / "compensation.png")  # the longest layer
     write_json(out / "compensation.json", result)  # temporary sibling, then renamed
     log(f"{gcode}: {result['layers']} layers, {result['samples']:,} samples; RMS error {b['rms'] * 1000:.1f} -> "
         f"{a['rms'] * 1000:.1f} um ({result['rms_reduction']:.0%} less), max {b['max'] * 1000:.1f} -> {a['max'] * 1000:.1f} um; "

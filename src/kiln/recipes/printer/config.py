@@ -1,18 +1,20 @@
 """Config sections of the printer recipe (pydantic only: imported by `kiln --help` and config checks).
 
-The seed's keys map onto these: data.{sequence_length, stride, val_ratio, test_ratio} (prepare_training_data.py),
-model.{hidden_size, num_layers, dropout, loss_type, loss_ratio} and train.{batch_size, lr, max_epochs (epochs),
-weight_decay, precision (--mixed_precision), accumulate_grad_batches (--accumulation_steps), patience
-(--early_stopping_patience)}.
+The original guide's keys map onto these: data.{sequence_length, stride, val_ratio, test_ratio}
+(prepare_training_data.py), model.{hidden_size, num_layers, dropout, loss_type, loss_ratio} and train.{batch_size,
+lr, max_epochs (epochs), weight_decay, precision (--mixed_precision), accumulate_grad_batches (--accumulation_steps),
+patience (--early_stopping_patience)}.
 """
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
-from kiln.config import RunConfig, Section
+from kiln.config import RunConfig, Section, by_arch
+
+GUIDE_LOSS_RATIO = 0.7  # the guide's HybridLoss(mae_ratio=0.7)
 
 
 class PrinterGenerator(Section):
@@ -46,7 +48,7 @@ class PrinterData(Section):
     generate: PrinterGenerator | None = Field(PrinterGenerator(), description="null for a dataset made elsewhere")
     sequence_length: int = Field(64, ge=2, description="samples per window")
     stride: int = Field(4, ge=1, description="samples between window starts")
-    position: bool = Field(True, description="x_ref, y_ref among the features (the seed's); the error does not depend on them")
+    position: bool = Field(True, description="x_ref, y_ref among the features (the guide's); the error does not depend on them")
     acceleration: bool = Field(True, description="add ax, ay (backward difference of the velocity) to the features")
     velocity_lags_ms: list[float] = Field(default_factory=list, description="add vx, vy this many ms earlier (longer history)")
     test_models: list[str] = Field(default_factory=lambda: ["bearing5"],
@@ -63,18 +65,53 @@ class PrinterData(Section):
         return lags
 
 
-class PrinterModel(Section):
-    arch: Literal["lstm", "ridge"] = Field("lstm", description="lstm: the corrector; ridge: the linear FIR baseline alone")
+# the ridge FIR baseline: fitted alone (model.arch ridge) or beside every LSTM, on the same training windows
+RidgeAlpha = Annotated[float, Field(ge=0, description="ridge penalty of the FIR baseline (on standardised windows)")]
+
+
+class LSTMModel(Section):
+    """The original guide's RealTimeCorrector with its losses; the ridge FIR baseline is fitted beside it."""
+
+    arch: Literal["lstm"] = Field("lstm", description="lstm: the corrector; ridge: the linear FIR baseline alone")
     hidden_size: int = Field(64, gt=0)
     num_layers: int = Field(2, gt=0)
     dropout: float = Field(0.1, ge=0, lt=1, description="between LSTM layers")
     burn_in: int = Field(16, ge=0, description="first steps of each window without loss (the state warms up)")
     loss_type: Literal["mae", "mse", "hybrid"] = "hybrid"
-    loss_ratio: float = Field(0.7, ge=0, le=1, description="hybrid: loss_ratio * MAE + (1 - loss_ratio) * MSE")
-    ridge_alpha: float = Field(1e-3, ge=0, description="ridge penalty of the FIR baseline (on standardised windows)")
+    loss_ratio: float | None = Field(None, ge=0, le=1, description=f"hybrid only: loss_ratio * MAE + (1 - loss_ratio) * "
+                                     f"MSE (null: the guide's {GUIDE_LOSS_RATIO})")
+    ridge_alpha: RidgeAlpha = 1e-3
+
+    @model_validator(mode="before")
+    @classmethod
+    def _loss_ratio_weighs_the_hybrid_loss_only(cls, raw: Any) -> Any:
+        if not isinstance(raw, dict):
+            return raw
+        loss = raw.get("loss_type", "hybrid")
+        if loss == "hybrid" and raw.get("loss_ratio") is None:
+            return {**raw, "loss_ratio": GUIDE_LOSS_RATIO}
+        if loss != "hybrid" and raw.get("loss_ratio") is not None:
+            raise ValueError(f"model.loss_ratio weighs the hybrid loss and model.loss_type={loss} ignores it; drop "
+                             f"model.loss_ratio (null) or set model.loss_type=hybrid")
+        return raw
+
+    @model_validator(mode="after")
+    def _dropout_between_layers(self):
+        if self.num_layers == 1 and self.dropout:
+            raise ValueError("model.dropout acts between LSTM layers; with model.num_layers=1 set model.dropout=0")
+        return self
+
+
+class RidgeModel(Section):
+    """The ridge FIR baseline alone, fitted in closed form (no training loop)."""
+
+    arch: Literal["ridge"] = "ridge"
+    ridge_alpha: RidgeAlpha = 1e-3
 
 
 class PrinterConfig(RunConfig):
     recipe: Literal["printer"] = "printer"
     data: PrinterData = PrinterData()
-    model: PrinterModel = PrinterModel()
+    model: by_arch(LSTMModel, RidgeModel) = LSTMModel()
+    # an LSTM step multiplies tiny matrices: a second thread only waits on the first (and spins on a busy CPU)
+    train_defaults: ClassVar[dict[str, Any]] = {"threads": 1}

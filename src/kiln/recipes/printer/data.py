@@ -1,26 +1,28 @@
-"""Stage 2: simulated layers -> windows, splits and normalisation, written once per preparation setting.
+"""Stage 1's dataset directory and stage 2: simulated layers -> windows, splits and normalisation, written once per
+preparation setting.
 
 A dataset directory (`kiln data printer --out DIR`) holds
   dataset.json        generator settings, models, layers, sample counts, the reader's skipped/malformed lines
   trajectories.npz    every simulated layer's channels (sim.CHANNELS) back to back, with offsets, models, layers
-  processed/          the seed's layout, written by the first `kiln train` that asks for these settings:
+  processed/          the original guide's layout, written by the first `kiln train` that asks for these settings:
     prep.json           the preparation settings (sequence_length, stride, features, split)
     stats.json          feature and error normalisation from the training split only
     train/windows.pt    one tensor file per split: the split's feature and error streams plus window starts
     val/windows.pt
     test/windows.pt
+Both the directory and processed/ are written whole or not at all (kiln.engine.files.dataset_dir).
 
 Splits are by trajectory (one model's layer), never inside one, and by default whole models are held out for
 test, so test windows come from prints the model never saw. A window is `sequence_length` consecutive samples
-of one trajectory; its target is the error at its last sample (the seed's sample format), and training also
+of one trajectory; its target is the error at its last sample (the guide's sample format), and training also
 uses the errors at every step after `model.burn_in`.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import shutil
+import time
 from pathlib import Path
 from typing import Any, Callable
 
@@ -28,38 +30,67 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from kiln.engine.files import dataset_dir, save_atomic, write_json
+from kiln.engine.task import Splits
 from kiln.errors import KilnError
 from kiln.recipes import dataset_info
-from kiln.recipes.printer.sim import CHANNELS, Trajectory
+from kiln.recipes.printer.config import PrinterConfig, PrinterData, PrinterGenerator
+from kiln.recipes.printer.sim import CHANNELS, Printer, Trajectory, model_sources, simulate_moves
 
 SPLITS = ("train", "val", "test")
 PREP_FORMAT = 2  # bump when processed/ changes shape, so older preparations are redone
-SEED_FEATURES = ("x_ref", "y_ref", "vx_ref", "vy_ref")  # the seed's [x_ref, y_ref, vx_ref, vy_ref]
+GUIDE_FEATURES = ("x_ref", "y_ref", "vx_ref", "vy_ref")  # the guide's [x_ref, y_ref, vx_ref, vy_ref]
 
 
-# ---------------------------------------------------------------- simulation files
+# ---------------------------------------------------------------- stage 1: the dataset directory
 
-def write_simulation(out: Path, trajectories: list[Trajectory], info: dict) -> None:
-    """trajectories.npz + dataset.json into a temporary sibling, then renamed: never a half-written dataset."""
-    out = Path(out)
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise KilnError(f"'{out}' already exists and is not empty; pass another --out or delete it")
-    tmp = out.parent / (out.name + ".tmp")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    try:
-        lengths = np.array([len(t.time) for t in trajectories])
-        arrays = {name: np.concatenate([t.signals[name] for t in trajectories]).astype(np.float64) for name in CHANNELS}
-        np.savez_compressed(tmp / "trajectories.npz", time=np.concatenate([t.time for t in trajectories]),
-                            offsets=np.concatenate([[0], np.cumsum(lengths)]), models=np.array([t.model for t in trajectories]),
-                            layers=np.array([t.layer for t in trajectories]), warmup=np.array([t.warmup for t in trajectories]),
-                            **arrays)
-        (tmp / "dataset.json").write_text(json.dumps(info, indent=2) + "\n")
-        os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+def simulate_sources(settings: PrinterGenerator, log: Callable[[str], None]) -> tuple[list[Trajectory], dict[str, dict]]:
+    """Read or generate every model's G-code and simulate the chosen layers; what each source gave, for dataset.json."""
+    printer = Printer(settings)
+    trajectories, sources = [], {}
+    for name, moves in model_sources(settings.models, settings.model_layers):
+        if name in sources:
+            raise KilnError(f"two models are named '{name}'; rename one of the G-code files")
+        for line, reason in moves.errors[:5]:
+            log(f"Warning: {name} line {line}: {reason} (skipped)")
+        if len(moves.errors) > 5:
+            log(f"Warning: {name}: {len(moves.errors) - 5} more malformed lines skipped")
+        layers = simulate_moves(printer, moves, name, settings.layers)
+        trajectories += layers
+        sources[name] = {"moves": len(moves), "layers_in_file": len(moves.layer_z), "layers_simulated": [t.layer for t in layers],
+                         "samples": int(sum(len(t.time) for t in layers)), "malformed_lines": moves.errors[:100],
+                         "ignored_commands": dict(moves.ignored.most_common())}
+    if not trajectories:
+        raise KilnError(f"no layer was simulated (layers '{settings.layers}'); choose other layers")
+    return trajectories, sources
+
+
+def write_trajectories(path: Path, trajectories: list[Trajectory]) -> None:
+    lengths = np.array([len(t.time) for t in trajectories])
+    arrays = {name: np.concatenate([t.signals[name] for t in trajectories]).astype(np.float64) for name in CHANNELS}
+    np.savez_compressed(path, time=np.concatenate([t.time for t in trajectories]),
+                        offsets=np.concatenate([[0], np.cumsum(lengths)]), models=np.array([t.model for t in trajectories]),
+                        layers=np.array([t.layer for t in trajectories]), warmup=np.array([t.warmup for t in trajectories]),
+                        **arrays)
+
+
+def simulate(out: Path, settings: PrinterGenerator, log: Callable[[str], None]) -> dict[str, Any]:
+    """`kiln data printer` (and a missing data.dir with data.generate): simulate, then write the dataset directory."""
+    with dataset_dir(out) as tmp:  # a taken --out is refused before the simulation
+        started = time.perf_counter()
+        trajectories, sources = simulate_sources(settings, log)
+        samples = sum(len(t.time) for t in trajectories)
+        error = np.concatenate([t.error for t in trajectories])
+        info = {"source": "simulated-printer", **settings.model_dump(), "models_simulated": sources,
+                "num_trajectories": len(trajectories), "num_samples": int(samples),
+                "error_rms_mm": float(np.sqrt((error ** 2).sum(1).mean())),
+                "generation_seconds": round(time.perf_counter() - started, 3)}
+        write_trajectories(tmp / "trajectories.npz", trajectories)
+        write_json(tmp / "dataset.json", info)
+    log(f"Wrote {out}: {len(trajectories)} layers of {len(sources)} models, {samples:,} samples at "
+        f"{settings.sample_rate:g} Hz ({samples / settings.sample_rate / 60:.1f} printing minutes), error RMS "
+        f"{info['error_rms_mm'] * 1000:.1f} um, in {info['generation_seconds']:.1f}s")
+    return info
 
 
 def load_trajectories(data_dir: Path) -> list[Trajectory]:
@@ -82,7 +113,7 @@ def load_trajectories(data_dir: Path) -> list[Trajectory]:
 # ---------------------------------------------------------------- features
 
 def feature_names(position: bool, acceleration: bool, velocity_lags_ms: list[float]) -> list[str]:
-    names = list(SEED_FEATURES[0 if position else 2:]) + (["ax_ref", "ay_ref"] if acceleration else [])
+    names = list(GUIDE_FEATURES[0 if position else 2:]) + (["ax_ref", "ay_ref"] if acceleration else [])
     for lag in velocity_lags_ms:
         names += [f"vx_lag{lag:g}ms", f"vy_lag{lag:g}ms"]
     return names
@@ -168,16 +199,34 @@ def normalisation(train: dict[str, Any], names: list[str]) -> dict[str, Any]:
             "unit": "mm"}
 
 
-def prepare(data_dir: Path, data, log: Callable[[str], None] = print) -> dict[str, Any]:
+def preparation_settings(data: PrinterData) -> dict[str, Any]:
+    """What processed/ depends on (its prep.json): a config that changes any of these prepares again."""
+    return {"format": PREP_FORMAT, "sequence_length": data.sequence_length, "stride": data.stride, "position": data.position,
+            "acceleration": data.acceleration, "velocity_lags_ms": list(data.velocity_lags_ms),
+            "test_models": list(data.test_models), "val_ratio": data.val_ratio, "test_ratio": data.test_ratio,
+            "split_seed": data.split_seed}
+
+
+def write_processed(processed: Path, splits: dict[str, dict[str, Any]], stats: dict[str, Any], settings: dict[str, Any],
+                    log: Callable[[str], None]) -> None:
+    shutil.rmtree(processed, ignore_errors=True)  # a preparation for other settings; dataset_dir writes only a new one
+    with dataset_dir(processed, "data.dir") as tmp:
+        for name, split in splits.items():
+            save_atomic(split, tmp / name / "windows.pt")
+            log(f"Split {name}: {len(split['models'])} layers of {', '.join(sorted(set(split['models'])))}; "
+                f"{len(split['starts']):,} windows from {len(split['features']):,} samples")
+        write_json(tmp / "stats.json", stats)
+        write_json(tmp / "prep.json", settings)
+
+
+def prepare(data_dir: Path, data: PrinterData, log: Callable[[str], None] = print) -> dict[str, Any]:
     """Write processed/ for these preparation settings (kept if it already matches); returns stats.json's content."""
     data_dir = Path(data_dir)
-    settings = {"format": PREP_FORMAT, "sequence_length": data.sequence_length, "stride": data.stride, "position": data.position, "acceleration": data.acceleration,
-                "velocity_lags_ms": list(data.velocity_lags_ms), "test_models": list(data.test_models),
-                "val_ratio": data.val_ratio, "test_ratio": data.test_ratio, "split_seed": data.split_seed}
+    info = dataset_info(data_dir, "printer", f"kiln data printer --out {data_dir}")
+    settings = preparation_settings(data)
     processed = data_dir / "processed"
     if (processed / "prep.json").is_file() and json.loads((processed / "prep.json").read_text()) == settings:
         return json.loads((processed / "stats.json").read_text())
-    info = dataset_info(data_dir)
     rate = float(info.get("sample_rate", 1000.0))
     trajectories = load_trajectories(data_dir)
     ids = assign_splits(trajectories, data.test_models, data.val_ratio, data.test_ratio, data.split_seed)
@@ -189,17 +238,7 @@ def prepare(data_dir: Path, data, log: Callable[[str], None] = print) -> dict[st
             raise KilnError(f"the {name} split has no window of data.sequence_length={data.sequence_length} samples; "
                             "use shorter windows or more layers")
     stats = {**normalisation(splits["train"], names), "sample_rate": rate}
-    tmp = data_dir / "processed.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    for name, split in splits.items():
-        (tmp / name).mkdir(parents=True)
-        torch.save(split, tmp / name / "windows.pt")
-        log(f"Split {name}: {len(split['models'])} layers of {', '.join(sorted(set(split['models'])))}; "
-            f"{len(split['starts']):,} windows from {len(split['features']):,} samples")
-    (tmp / "stats.json").write_text(json.dumps(stats, indent=2) + "\n")
-    (tmp / "prep.json").write_text(json.dumps(settings, indent=2) + "\n")
-    shutil.rmtree(processed, ignore_errors=True)
-    os.replace(tmp, processed)
+    write_processed(processed, splits, stats, settings, log)
     return stats
 
 
@@ -221,14 +260,22 @@ def gather_windows(split: dict[str, Any]) -> tuple[Tensor, Tensor]:
 
 def window_tensors(split: dict[str, Any], stats: dict[str, Any]) -> dict[str, Tensor]:
     """What training batches hold: `input_features` [N, L, F] normalised, `targets` [N, 2] the last step's error in
-    mm (the seed's sample), `error_sequence` [N, L, 2] every step's error in mm."""
+    mm (the guide's sample), `error_sequence` [N, L, 2] every step's error in mm."""
     features, errors = gather_windows(split)
     mean, std = torch.tensor(stats["feature_mean"]), torch.tensor(stats["feature_std"])
     return {"input_features": ((features - mean) / std).float(), "targets": errors[:, -1].contiguous(), "error_sequence": errors}
 
 
+def load_data(cfg: PrinterConfig, log: Callable[[str], None] = print) -> Splits:
+    """Stage 2: windows and splits of the simulated layers (prepared once per setting into processed/)."""
+    data_dir = Path(cfg.data.dir)
+    stats = prepare(data_dir, cfg.data, log)
+    splits = {name: window_tensors(read_split(data_dir / "processed" / name), stats) for name in SPLITS}
+    return Splits(**splits, info=stats)
+
+
 class RealTimeDataset(torch.utils.data.Dataset):
-    """The seed's dataset: RealTimeDataset('DIR/processed/train')[i] -> {'features': [L, F] normalised,
+    """The guide's dataset: RealTimeDataset('DIR/processed/train')[i] -> {'features': [L, F] normalised,
     'target': [2] error (mm) at the window's last sample, 'metadata': {'model', 'layer', 'start'}}."""
 
     def __init__(self, split_dir: str | Path):

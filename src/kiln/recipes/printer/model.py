@@ -1,4 +1,5 @@
-"""The trajectory-error models: the seed's LSTM corrector and a ridge FIR baseline, plus their deployable forms.
+"""The trajectory-error models: the original guide's LSTM corrector and a ridge FIR baseline, plus their deployable
+forms.
 
 Both read windows of reference features [batch, seq, features] (normalised with the training split's
 statistics) and predict the carriage's position error (actual - reference, normalised per axis).
@@ -11,10 +12,10 @@ from torch import Tensor, nn
 
 
 class RealTimeCorrector(nn.Module):
-    """LSTM -> linear head at every step (the seed's RealTimeCorrector).
+    """LSTM -> linear head at every step (the guide's RealTimeCorrector).
 
     A prediction at step t depends only on steps <= t, so the same weights serve windows (training, the
-    seed's exported module) and an endless stream (one LSTM step per sample with the state kept).
+    guide's exported module) and an endless stream (one LSTM step per sample with the state kept).
     """
 
     def __init__(self, input_size: int, hidden_size: int, num_layers: int, dropout: float):
@@ -62,7 +63,7 @@ class WindowPredictor(nn.Module):
     """Deployable form (kiln export): raw `input_features` [batch, seq, features] in mm, mm/s, mm/s^2 ->
     `error_predictions` [batch, 2] in mm at the window's last step. Normalisation is inside."""
 
-    input_names, output_names = ("input_features",), ("error_predictions",)  # the seed's ONNX names
+    input_names, output_names = ("input_features",), ("error_predictions",)  # the guide's ONNX names
 
     def __init__(self, model: nn.Module, stats: dict):
         super().__init__()

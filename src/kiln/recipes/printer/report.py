@@ -1,4 +1,4 @@
-"""Stage 4 report: the seed's console block and its four figures, plus metrics.json and report.md."""
+"""Stage 4 report: the original guide's console block and its four figures, plus metrics.json and report.md."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import numpy as np
 from kiln.engine.report import plot_learning_curves, plt, save_figure, write_summary
 from kiln.recipes.printer.task import AXES
 
-REAL_TIME_MS = 1.0  # the seed's requirement: one inference per millisecond sample
+REAL_TIME_MS = 1.0  # the guide's requirement: one inference per millisecond sample
 
 
 def console_report(results: dict, dataset: str) -> str:

@@ -17,7 +17,7 @@ import numpy as np
 from kiln.errors import KilnError
 from kiln.recipes.printer.dynamics import Axis
 from kiln.recipes.printer.gcode import Moves, read_gcode, read_gcode_file
-from kiln.recipes.printer.models import MODELS, procedural_gcode
+from kiln.recipes.printer.procedural_prints import MODELS, procedural_gcode
 from kiln.recipes.printer.planner import Plan, plan_moves, sample_plan, shaper_pulses
 
 SETTLE_S = 0.3  # simulated first and dropped: the start-at-rest transient decays (~7 decay times of a 40 Hz, zeta 0.1 axis)
@@ -43,7 +43,7 @@ class Trajectory:
 
 
 def select_layers(spec: str, count: int) -> np.ndarray:
-    """'all', 'sampled:N' (every N-th layer, the seed's form), 'first:N' or 'A-B' (inclusive, 0-based)."""
+    """'all', 'sampled:N' (every N-th layer, the guide's form), 'first:N' or 'A-B' (inclusive, 0-based)."""
     if spec == "all":
         return np.arange(count)
     if m := re.fullmatch(r"sampled:(\d+)", spec):

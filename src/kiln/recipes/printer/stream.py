@@ -1,14 +1,13 @@
 """Stage 5: a streaming predictor that keeps the LSTM state between samples, on ONNX Runtime.
 
-The seed's StreamingPredictor keeps a deque of the last 20 samples and re-runs the whole window through
-the model for every new sample. Here each sample costs one LSTM step: the exported step module takes the
+The original guide's StreamingPredictor keeps a deque of the last 20 samples and re-runs the whole window
+through the model for every new sample. Here each sample costs one LSTM step: the exported step module takes the
 sample's raw features and the state (h, c) and returns the error and the next state. Because the LSTM is
 causal, the streamed errors equal the model's per-step outputs on the whole sequence (a test checks this).
 """
 
 from __future__ import annotations
 
-import os
 import time
 import warnings
 from collections import deque
@@ -22,31 +21,46 @@ from kiln.recipes.printer.data import lag_steps
 
 
 def export_stream_step(task, path: Path) -> Path:
-    """Write the task's one-step module as ONNX (temporary sibling, then renamed)."""
+    """Write the task's one-step module as ONNX (whole or not at all: kiln.engine.files)."""
     import contextlib
     import io
     import logging
+
+    from kiln.engine.files import write_file
 
     step = task.stream_step().float().cpu()
     lstm = task.model.lstm
     state = torch.zeros(lstm.num_layers, 1, lstm.hidden_size)
     inputs = (torch.zeros(1, len(step.feature_mean)), state, state.clone())
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
     for noisy in ("torch.onnx._internal.exporter._registration", "onnxscript"):
         logging.getLogger(noisy).setLevel(logging.ERROR)
     with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), torch.no_grad():
         warnings.simplefilter("ignore")
-        torch.onnx.export(step, inputs, str(tmp), dynamo=True, verbose=False, input_names=["features", "h", "c"],
-                          output_names=["error_predictions", "h_next", "c_next"], external_data=False)
-    os.replace(tmp, path)
+        program = torch.onnx.export(step, inputs, dynamo=True, verbose=False, input_names=list(step.input_names),
+                                    output_names=list(step.output_names))
+    write_file(path, lambda f: f.write(program.model_proto.SerializeToString()), binary=True)
     return path
+
+
+def load_lstm_task(run_dir: Path, which: str = "best_model.pt"):
+    """The task of a run that trained the LSTM (streaming has no form for the ridge FIR alone)."""
+    from kiln.engine.evaluate import load_run_task
+    from kiln.recipes import get_recipe
+    from kiln.recipes.printer.model import RealTimeCorrector
+
+    run_dir = Path(run_dir)
+    if not (run_dir / which).is_file():
+        raise KilnError(f"'{run_dir}' has no {which}; train it first (kiln train CONFIG --run-dir {run_dir})")
+    task = load_run_task(run_dir, get_recipe("printer"), {}, which=which)
+    if not isinstance(task.model, RealTimeCorrector):
+        raise KilnError(f"'{run_dir}' trained the ridge baseline alone; streaming needs the LSTM (model.arch: lstm)")
+    return task
 
 
 class StreamingPredictor:
     """predict(x_ref, y_ref, vx_ref, vy_ref) -> (error_x, error_y, inference_ms), one sample at a time, in mm.
 
-    Build it with `StreamingPredictor.from_run(RUN)`. Features the model was trained with beyond the seed's four
+    Build it with `StreamingPredictor.from_run(RUN)`. Features the model was trained with beyond the guide's four
     (acceleration, lagged velocities) are computed here from the samples seen, exactly as data preparation does.
     """
 
@@ -75,17 +89,7 @@ class StreamingPredictor:
     @classmethod
     def from_run(cls, run_dir: Path, which: str = "best_model.pt") -> StreamingPredictor:
         """The run's LSTM, exported to RUN/export/stream_step.onnx."""
-        from kiln.engine.evaluate import load_run_task
-        from kiln.recipes import get_recipe
-        from kiln.recipes.printer.model import RealTimeCorrector
-
-        run_dir = Path(run_dir)
-        if not (run_dir / which).is_file():
-            raise KilnError(f"'{run_dir}' has no {which}; train it first (kiln train CONFIG --run-dir {run_dir})")
-        task = load_run_task(run_dir, get_recipe("printer"), {}, which=which)
-        if not isinstance(task.model, RealTimeCorrector):
-            raise KilnError(f"'{run_dir}' trained the ridge baseline alone; streaming needs the LSTM (model.arch: lstm)")
-        return cls.from_task(task, run_dir / "export" / "stream_step.onnx")
+        return cls.from_task(load_lstm_task(run_dir, which), Path(run_dir) / "export" / "stream_step.onnx")
 
     def reset(self) -> None:
         """Start a new trajectory: the state and the velocity history at rest."""
