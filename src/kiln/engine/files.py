@@ -129,6 +129,9 @@ def dataset_dir(out: Path, what: str = "--out") -> Iterator[Path]:
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+        umask = os.umask(0)
+        os.umask(umask)
+        tmp.chmod(0o777 & ~umask)  # mkdtemp makes it private (0700); a dataset directory is an ordinary one
     except OSError as err:
         raise write_failed(out, err) from None
     try:

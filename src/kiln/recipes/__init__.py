@@ -111,8 +111,9 @@ class Recipe:
         data_dir = Path(cfg.data.dir)
         if generate_if_missing(data_dir, cfg.data.generate, self.generator.make, self.data_command(data_dir), log):
             return
-        if cfg.data.generate is not None:
-            recorded = self.generator.recorded(dataset_info(data_dir))
+        info = dataset_info(data_dir)
+        if cfg.data.generate is not None and info:  # a directory without dataset.json is load_data's to refuse
+            recorded = self.generator.recorded(info)
             if recorded is not None:
                 warn_if_made_differently(data_dir, cfg.data.generate.model_dump(), recorded, log)
 
