@@ -10,12 +10,11 @@ import yaml
 
 @pytest.fixture(scope="session")
 def city_dir(tmp_path_factory) -> Path:
-    from kiln.recipes.traffic.data import write_dataset
-    from kiln.recipes.traffic.sim import simulate_city
+    from kiln.recipes.traffic.config import CityGenerator
+    from kiln.recipes.traffic.data import simulate_dataset
 
     out = tmp_path_factory.mktemp("traffic") / "city"
-    records, nodes, edges = simulate_city(days=4, seed=5)
-    write_dataset(out, records, nodes, edges, {"source": "simulated-city", "days": 4, "interval_minutes": 15, "seed": 5})
+    simulate_dataset(out, CityGenerator(days=4, seed=5), lambda message: None)
     return out
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -11,10 +12,11 @@ import pytest
 import torch
 
 from kiln.errors import KilnError
-from kiln.recipes.traffic.data import (build_splits, convert_los_loop, gather, load_series, split_bounds, split_starts,
-                                       window_starts, write_dataset)
+from kiln.recipes.traffic.data import (MAX_SPEED, build_splits, convert_los_loop, gather, load_series, split_bounds,
+                                       split_starts, window_starts, write_dataset)
+from kiln.recipes.traffic.evaluation import tgcn_table
 from kiln.recipes.traffic.sim import simulate_city
-from kiln.recipes.traffic.task import strongest_edges, tgcn_table
+from kiln.recipes.traffic.task import strongest_edges
 
 LOS_LOOP = Path(__file__).resolve().parents[3].parent / "shared" / "data" / "los-loop"
 quiet = lambda message: None  # noqa: E731
@@ -126,7 +128,7 @@ def test_strongest_edges_keeps_the_k_heaviest_incoming():
         assert sorted(kept_weight[kept[1] == node].tolist(), reverse=True) == incoming
 
 
-# ---------------------------------------------------------------- per-segment records (the seed's shape)
+# ---------------------------------------------------------------- per-segment records (the original guide's shape)
 
 def test_per_segment_records_build_the_graph_and_node_speeds(tmp_path):
     from kiln.recipes.traffic.sim import segment_records
@@ -134,7 +136,7 @@ def test_per_segment_records_build_the_graph_and_node_speeds(tmp_path):
     records, nodes, edges = simulate_city(days=1, seed=3)
     segments = segment_records(records, edges, seed=3)
     assert list(segments.columns[:5]) == ["run_id", "timestamp", "node_a_id", "node_b_id", "speed_kmh"]
-    assert len(segments) == 96 * 144 and segments["run_id"].nunique() == 96  # one run per timestamp, as the seed's
+    assert len(segments) == 96 * 144 and segments["run_id"].nunique() == 96  # one run per timestamp, as the guide's
     out = tmp_path / "segments"
     write_dataset(out, segments, nodes, None, {})
     lines = []
@@ -218,6 +220,98 @@ def test_damaged_parquet_is_one_line_error(tmp_path):
         load_series(out, quiet)
 
 
+def city_with(tmp_path: Path, name: str, change) -> Path:
+    """A one-day city whose records went through `change` (a function of the records frame)."""
+    records, nodes, edges = simulate_city(days=1, seed=1)
+    out = tmp_path / name
+    write_dataset(out, change(records.copy()), nodes, edges, {})
+    return out
+
+
+def one_line_error(call, pattern: str) -> str:
+    with pytest.raises(KilnError, match=pattern) as caught:
+        call()
+    assert "\n" not in str(caught.value)
+    return str(caught.value)
+
+
+def test_readings_that_are_not_numbers_are_named(tmp_path):
+    as_text = city_with(tmp_path, "text", lambda r: r.assign(speed_kmh=r["speed_kmh"].astype(str)))
+    one_line_error(lambda: load_series(as_text, quiet), r"'.*traffic.parquet' column speed_kmh holds \w+ values, not numbers")
+    wet = city_with(tmp_path, "wet", lambda r: r.assign(precipitation_mm=r["precipitation_mm"].map("{:.1f} mm".format)))
+    one_line_error(lambda: load_series(wet, quiet), "column precipitation_mm holds .* values, not numbers")
+    late = city_with(tmp_path, "late", lambda r: r.assign(timestamp="soon"))
+    one_line_error(lambda: load_series(late, quiet), "column timestamp does not hold dates and times")
+
+
+@pytest.mark.parametrize("value", [np.inf, -np.inf, 1e12, 300.5, -0.5])
+def test_speeds_outside_the_plausible_range_are_refused_at_load(tmp_path, value):
+    """A reading that is not a road speed (inf, a sensor's 1e12, negative) is named by row, before imputation or
+    training could hide it in a non-finite loss; missing readings (NaN) stay allowed."""
+    records = simulate_city(days=1, seed=1)[0]
+    def change(r):
+        r.loc[70, "speed_kmh"] = value
+        r.loc[5, "speed_kmh"] = np.nan
+        return r
+    out = city_with(tmp_path, "bad", change)
+    t, node = records.loc[70, "timestamp"], records.loc[70, "node_id"]
+    one_line_error(lambda: load_series(out, quiet), rf"'.*traffic.parquet' row 70 \(timestamp {t}, node_id {node}\) has "
+                                                    rf"speed_kmh {re.escape(f'{value:g}')}: speeds must be finite numbers from 0 to 300 km/h "
+                                                    r"\(1 row\(s\) are not\)")
+
+
+def test_the_speed_bound_is_300_kmh_in_either_unit(tmp_path):
+    assert MAX_SPEED == {"km/h": 300.0, "mph": pytest.approx(300 / 1.609344, abs=0.05)}
+    fast = city_with(tmp_path, "mph", lambda r: r.rename(columns={"speed_kmh": "speed_mph"}).assign(speed_mph=190.0))
+    one_line_error(lambda: load_series(fast, quiet), "has speed_mph 190: speeds must be finite numbers from 0 to 186.4 mph")
+    hot = city_with(tmp_path, "hot", lambda r: r.assign(temperature_c=np.where(r.index == 3, np.inf, r["temperature_c"])))
+    one_line_error(lambda: load_series(hot, quiet), "row 3 .* has temperature_c inf: weather must be finite")
+
+
+LOS_SPEED = b"a,b,c\n" + b"".join(b"%d,61.5,62\n" % (60 + i % 3) for i in range(40))  # lines 2..41
+LOS_ADJ = b"1,1,0\n1,1,1\n0,1,1\n"
+
+
+@pytest.mark.parametrize("name, speed, adjacency, pattern", [
+    ("binary adjacency", LOS_SPEED, bytes(range(256)), r"los_adj.csv' is not CSV text \(not UTF-8 at byte 128\)"),
+    ("empty adjacency", LOS_SPEED, b"", r"los_adj.csv' has no rows of numbers"),
+    ("text adjacency", LOS_SPEED, b"1,1,0\n1,x,1\n0,1,1\n", r"los_adj.csv' line 2, column 2: 'x' is not a number"),
+    ("negative weight", LOS_SPEED, b"1,1,0\n1,1,-1\n0,1,1\n", r"los_adj.csv' line 2, column 3: -1 is not a finite non-negative edge weight"),
+    ("binary speeds", bytes(range(256)) * 3, LOS_ADJ, r"los_speed.csv' is not CSV text"),
+    ("NUL bytes", b"a,b,c\n1,\x00,2\n", LOS_ADJ, r"los_speed.csv' line 2, column 2: '\\x00' is not a number"),
+    ("empty speeds", b"", LOS_ADJ, r"los_speed.csv' has no rows of numbers under its header"),
+    ("header only", b"a,b,c\n", LOS_ADJ, r"los_speed.csv' has no rows of numbers under its header"),
+    ("text speeds", LOS_SPEED.replace(b"61.5", b"fast", 1), LOS_ADJ, r"los_speed.csv' line 2, column 2: 'fast' is not a number"),
+    ("blank speed", LOS_SPEED.replace(b",61.5,", b",,", 1), LOS_ADJ, r"los_speed.csv' line 2, column 2: '' is not a number"),
+    ("truncated row", LOS_SPEED + b"60,61\n", LOS_ADJ, r"los_speed.csv' line 42 has 2 values, not 3 like the header: a truncated"),
+    ("long row", LOS_SPEED.replace(b"62\n", b"62,63\n", 1), LOS_ADJ, r"los_speed.csv' line 2 has 4 values, not 3"),
+    ("infinite speed", LOS_SPEED.replace(b"61.5", b"inf", 1), LOS_ADJ, r"los_speed.csv' line 2, column 2: inf is not a speed in mph \(0 to 186.4\)"),
+    ("nan speed", LOS_SPEED.replace(b"61.5", b"nan", 1), LOS_ADJ, r"los_speed.csv' line 2, column 2: nan is not a speed"),
+    ("huge speed", LOS_SPEED.replace(b"61.5", b"1e12", 1), LOS_ADJ, r"los_speed.csv' line 2, column 2: 1e\+12 is not a speed in mph"),
+    ("twice the same detector", LOS_SPEED.replace(b"a,b,c", b"a,b,a"), LOS_ADJ, r"los_speed.csv' names a detector twice"),
+])
+def test_damaged_los_loop_files_are_one_line_errors_naming_file_and_line(tmp_path, name, speed, adjacency, pattern):
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "los_speed.csv").write_bytes(speed)
+    (src / "los_adj.csv").write_bytes(adjacency)
+    one_line_error(lambda: convert_los_loop(src, tmp_path / "out", log=quiet), pattern)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["src"]  # nothing written
+
+
+def test_a_clean_los_loop_file_converts_exactly(tmp_path):
+    """The reader the damaged files go through gives the values as pandas reads them, blank lines skipped."""
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "los_speed.csv").write_bytes(LOS_SPEED.replace(b"\n", b"\r\n") + b"\n")
+    (src / "los_adj.csv").write_bytes(LOS_ADJ)
+    convert_los_loop(src, tmp_path / "out", log=quiet)
+    frame = pd.read_parquet(tmp_path / "out" / "traffic.parquet")
+    expected = pd.read_csv(src / "los_speed.csv").to_numpy(np.float32)
+    np.testing.assert_array_equal(frame["speed_mph"].to_numpy().reshape(40, 3), expected)
+    assert pd.read_csv(tmp_path / "out" / "nodes.csv")["sensor_id"].tolist() == ["a", "b", "c"]
+
+
 # ---------------------------------------------------------------- writing datasets
 
 def test_write_dataset_round_trip(tmp_path):
@@ -225,7 +319,7 @@ def test_write_dataset_round_trip(tmp_path):
     out = tmp_path / "city"
     write_dataset(out, records, nodes, edges, {"seed": 2, "days": 1})
     assert sorted(p.name for p in out.iterdir()) == ["dataset.json", "edges.csv", "nodes.csv", "traffic.parquet"]
-    assert not (tmp_path / "city.tmp").exists()
+    assert not (tmp_path / "city.tmp").exists() and [p.name for p in tmp_path.iterdir()] == ["city"]
     pd.testing.assert_frame_equal(pd.read_parquet(out / "traffic.parquet"), records)
     assert json.loads((out / "dataset.json").read_text()) == {"seed": 2, "days": 1}
 
@@ -247,6 +341,7 @@ def test_write_dataset_refuses_non_empty_and_leaves_nothing_when_interrupted(tmp
     with pytest.raises(KeyboardInterrupt):
         write_dataset(out, records, nodes, edges, {})
     assert not out.exists() and not (tmp_path / "city.tmp").exists()
+    assert [p.name for p in tmp_path.iterdir()] == ["taken"]  # no temporary sibling left either
 
 
 def test_tgcn_reference_tables_on_a_linear_series():

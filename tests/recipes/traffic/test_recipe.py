@@ -16,8 +16,10 @@ import torch
 from kiln.engine.evaluate import evaluate_run
 from kiln.engine.fit import fit
 from kiln.recipes import get_recipe, load_recipe_config
+from kiln.errors import KilnError
+from kiln.recipes.traffic.evaluation import predict_split
 from kiln.recipes.traffic.metrics import interval_coverage, spread_scale_for_coverage
-from kiln.recipes.traffic.task import TrafficTask, predict_split
+from kiln.recipes.traffic.task import build_task
 
 
 def load_config(path, overrides=()):
@@ -29,7 +31,12 @@ def train(path, run_dir, overrides=()):
     return fit(cfg, recipe, run_dir)
 
 
-SEED_COLUMNS = ["epoch", "train_loss", "train_mae", "train_rmse", "val_loss", "val_mae", "val_rmse", "val_mape", "val_coverage_80"]
+def point_model(arch, **keys):
+    """The override that makes traffic_config's model a point baseline with the same windows."""
+    return "model=" + json.dumps({"arch": arch, "seq_len": 12, "pred_len": 4, **keys})
+
+
+GUIDE_COLUMNS = ["epoch", "train_loss", "train_mae", "train_rmse", "val_loss", "val_mae", "val_rmse", "val_mape", "val_coverage_80"]
 
 
 def test_stmgt_trains_and_evaluates_end_to_end(traffic_config, tmp_path, capsys):
@@ -40,7 +47,7 @@ def test_stmgt_trains_and_evaluates_end_to_end(traffic_config, tmp_path, capsys)
     assert "Train Metrics -> MAE:" in out and "COVERAGE@80:" in out and "Number of edges: 144" in out
     with open(run_dir / "training_history.csv") as f:
         rows = list(csv.reader(f))
-    assert rows[0] == SEED_COLUMNS and len(rows) == 3
+    assert rows[0] == GUIDE_COLUMNS and len(rows) == 3
     history = json.loads((run_dir / "history.json").read_text())
     assert history["train_loss"][1] < history["train_loss"][0]
     assert all(np.isfinite(history["grad_norm_mean"])) and "val_mix_w1" in history
@@ -76,7 +83,12 @@ def test_evaluation_metrics_match_a_direct_computation(traffic_config):
     assert results["mae"] == pytest.approx((point - y).abs().mean().item(), rel=1e-4)
     assert results["rmse"] == pytest.approx(((point - y) ** 2).mean().sqrt().item(), rel=1e-4)
     last = splits.test["x"][:, :, -1:] * task.speed_std + task.speed_mean
-    assert results["references"]["persistence"]["mae"] == pytest.approx((last - y).abs().mean().item(), rel=1e-4)
+    persistence_mae = (last - y).abs().mean().item()
+    assert results["references"]["persistence"]["mae"] == pytest.approx(persistence_mae, rel=1e-4)
+    headline = recipe.headline(results)
+    assert headline == {"metric": "test MAE (km/h)", "value": pytest.approx((point - y).abs().mean().item(), rel=1e-4),
+                        "baseline": "persistence", "baseline_value": pytest.approx(persistence_mae, rel=1e-4),
+                        "higher_is_better": False}
 
 
 def test_spread_scale_is_fitted_on_validation_only(traffic_config, tmp_path):
@@ -130,7 +142,7 @@ def shift_test(splits):
 def test_historical_average_is_fitted_in_closed_form(traffic_config, tmp_path, city_dir):
     run_dir = tmp_path / "ha"
     run_dir.mkdir()
-    results = train(traffic_config, run_dir, ["model.arch=historical_average"])
+    results = train(traffic_config, run_dir, [point_model("historical_average")])
     history = json.loads((run_dir / "history.json").read_text())
     assert history["epoch"] == [0] and "val_mae" in history
     # independent reference: pandas mean per (time-of-day, node) over the training steps
@@ -152,12 +164,12 @@ def test_historical_average_is_fitted_in_closed_form(traffic_config, tmp_path, c
 def test_point_baselines_train_in_the_same_harness(traffic_config, tmp_path, arch):
     run_dir = tmp_path / arch
     run_dir.mkdir()
-    extra = ["model.baseline={residual_channels: 8, dilation_channels: 8, skip_channels: 16, end_channels: 16}"] if arch == "graphwavenet" else []
-    results = train(traffic_config, run_dir, [f"model.arch={arch}", "train.max_epochs=1"] + extra)
+    small = {"residual_channels": 8, "dilation_channels": 8, "skip_channels": 16, "end_channels": 16} if arch == "graphwavenet" else {}
+    results = train(traffic_config, run_dir, [point_model(arch, **small), "train.max_epochs=1"])
     assert results["model"] == arch and "coverage_80" not in results and results["mae"] > 0
     with open(run_dir / "training_history.csv") as f:
         header = next(csv.reader(f))
-    assert header == SEED_COLUMNS
+    assert header == GUIDE_COLUMNS
 
 
 def test_stmgt_trains_on_per_segment_records(traffic_config, tmp_path):
@@ -178,8 +190,8 @@ def test_weather_ablation_and_collapse_warning(traffic_config):
     cfg = load_config(traffic_config, ["model.use_weather=false"])
     info = get_recipe("traffic").load_data(cfg, lambda m: None).info
     assert info["has_weather"]
-    assert TrafficTask(cfg, info).model.weather_encoder is None
-    task = TrafficTask(load_config(traffic_config), info)
+    assert build_task(cfg, info).model.weather_encoder is None
+    task = build_task(load_config(traffic_config), info)
     warnings = task.epoch_warnings({"val_mix_w0": 0.9, "val_mix_w1": 0.1})
     assert len(warnings) == 1 and "component 1 carries 90%" in warnings[0] and "diversity_weight" in warnings[0]
     assert task.epoch_warnings({"val_mix_w0": 0.5, "val_mix_w1": 0.5}) == []
@@ -200,6 +212,21 @@ def test_kiln_data_traffic_cli(tmp_path):
     bad = subprocess.run([sys.executable, "-m", "kiln", "data", "traffic", "--los-loop", str(tmp_path / "nowhere"), "--out", str(tmp_path / "x")],
                          capture_output=True, text=True)
     assert bad.returncode == 2 and "los_speed.csv" in bad.stderr
+
+
+@pytest.mark.parametrize("source", [["--simulate"], ["--los-loop", "LOS"]])
+def test_kiln_data_traffic_out_under_a_file_is_one_line(tmp_path, capsys, source):
+    from kiln.cli import main
+
+    los = tmp_path / "los"
+    los.mkdir()
+    (los / "los_speed.csv").write_text("a,b\n1,2\n3,4\n")
+    (los / "los_adj.csv").write_text("0,1\n1,0\n")
+    (tmp_path / "taken").write_text("a file")
+    out = tmp_path / "taken" / "city"
+    assert main(["data", "traffic", *[str(los) if a == "LOS" else a for a in source], "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and f"'{tmp_path / 'taken'}' is a file, not a directory" in err
 
 
 def test_loss_is_the_documented_sum(traffic_config):
@@ -239,8 +266,6 @@ def test_a_city_made_with_other_settings_warns(traffic_config, city_dir):
 
 
 def test_a_missing_dataset_names_the_command_that_makes_it(traffic_config, tmp_path):
-    from kiln.errors import KilnError
-
     cfg = load_config(traffic_config, [f"data.dir={tmp_path / 'nowhere'}"])
     with pytest.raises(KilnError, match="kiln data traffic --simulate --out .*nowhere or kiln data traffic --los-loop PATH"):
         get_recipe("traffic").prepare_data(cfg, lambda m: None)
@@ -260,7 +285,7 @@ def test_stmgt_exports_in_every_format_in_the_data_unit(traffic_config, tmp_path
     assert result["max_abs_diff"] <= PARITY and result["inputs"] == [[62, 12], [16], [16], [16, 3]]
     # the exported graph takes raw km/h and weather and answers in km/h, like STMGT.predict
     splits = recipe.load_data(cfg, lambda m: None)
-    task = TrafficTask(cfg, splits.info).eval()
+    task = build_task(cfg, splits.info).eval()
     task.load_state_dict(torch.load(run_dir / "best_model.pt", weights_only=True)["state_dict"])
     test = {k: v[:5] for k, v in splits.test.items()}
     raw_x = test["x"] * task.speed_std + task.speed_mean
@@ -272,3 +297,60 @@ def test_stmgt_exports_in_every_format_in_the_data_unit(traffic_config, tmp_path
     np.testing.assert_allclose(means, expected.numpy(), atol=1e-4)
     for fmt in ("torchscript", "safetensors"):  # checked at batch sizes 1, 3 and 16 against PyTorch
         assert export_run(run_dir, recipe, cfg, fmt)["max_abs_diff"] <= PARITY
+
+
+# ---------------------------------------------------------------- model: one architecture, its own keys
+
+@pytest.mark.parametrize("model, message", [
+    ({"arch": "lstm", "num_heads": 2}, r"'model\.num_heads' \(model\.arch 'lstm' has no num_heads\); valid keys here: .*embedding_dim$"),
+    ({"arch": "historical_average", "hidden_dim": 8}, r"'model\.hidden_dim' \(model\.arch 'historical_average' has no hidden_dim\)"),
+    ({"arch": "stmgt", "point_loss": "mse"}, r"'model\.point_loss' \(model\.arch 'stmgt' has no point_loss\)"),
+    ({"arch": "tgcn", "baseline": {"hidden_dim": 8}}, r"'model\.baseline'; valid keys here: .*hidden_dim, self_loop$")])  # once untyped
+def test_a_key_the_architecture_ignores_is_a_one_line_error(traffic_config, model, message):
+    with pytest.raises(KilnError, match="unknown config key " + message) as caught:
+        load_config(traffic_config, ["model=" + json.dumps(model)])
+    assert "\n" not in str(caught.value)
+
+
+@pytest.mark.parametrize("name, expected", [
+    ("lstm", {"hidden_dim": 64, "num_layers": 2, "dropout": 0.1, "embedding_dim": 16}),
+    ("graphwavenet", {"residual_channels": 16, "dilation_channels": 16, "skip_channels": 64, "end_channels": 128, "blocks": 4,
+                      "layers": 2, "kernel_size": 2, "dropout": 0.3, "adaptive": True, "embedding_dim": 10}),
+    ("astgcn", {"nb_block": 2, "cheb_k": 3, "nb_chev_filter": 64, "nb_time_filter": 64, "time_strides": 1}),
+    ("tgcn", {"hidden_dim": 64, "self_loop": 2.0})])
+def test_shipped_baseline_configs_give_their_constructors_the_same_arguments(name, expected):
+    """Each shipped baseline's keyword arguments: the ones its config set (once an untyped model.baseline dict) and
+    the constructor's own defaults for the rest."""
+    import inspect
+    from pathlib import Path
+
+    from kiln.recipes.traffic.baselines import BASELINES
+    from kiln.recipes.traffic.task import POINT_SETTINGS
+
+    cfg = load_config(Path(__file__).resolve().parents[3] / "configs" / "traffic" / f"{name}.yaml")
+    assert cfg.model.model_dump(exclude=POINT_SETTINGS) == expected
+    defaults = {k: p.default for k, p in inspect.signature(BASELINES[name]).parameters.items()
+                if p.default is not inspect.Parameter.empty and k != "adjacency"}
+    assert set(defaults) == set(expected)  # every constructor argument has its key, and no key is extra
+
+
+def test_baseline_keys_reach_their_models(traffic_config):
+    from kiln.recipes.traffic.baselines import gcn_propagation
+
+    info = get_recipe("traffic").load_data(load_config(traffic_config), lambda m: None).info
+
+    def built(arch, **keys):
+        return build_task(load_config(traffic_config, [point_model(arch, **keys)]), info).model
+
+    assert built("graphwavenet", residual_channels=8, blocks=1).start_conv.out_features == 8
+    assert len(built("graphwavenet", blocks=1, layers=3).dilations) == 3
+    assert built("astgcn", cheb_k=2, nb_block=1).blocks[0].cheb_conv.polynomials.shape[0] == 2
+    assert built("lstm", num_layers=1, hidden_dim=12).lstm.hidden_size == 12
+    # T-GCN's propagation from the road graph, each node keeping its 2 heaviest incoming edges, with self loop 2
+    tgcn = built("tgcn", self_loop=2.0, max_neighbors=2)
+    edges = torch.tensor(info["edge_index"]).view(2, -1)
+    adjacency = torch.zeros(62, 62)
+    adjacency[edges[0], edges[1]] = torch.tensor(info["edge_weight"])
+    assert ((adjacency > 0).sum(0) > 2).any() and not ((tgcn.propagation > 0).fill_diagonal_(False).sum(1) > 2).any()
+    full = built("tgcn", self_loop=2.0)
+    torch.testing.assert_close(full.propagation, gcn_propagation(adjacency, 2.0))

@@ -3,21 +3,25 @@
 A dataset directory holds
   traffic.parquet  one row per timestamp x node: run_id, timestamp, node_id, speed_kmh (or speed_mph),
                    and optionally temperature_c, wind_speed_kmh, precipitation_mm;
-                   or, as the seed's data, one row per timestamp x road segment: node_a_id, node_b_id in
-                   place of node_id (the graph is then built from the records; see segment_speeds)
+                   or, as the original guide's data, one row per timestamp x road segment: node_a_id, node_b_id
+                   in place of node_id (the graph is then built from the records; see segment_speeds);
+                   speeds are numbers from 0 to MAX_SPEED (null where a reading is missing)
   nodes.csv        node_id[, lat, lon, ...]
   edges.csv        source, target[, weight | length_km] (per-node records only)
   dataset.json     provenance (source, interval, unit, seed)
 Loading pivots it to a [time, node] speed matrix and a [time, 3] city weather matrix, then cuts
 chronological splits into sliding windows (seq_len in -> pred_len out). Normalisation statistics come
 from the training split only and travel with the model (best_model.pt's data_info).
+Datasets are written whole or not at all (kiln.engine.files.dataset_dir).
 """
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import os
-import shutil
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -25,12 +29,16 @@ from typing import Callable
 import numpy as np
 import pandas as pd
 
+from kiln.engine.files import check_new_directory, dataset_dir
 from kiln.errors import KilnError
 from kiln.recipes import dataset_info
+from kiln.recipes.traffic.config import CityGenerator, TrafficConfig
 
 KEYS = ("run_id", "timestamp", "node_id")
-SEGMENT_KEYS = ("run_id", "timestamp", "node_a_id", "node_b_id")  # the seed's per-segment records
+SEGMENT_KEYS = ("run_id", "timestamp", "node_a_id", "node_b_id")  # the original guide's per-segment records
 SPEED_COLUMNS = {"speed_kmh": "km/h", "speed_mph": "mph"}
+# Speeds above this are no road traffic (a sensor's error code, a unit mix-up): refused at load, not trained on.
+MAX_SPEED = {"km/h": 300.0, "mph": round(300.0 / 1.609344, 1)}
 WEATHER = ("temperature_c", "wind_speed_kmh", "precipitation_mm")
 LOS_LOOP_START = "2012-03-01"  # a Thursday: Los-loop is one week, Thursday to Wednesday
 
@@ -57,53 +65,28 @@ def minutes_of(times: pd.DatetimeIndex) -> np.ndarray:
     return times.to_numpy().astype("datetime64[m]").astype(np.int64)  # independent of the index's time unit
 
 
+def load_data(cfg: TrafficConfig, log: Callable[[str], None] = print):
+    """The dataset directory as Splits of windows (tensors) and their description."""
+    import torch
+
+    from kiln.engine.task import Splits
+
+    series = load_series(Path(cfg.data.dir), log)
+    arrays, info = build_splits(series, cfg.data.protocol, cfg.model.seq_len, cfg.model.pred_len,
+                                cfg.data.val_fraction, cfg.data.test_fraction, log)
+    if cfg.model.arch == "stmgt" and cfg.model.use_weather and not info["has_weather"]:
+        log("No weather columns in this dataset: STMGT runs without its weather branch")
+    tensors = {name: {k: torch.from_numpy(v) for k, v in split.items()} for name, split in arrays.items()}
+    return Splits(**tensors, info=info)
+
+
 def load_series(data_dir: Path, log: Callable[[str], None] = print) -> TrafficSeries:
-    """Read, impute, validate and pivot a dataset directory; prints what the seed's loader prints."""
+    """Read, impute, validate and pivot a dataset directory; prints what the original guide's loader prints."""
     data_dir = Path(data_dir)
     path = data_dir / "traffic.parquet"
-    if not path.is_file():
-        raise KilnError(f"'{path}' not found; make a dataset with: kiln data traffic --simulate --out {data_dir} (or --los-loop DIR)")
-    log(f"Loading data from {path}...")
-    try:
-        frame = pd.read_parquet(path)
-    except Exception as err:  # pyarrow raises several types for a damaged file
-        raise KilnError(f"cannot read '{path}' as parquet ({str(err).splitlines()[0]}); regenerate it with kiln data traffic") from None
-    speed_col = next((c for c in SPEED_COLUMNS if c in frame.columns), None)
-    per_segment = "node_id" not in frame.columns and bool({"node_a_id", "node_b_id"} & set(frame.columns))
-    keys = SEGMENT_KEYS if per_segment else KEYS
-    missing = [c for c in keys if c not in frame.columns] + ([] if speed_col else ["speed_kmh"])
-    if missing:
-        raise KilnError(f"'{path}' lacks column(s) {', '.join(missing)}; it needs {', '.join(keys)}, speed_kmh "
-                        f"(or speed_mph) and optionally {', '.join(WEATHER)}"
-                        + ("" if per_segment else " (or node_a_id, node_b_id for records per road segment)"))
-    weather_cols = [c for c in WEATHER if c in frame.columns]
-    if weather_cols and len(weather_cols) < len(WEATHER):
-        raise KilnError(f"'{path}' has weather column(s) {', '.join(weather_cols)} but lacks "
-                        f"{', '.join(c for c in WEATHER if c not in weather_cols)}; give all three or none")
-
+    frame, speed_col, keys = read_records(path, log)
     log("Preprocessing data...")
-    frame = frame.sort_values(list(keys[1:]))
-    frame["timestamp"] = pd.to_datetime(frame["timestamp"])
-    if frame.duplicated(list(keys[1:])).any():
-        raise KilnError(f"'{path}' has several rows for the same ({', '.join(keys[1:])}); keep one per "
-                        f"{'segment' if per_segment else 'node'} and time")
-    if per_segment:
-        speed, segments = segment_speeds(frame, speed_col, log)
-    else:
-        speed, segments = frame.pivot(index="timestamp", columns="node_id", values=speed_col), None
-    filled = int(speed.isna().sum().sum())
-    # A missing reading is the node's neighbouring readings in time, else its mean.
-    speed = speed.interpolate(limit_direction="both").fillna(speed.mean())
-    log(f"  {speed_col}: filled {filled} missing values")
-    weather = None
-    if weather_cols:
-        table = frame.groupby("timestamp")[list(WEATHER)].mean()  # weather is city-wide
-        for c in WEATHER:
-            log(f"  {c}: filled {int(frame[c].isna().sum())} missing values")
-        weather = table.interpolate(limit_direction="both").fillna(table.mean()).fillna(0.0).to_numpy(np.float32)
-    if speed.isna().any().any():
-        empty = speed.columns[speed.isna().all()].tolist()
-        raise KilnError(f"node(s) {empty[:5]} in '{path}' have no speed readings at all; drop them from the data and the graph")
+    speed, weather, segments = node_series(frame, speed_col, keys, path, log)
 
     log("Validating data...")
     times = pd.DatetimeIndex(speed.index)
@@ -114,8 +97,6 @@ def load_series(data_dir: Path, log: Callable[[str], None] = print) -> TrafficSe
     if (steps <= 0).any() or interval <= 0:
         raise KilnError(f"'{path}' has irregular timestamps; resample it to a fixed interval")
     values = speed.to_numpy(np.float32)
-    if (values < 0).any():
-        raise KilnError(f"'{path}' has negative speeds (min {values.min():.2f}); fix or drop those rows")
     run_ids = frame.groupby("timestamp")["run_id"].first().to_numpy()
     node_ids = speed.columns.to_numpy()
     log("  Data validation passed!")
@@ -134,12 +115,90 @@ def load_series(data_dir: Path, log: Callable[[str], None] = print) -> TrafficSe
                          SPEED_COLUMNS[speed_col], interval, dataset_info(data_dir))
 
 
+def read_records(path: Path, log: Callable[[str], None]) -> tuple[pd.DataFrame, str, tuple[str, ...]]:
+    """traffic.parquet with its columns and readings checked -> (records in time order, the speed column, the key
+    columns)."""
+    if not path.is_file():
+        raise KilnError(f"'{path}' not found; make a dataset with: kiln data traffic --simulate --out {path.parent} (or --los-loop DIR)")
+    log(f"Loading data from {path}...")
+    try:
+        frame = pd.read_parquet(path)
+    except Exception as err:  # pyarrow raises several types for a damaged file
+        raise KilnError(f"cannot read '{path}' as parquet ({str(err).splitlines()[0]}); regenerate it with kiln data traffic") from None
+    speed_col = next((c for c in SPEED_COLUMNS if c in frame.columns), None)
+    per_segment = "node_id" not in frame.columns and bool({"node_a_id", "node_b_id"} & set(frame.columns))
+    keys = SEGMENT_KEYS if per_segment else KEYS
+    missing = [c for c in keys if c not in frame.columns] + ([] if speed_col else ["speed_kmh"])
+    if missing:
+        raise KilnError(f"'{path}' lacks column(s) {', '.join(missing)}; it needs {', '.join(keys)}, speed_kmh "
+                        f"(or speed_mph) and optionally {', '.join(WEATHER)}"
+                        + ("" if per_segment else " (or node_a_id, node_b_id for records per road segment)"))
+    weather_cols = [c for c in WEATHER if c in frame.columns]
+    if weather_cols and len(weather_cols) < len(WEATHER):
+        raise KilnError(f"'{path}' has weather column(s) {', '.join(weather_cols)} but lacks "
+                        f"{', '.join(c for c in WEATHER if c not in weather_cols)}; give all three or none")
+    check_readings(frame, speed_col, weather_cols, keys, path)
+    frame = frame.sort_values(list(keys[1:]))
+    try:
+        frame["timestamp"] = pd.to_datetime(frame["timestamp"])
+    except (ValueError, TypeError) as err:
+        raise KilnError(f"'{path}' column timestamp does not hold dates and times ({str(err).splitlines()[0]}); "
+                        "store them as timestamps") from None
+    if frame.duplicated(list(keys[1:])).any():
+        raise KilnError(f"'{path}' has several rows for the same ({', '.join(keys[1:])}); keep one per "
+                        f"{'segment' if per_segment else 'node'} and time")
+    return frame, speed_col, keys
+
+
+def node_series(frame: pd.DataFrame, speed_col: str, keys: tuple[str, ...], path: Path,
+                log: Callable[[str], None]) -> tuple[pd.DataFrame, np.ndarray | None, pd.DataFrame | None]:
+    """Records in time order -> ([time, node] speeds, [time, 3] city weather or None, the road segments of
+    per-segment records or None), each missing reading imputed and counted."""
+    if keys == SEGMENT_KEYS:
+        speed, segments = segment_speeds(frame, speed_col, log)
+    else:
+        speed, segments = frame.pivot(index="timestamp", columns="node_id", values=speed_col), None
+    filled = int(speed.isna().sum().sum())
+    # A missing reading is the node's neighbouring readings in time, else its mean.
+    speed = speed.interpolate(limit_direction="both").fillna(speed.mean())
+    log(f"  {speed_col}: filled {filled} missing values")
+    weather = None
+    if WEATHER[0] in frame.columns:
+        table = frame.groupby("timestamp")[list(WEATHER)].mean()  # weather is city-wide
+        for c in WEATHER:
+            log(f"  {c}: filled {int(frame[c].isna().sum())} missing values")
+        weather = table.interpolate(limit_direction="both").fillna(table.mean()).fillna(0.0).to_numpy(np.float32)
+    if speed.isna().any().any():
+        empty = speed.columns[speed.isna().all()].tolist()
+        raise KilnError(f"node(s) {empty[:5]} in '{path}' have no speed readings at all; drop them from the data and the graph")
+    return speed, weather, segments
+
+
+def check_readings(frame: pd.DataFrame, speed_col: str, weather_cols: list[str], keys: tuple[str, ...], path: Path) -> None:
+    """Speeds and weather are numbers (null = a missing reading, imputed later); speeds lie in 0..MAX_SPEED of their
+    unit and weather is finite. The first row that breaks this is named, counted from 0 in the file's order."""
+    for column in [speed_col, *weather_cols]:
+        values = frame[column]
+        if not pd.api.types.is_numeric_dtype(values) or pd.api.types.is_bool_dtype(values):
+            raise KilnError(f"'{path}' column {column} holds {values.dtype} values, not numbers; store readings as numbers "
+                            "(null where one is missing)")
+        unit = SPEED_COLUMNS.get(column)
+        valid = values.between(0, MAX_SPEED[unit]) if unit else np.isfinite(values)
+        bad = ~(values.isna() | valid)
+        if bad.any():
+            row = int(np.argmax(bad.to_numpy()))
+            where = ", ".join(f"{k} {frame[k].iloc[row]}" for k in keys[1:])
+            rule = f"speeds must be finite numbers from 0 to {MAX_SPEED[unit]:g} {unit}" if unit else "weather must be finite"
+            raise KilnError(f"'{path}' row {row} ({where}) has {column} {values.iloc[row]:g}: {rule} ({int(bad.sum())} "
+                            f"row(s) are not); fix or drop them")
+
+
 def segment_speeds(frame: pd.DataFrame, speed_col: str, log: Callable[[str], None]) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Records per road segment (node_a_id -> node_b_id) -> ([time, node] speeds, the segments as edges).
 
     The nodes are every id named as either end. A node's speed at a time is the mean speed of the segments
     leaving it (node_a_id), i.e. how fast traffic moves out of that intersection; a node that no segment leaves
-    takes the mean of the segments entering it. (The seed's loader gave each node the speed of one of its
+    takes the mean of the segments entering it. (The guide's loader gave each node the speed of one of its
     outgoing segments, whichever row came last, and 0 to a node without one.)"""
     nodes = np.array(sorted(set(frame["node_a_id"]).union(frame["node_b_id"])))
     leaving = frame.pivot_table(index="timestamp", columns="node_a_id", values=speed_col, aggfunc="mean", dropna=False)
@@ -296,67 +355,157 @@ def build_splits(series: TrafficSeries, protocol: str, seq_len: int, pred_len: i
 # ---------------------------------------------------------------- writing datasets
 
 def write_dataset(out: Path, records: pd.DataFrame, nodes: pd.DataFrame, edges: pd.DataFrame | None, info: dict) -> None:
-    """Write the files into a temporary sibling, then rename: never a half-written dataset. No edges.csv when
-    `edges` is None (per-segment records carry their graph)."""
-    out = Path(out)
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise KilnError(f"'{out}' already exists and is not empty; pass another --out or delete it")
-    tmp = out.parent / (out.name + ".tmp")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    shutil.rmtree(tmp, ignore_errors=True)  # left over from an earlier interrupted run
-    tmp.mkdir()
-    try:
+    """The dataset's files, written whole or not at all; no edges.csv when `edges` is None (per-segment records carry
+    their graph)."""
+    with dataset_dir(out) as tmp:
         records.to_parquet(tmp / "traffic.parquet", index=False)
         nodes.to_csv(tmp / "nodes.csv", index=False)
         if edges is not None:
             edges.to_csv(tmp / "edges.csv", index=False)
         (tmp / "dataset.json").write_text(json.dumps(info, indent=2) + "\n")
-        os.replace(tmp, out)  # also replaces an existing empty `out`
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
 
 
-def convert_los_loop(src: Path, out: Path, tgcn_references: bool = False, log: Callable[[str], None] = print,
-                     jobs: int = 1) -> dict:
-    """Los-loop (T-GCN's data folder: los_speed.csv, los_adj.csv[, graph_sensor_locations.csv]) -> kiln format."""
-    src = Path(src)
+def simulate_dataset(out: Path, settings: CityGenerator, log: Callable[[str], None] = print) -> dict:
+    """`kiln data traffic --simulate`: the simulated city as a dataset directory; returns its dataset.json."""
+    from kiln.recipes.traffic.sim import segment_records, simulate_city
+
+    check_new_directory(out)  # before the work, not after it
+    started = time.perf_counter()
+    records, nodes, edges = simulate_city(**settings.model_dump(exclude={"per_segment"}))
+    if settings.per_segment:  # the graph is then in the records: no edges.csv
+        records, edges = segment_records(records, edges, settings.seed), None
+    info = {"source": "simulated-city", **settings.model_dump(), "unit": "km/h", "num_nodes": len(nodes),
+            "num_edges": int(records[["node_a_id", "node_b_id"]].drop_duplicates().shape[0]) if edges is None else len(edges),
+            "num_steps": int(records["timestamp"].nunique()), "generation_seconds": round(time.perf_counter() - started, 3)}
+    write_dataset(out, records, nodes, edges, info)
+    shape = "per-segment records" if settings.per_segment else "records"
+    log(f"Wrote {out}: simulated city, {len(nodes)} nodes, {info['num_edges']} edges, {settings.days} days of "
+        f"{settings.interval_minutes}-minute {shape} ({len(records):,} rows) in {info['generation_seconds']:.2f}s")
+    return info
+
+
+# ---------------------------------------------------------------- Los-loop (T-GCN's data folder)
+
+LOS_LOOP_SOURCE = "the data/ folder of github.com/lehaifeng/T-GCN"
+LOS_LOOP_REPAIR = f"repair the file or take it again from {LOS_LOOP_SOURCE}"
+
+
+def read_number_table(path: Path, header: bool) -> tuple[list[str] | None, np.ndarray, list[int]]:
+    """A CSV file of numbers only, under a header row of names if `header` -> (the names, the values [rows, columns]
+    as float64, each row's line in the file). Anything else is a one-line error naming the file and the line."""
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise KilnError(f"'{path}' is not CSV text (not UTF-8 at byte {err.start}); {LOS_LOOP_REPAIR}") from None
+    except OSError as err:
+        raise KilnError(f"'{path}' could not be read ({err.strerror}); check its permissions") from None
+    reader = csv.reader(io.StringIO(text, newline=""))
+    rows, lines = [], []
+    try:
+        for row in reader:
+            if row:  # blank lines are skipped, as pandas does
+                rows.append(row)
+                lines.append(reader.line_num)
+    except csv.Error as err:
+        raise KilnError(f"'{path}' line {reader.line_num} is not CSV ({err}); {LOS_LOOP_REPAIR}") from None
+    names = rows.pop(0) if header and rows else None
+    lines = lines[1:] if names is not None else lines
+    if not rows:
+        raise KilnError(f"'{path}' has no rows of numbers{' under its header' if header else ''}; {LOS_LOOP_REPAIR}")
+    width = len(names) if names is not None else len(rows[0])
+    for line, row in zip(lines, rows):
+        if len(row) != width:
+            raise KilnError(f"'{path}' line {line} has {len(row)} values, not {width} like the "
+                            f"{'header' if names is not None else 'first line'}: a truncated or damaged row; {LOS_LOOP_REPAIR}")
+    try:
+        return names, np.array(rows, dtype=np.float64), lines
+    except ValueError:
+        line, column, value = next((line, j + 1, v) for line, row in zip(lines, rows) for j, v in enumerate(row) if not is_number(v))
+        raise KilnError(f"'{path}' line {line}, column {column}: {value!r} is not a number; {LOS_LOOP_REPAIR}") from None
+
+
+def is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+def refuse_outside(values: np.ndarray, lo: float, hi: float, path: Path, lines: list[int], what: str) -> None:
+    """Every value finite and within [lo, hi], or a one-line error naming the first line that is not."""
+    bad = ~((values >= lo) & (values <= hi))  # NaN and inf fail both comparisons
+    if bad.any():
+        row, column = np.argwhere(bad)[0]
+        raise KilnError(f"'{path}' line {lines[row]}, column {column + 1}: {values[row, column]:g} is not {what} "
+                        f"({int(bad.sum())} value(s) are not); {LOS_LOOP_REPAIR}")
+
+
+def read_sensor_locations(path: Path, sensor_ids: np.ndarray) -> pd.DataFrame | None:
+    """graph_sensor_locations.csv (sensor_id, latitude, longitude), in the detectors' order; None where it is absent."""
+    if not path.is_file():
+        return None
+    try:
+        loc = pd.read_csv(path)
+    except ValueError as err:  # pandas' parser errors and a binary file's UnicodeDecodeError are ValueErrors
+        raise KilnError(f"cannot read '{path}' as CSV ({str(err).splitlines()[0]}); fix it or move it away") from None
+    missing = [c for c in ("sensor_id", "latitude", "longitude") if c not in loc.columns]
+    if missing:
+        raise KilnError(f"'{path}' lacks column(s) {', '.join(missing)}; fix it or move it away")
+    loc = loc.drop_duplicates("sensor_id")
+    return loc.set_index(loc["sensor_id"].astype(str)).reindex(sensor_ids)
+
+
+def read_los_loop(src: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """los_speed.csv and los_adj.csv, checked -> (detector ids [N], speeds [T, N] in mph as float64, adjacency [N, N])."""
     speed_path, adj_path = src / "los_speed.csv", src / "los_adj.csv"
-    for path in (speed_path, adj_path):
-        if not path.is_file():
-            raise KilnError(f"'{path}' not found; --los-loop needs the folder with los_speed.csv and los_adj.csv "
-                            "(the data/ folder of github.com/lehaifeng/T-GCN)")
-    speed = pd.read_csv(speed_path)
-    adjacency = pd.read_csv(adj_path, header=None).to_numpy(np.float32)
-    steps, num_nodes = speed.shape
+    names, speed, lines = read_number_table(speed_path, header=True)
+    if len(set(names)) < len(names):
+        raise KilnError(f"'{speed_path}' names a detector twice in its header; {LOS_LOOP_REPAIR}")
+    refuse_outside(speed, 0, MAX_SPEED["mph"], speed_path, lines, f"a speed in mph (0 to {MAX_SPEED['mph']:g})")
+    _, adjacency, adj_lines = read_number_table(adj_path, header=False)
+    refuse_outside(adjacency, 0, np.inf, adj_path, adj_lines, "a finite non-negative edge weight")
+    num_nodes = speed.shape[1]
     if adjacency.shape != (num_nodes, num_nodes):
         raise KilnError(f"'{adj_path}' is {adjacency.shape[0]}x{adjacency.shape[1]} but '{speed_path}' has {num_nodes} "
                         f"detectors; the adjacency must be {num_nodes}x{num_nodes}")
-    sensor_ids = speed.columns.astype(str).to_numpy()
+    return np.array(names), speed, adjacency.astype(np.float32)
+
+
+def convert_los_loop(src: Path, out: Path, tgcn_references: bool = False, log: Callable[[str], None] = print,
+                     jobs: int | None = None) -> dict:
+    """`kiln data traffic --los-loop`: T-GCN's data folder (los_speed.csv, los_adj.csv[, graph_sensor_locations.csv])
+    as a dataset directory; returns its dataset.json. `jobs`: SVRs fitted at once (default: the usable cores)."""
+    src = Path(src)
+    for path in (src / "los_speed.csv", src / "los_adj.csv"):
+        if not path.is_file():
+            raise KilnError(f"'{path}' not found; --los-loop needs the folder with los_speed.csv and los_adj.csv ({LOS_LOOP_SOURCE})")
+    check_new_directory(out)  # before the reading and the minutes of --tgcn-references
+    sensor_ids, speed, adjacency = read_los_loop(src)
+    steps, num_nodes = speed.shape
     times = pd.date_range(LOS_LOOP_START, periods=steps, freq="5min")
-    node = np.tile(np.arange(num_nodes), steps)
     records = pd.DataFrame({
         "run_id": np.repeat((times - times[0]).days.to_numpy(), num_nodes),  # one run per day
         "timestamp": np.repeat(times.to_numpy(), num_nodes),
-        "node_id": node,
-        "speed_mph": speed.to_numpy(np.float32).ravel(),
+        "node_id": np.tile(np.arange(num_nodes), steps),
+        "speed_mph": speed.astype(np.float32).ravel(),
     })
     src_idx, dst_idx = np.nonzero(adjacency)
     keep = src_idx != dst_idx
     edges = pd.DataFrame({"source": src_idx[keep], "target": dst_idx[keep], "weight": adjacency[src_idx[keep], dst_idx[keep]]})
     nodes = pd.DataFrame({"node_id": np.arange(num_nodes), "sensor_id": sensor_ids})
-    locations = src / "graph_sensor_locations.csv"
-    if locations.is_file():
-        loc = pd.read_csv(locations)
-        loc = loc.set_index(loc["sensor_id"].astype(str)).reindex(sensor_ids)
-        nodes["lat"], nodes["lon"] = loc["latitude"].to_numpy(), loc["longitude"].to_numpy()
+    locations = read_sensor_locations(src / "graph_sensor_locations.csv", sensor_ids)
+    if locations is not None:
+        nodes["lat"], nodes["lon"] = locations["latitude"].to_numpy(), locations["longitude"].to_numpy()
     info = {"source": "los-loop", "origin": str(src.resolve()), "unit": "mph", "interval_minutes": 5,
             "num_nodes": int(num_nodes), "num_edges": int(len(edges)), "num_steps": int(steps),
             "start": LOS_LOOP_START, "licence": "MIT (T-GCN, see LICENSE.T-GCN); derived from METR-LA"}
     if tgcn_references:
         from kiln.recipes.traffic.references import tgcn_reference_tables
 
+        jobs = jobs or len(os.sched_getaffinity(0))
         log(f"Fitting T-GCN's reference baselines (persistence, one linear SVR per detector and horizon, {jobs} in parallel)...")
-        info["tgcn_references"] = tgcn_reference_tables(speed.to_numpy(np.float64), tgcn_horizons(5), jobs=jobs)
+        info["tgcn_references"] = tgcn_reference_tables(speed, tgcn_horizons(5), jobs=jobs)
     write_dataset(out, records, nodes, edges, info)
+    log(f"Wrote {out}: Los-loop, {num_nodes} detectors, {len(edges)} edges, {steps} five-minute steps (mph)")
     return info

@@ -303,7 +303,7 @@ def simulate_city(days: int = 28, interval_minutes: int = 15, seed: int = 0,
 
 
 def segment_records(records: pd.DataFrame, edges: pd.DataFrame, seed: int = 0) -> pd.DataFrame:
-    """The seed's record shape: one row per collection run (one timestamp) x directed road segment, its speed the
+    """The original guide's record shape: one row per collection run (one timestamp) x directed road segment, its speed the
     average of its two intersections' plus noise, weather as at those intersections (city-wide)."""
     rng = np.random.default_rng([seed, 1])
     nodes = int(records["node_id"].max()) + 1
@@ -314,7 +314,7 @@ def segment_records(records: pd.DataFrame, edges: pd.DataFrame, seed: int = 0) -
     first = records.iloc[::nodes]                                                   # one row per timestamp
     repeat = lambda column: np.repeat(first[column].to_numpy(), segments)  # noqa: E731
     return pd.DataFrame({
-        "run_id": np.repeat(np.arange(steps, dtype=np.int64), segments),          # the seed: one run per timestamp
+        "run_id": np.repeat(np.arange(steps, dtype=np.int64), segments),          # the guide's: one run per timestamp
         "timestamp": repeat("timestamp"),
         "node_a_id": np.tile(a, steps), "node_b_id": np.tile(b, steps),
         "speed_kmh": np.maximum(segment_speed, MIN_SPEED_KMH).reshape(-1).astype(np.float32),
