@@ -11,7 +11,7 @@ The point baselines' keys are their constructors' keyword arguments (kiln.recipe
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import Field, model_validator
 
@@ -134,3 +134,5 @@ class TrafficConfig(RunConfig):
     recipe: Literal["traffic"] = "traffic"
     data: TrafficData = TrafficData()
     model: by_arch(STMGTModel, LSTMModel, GraphWaveNetModel, ASTGCNModel, TGCNModel, HistoricalAverageModel) = STMGTModel()
+
+    train_defaults: ClassVar[dict[str, Any]] = {"monitor": "val_mae"}  # the guide keeps the best checkpoint by validation MAE
