@@ -17,12 +17,10 @@ setup: .venv/.installed
 	$(PIP) install -q --no-deps "pyGCodeDecode==1.5.1"
 	touch $@
 
+# every recipe's quick config (configs/nav/quick.yaml, configs/traffic/quick.yaml, configs/world/quick.yaml,
+# configs/printer/quick.yaml, configs/seqgen/quick.yaml) into runs/<recipe>/demo, then one table (also runs/demo.md)
 demo: setup
-	.venv/bin/kiln train configs/nav/quick.yaml --run-dir runs/nav/demo --overwrite
-	.venv/bin/kiln train configs/traffic/quick.yaml --run-dir runs/traffic/demo --overwrite
-	.venv/bin/kiln train configs/world/quick.yaml --run-dir runs/world/demo --overwrite
-	.venv/bin/kiln train configs/printer/quick.yaml --run-dir runs/printer/demo --overwrite
-	.venv/bin/kiln train configs/seqgen/quick.yaml --run-dir runs/seqgen/demo --overwrite
+	.venv/bin/kiln demo
 
 test: setup
 	$(PY) -m pytest
@@ -37,6 +35,7 @@ bench: setup
 	$(PY) bench/printer_stream.py
 	$(PY) bench/seqgen_step.py
 	$(PY) bench/seqgen_loss_gradients.py
+	$(PY) bench/sweep_parallel.py
 
 clean:
 	rm -rf .venv runs data

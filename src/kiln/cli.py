@@ -57,8 +57,13 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--resume", type=Path, metavar="RUN_DIR", help="continue RUN_DIR from its last checkpoint (and phase)")
     train.add_argument("--init-from", metavar="CHECKPOINT", help="start from these weights (best_model.pt, a .ckpt or a run dir)")
 
-    evaluate = verbs.add_parser("evaluate", help="re-evaluate a run's best model and rewrite test_results.json and report/")
+    evaluate = verbs.add_parser("evaluate", help="re-evaluate a run's best model and rewrite test_results.json and report/",
+                                description="Evaluate RUN_DIR's best model on its test split again, or with --data on another "
+                                            "dataset directory of its recipe (written beside the originals, never over them).")
     evaluate.add_argument("run_dir", type=Path)
+    evaluate.add_argument("--data", type=Path, metavar="DIR", help="another existing dataset directory of the run's recipe: "
+                          "writes RUN/test_results_<name>.json and RUN/report_<name>/")
+    evaluate.add_argument("--name", help="the <name> of --data's files (default: DIR's basename)")
     evaluate.set_defaults(option_dests={})
     for name, recipe in recipes.items():
         if recipe.evaluate_arguments is not None:
@@ -101,8 +106,10 @@ def build_parser() -> argparse.ArgumentParser:
                          help="a history column (val_loss) or a seed-named column (\"Validation Loss\"); default val_loss")
     compare.add_argument("--out", type=Path, default=Path("compare.png"), help="the plot (PNG; default compare.png)")
 
-    status = verbs.add_parser("status", help="show the state of runs (running, finished, interrupted, failed)")
+    status = verbs.add_parser("status", help="show the state of runs (running, finished, interrupted, failed, dead)")
     status.add_argument("run_dirs", nargs="*", type=Path, help="run directories (default: every run under runs/)")
+
+    add_run_tool_verbs(verbs)
 
     sweep = verbs.add_parser("sweep", help="grid or TPE search over a config (Optuna), shared by many processes and machines",
                              description="Run every point of --grid, or --trials trials of a --space search, each as an "
@@ -133,6 +140,33 @@ def build_parser() -> argparse.ArgumentParser:
     logs.add_argument("run_dir", type=Path)
     logs.add_argument("--follow", "-f", action="store_true", help="keep printing new lines until the run stops")
     return parser
+
+
+def add_run_tool_verbs(verbs) -> None:
+    """kiln runs, report, demo and tb: the tools over run directories (docs/runs.md)."""
+    from kiln.engine.runs import COLUMNS, STATES
+
+    runs = verbs.add_parser("runs", help="one table of every run under a folder: state, epochs, best, headline vs baseline",
+                            description="Every run under DIR (default runs/; a sweep's --out too), one row each.")
+    runs.add_argument("dir", nargs="?", type=Path, default=Path("runs"), metavar="DIR")
+    runs.add_argument("--recipe", help="only runs of this recipe")
+    runs.add_argument("--status", choices=STATES, help="only runs in this state")
+    runs.add_argument("--sort", metavar="METRIC", help=f"order by {', '.join(COLUMNS)} or a test metric such as mae "
+                      "(ascending; best first for best and headline); --sort=-METRIC reverses")
+    runs.add_argument("--json", action="store_true", help="print the rows as JSON instead of the table")
+
+    report = verbs.add_parser("report", help="rewrite a run's report/report.md from its files (no training, no model run)")
+    report.add_argument("run_dir", type=Path)
+    report.add_argument("--html", action="store_true", help="also write report/report.html, self-contained (images inlined)")
+
+    demo = verbs.add_parser("demo", help="train every recipe's quick config, then one table against each baseline",
+                            description="Train <config-dir>/<recipe>/quick.yaml of each recipe into runs/<recipe>/demo "
+                                        "(replacing an earlier demo run); write the results table to runs/demo.md.")
+    demo.add_argument("--recipes", help="comma-separated subset, e.g. nav,world (default: all)")
+    demo.add_argument("--config-dir", type=Path, default=Path("configs"), help="where <recipe>/quick.yaml are (default configs)")
+
+    tb = verbs.add_parser("tb", help="start TensorBoard on a folder of runs (or print the command to run)")
+    tb.add_argument("dir", nargs="?", type=Path, default=Path("runs"), metavar="DIR")
 
 
 def collect_overrides(args: argparse.Namespace, recipe) -> list[str]:
@@ -210,6 +244,17 @@ def evaluate(args: argparse.Namespace) -> int:
               if getattr(args, dest) is not None and dest not in args.option_dests.get(recipe.name, [])]
     if others:
         raise KilnError(f"--{others[0].replace('_', '-')} is not a flag of {recipe.name} runs")
+    if args.data is not None:
+        if options:
+            raise KilnError(f"--data and --{next(iter(options)).replace('_', '-')} are two evaluations; give one")
+        from kiln.engine.evaluate import evaluate_on_data
+
+        results, name = evaluate_on_data(args.run_dir, recipe, cfg, args.data, args.name)
+        print_results(results, f"{args.data}: {args.run_dir}")
+        print(f"Wrote {args.run_dir / f'test_results_{name}.json'} and {args.run_dir / f'report_{name}'}/")
+        return 0
+    if args.name is not None:
+        raise KilnError("--name names the files of an evaluation on --data DIR; give --data too")
     results = evaluate_run(args.run_dir, recipe, cfg, options=options or None)
     print_results(results, f"{results.get('name', 'test results')}: {args.run_dir}")
     return 0
@@ -263,9 +308,69 @@ def compare(args: argparse.Namespace) -> int:
 
 def status(args: argparse.Namespace) -> int:
     from kiln.engine.monitor import print_status
+    from kiln.engine.runs import find_runs
 
-    print_status(args.run_dirs or sorted(Path("runs").glob("*/*")))
+    print_status(args.run_dirs or (find_runs(Path("runs")) if Path("runs").is_dir() else []))
     return 0
+
+
+def all_recipes() -> dict:
+    from kiln.recipes import RECIPES, get_recipe
+
+    return {name: get_recipe(name) for name in RECIPES}
+
+
+def runs(args: argparse.Namespace) -> int:
+    import json
+
+    from kiln.engine.runs import list_runs, print_runs
+
+    rows = list_runs(args.dir, all_recipes(), recipe=args.recipe, state=args.status, sort=args.sort)
+    if args.json:
+        print(json.dumps(rows, indent=2))
+    else:
+        print_runs(rows, args.dir)
+    return 0
+
+
+def report(args: argparse.Namespace) -> int:
+    import json
+
+    from kiln.engine.report import write_run_report
+    from kiln.engine.runs import headline_of
+
+    recipe, _ = run_config(args.run_dir)
+    results_file = args.run_dir / "test_results.json"
+    headline = headline_of(recipe, json.loads(results_file.read_text())) if results_file.is_file() else None
+    written = write_run_report(args.run_dir, headline, html_too=args.html)
+    print(f"Wrote {written}" + (f" and {written.with_suffix('.html')}" if args.html else ""))
+    return 0
+
+
+def demo(args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.markdown import Markdown
+
+    from kiln.engine.demo import RECIPE_ORDER, run_demo, write_demo_report
+
+    recipes = all_recipes()
+    names = [n for n in RECIPE_ORDER if n in recipes] + sorted(set(recipes) - set(RECIPE_ORDER))
+    if args.recipes:
+        names = [n.strip() for n in args.recipes.split(",") if n.strip()]
+        unknown = [n for n in names if n not in recipes]
+        if unknown or not names:
+            raise KilnError(f"--recipes: unknown recipe '{unknown[0] if unknown else args.recipes}'; available: {', '.join(sorted(recipes))}")
+    results = run_demo(names, recipes, args.config_dir)
+    table = write_demo_report(results, Path("runs") / "demo.md")
+    Console(width=max(Console().width, 160)).print(Markdown(table))
+    print("Wrote runs/demo.md")
+    return 1 if any(r.error for r in results) else 0
+
+
+def tb(args: argparse.Namespace) -> int:
+    from kiln.engine.monitor import start_tensorboard
+
+    return start_tensorboard(args.dir)
 
 
 def sweep(args: argparse.Namespace) -> int:
@@ -298,7 +403,8 @@ def logs(args: argparse.Namespace) -> int:
     return 0
 
 
-VERBS = {"train": train, "evaluate": evaluate, "export": export, "lr-find": lr_find, "data": data, "compare": compare, "status": status, "sweep": sweep, "logs": logs}
+VERBS = {"train": train, "evaluate": evaluate, "export": export, "lr-find": lr_find, "data": data, "compare": compare, "status": status, "sweep": sweep, "logs": logs,
+         "runs": runs, "report": report, "demo": demo, "tb": tb}
 
 
 def main(argv: list[str] | None = None) -> int:

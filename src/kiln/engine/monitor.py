@@ -1,4 +1,4 @@
-"""`kiln status` and `kiln logs --follow`: watch runs from another terminal via their files."""
+"""`kiln status`, `kiln logs --follow` and `kiln tb`: watch runs from another terminal via their files."""
 
 from __future__ import annotations
 
@@ -57,19 +57,21 @@ def heartbeat_alive(status: dict) -> bool:
 
 
 def print_status(run_dirs: list[Path]) -> None:
+    """`kiln status`: the rows of `kiln runs` (runs.run_summary) seen from the watching side: step and last heartbeat."""
     from rich.console import Console
     from rich.table import Table
 
-    table = Table("run", "state", "phase", "epoch", "step", "best (epoch)", "last seen")
+    from kiln.engine.runs import best_cell, run_summary, state_label
+
+    table = Table("run", "state", "phase", "epoch", "step", "best @epoch", "last seen")
     for run_dir in run_dirs:
         if not (run_dir / "status.json").is_file():
             continue
-        s = read_status(run_dir)
-        best = f"{s.get('monitor', '')} {s['best']:.4f} ({s.get('best_epoch')})" if s.get("best") is not None else "-"
-        phase = f"{s['phase']} {s.get('phase_name', '')}".strip() if s.get("phase") else "-"
-        state = f"dead (was {s['was']}; kiln train --resume {run_dir})" if s["state"] == "dead" else s["state"]
-        table.add_row(str(run_dir), state, phase, f"{s.get('epoch', 0)}/{s.get('max_epochs', '?')}", str(s.get("step", 0)),
-                      best, last_seen(s.get("heartbeat")))
+        row = run_summary(run_dir)
+        phase = f"{row['phase']} {row['phase_name'] or ''}".strip() if row["phase"] else "-"
+        table.add_row(str(run_dir), state_label(row, resume_hint=True), phase,
+                      f"{row['epoch']}/{row['max_epochs'] if row['max_epochs'] is not None else '?'}", str(row["step"]),
+                      best_cell(row), last_seen(row["heartbeat"]))
     if not table.rows:
         raise KilnError("no runs found; pass run directories, e.g. kiln status runs/nav/demo")
     Console(width=max(Console().width, 120)).print(table)
@@ -83,19 +85,57 @@ def last_seen(heartbeat: str | None) -> str:
     return f"{age:.0f}s ago" if age < 3600 else heartbeat
 
 
+def is_live(run_dir: Path) -> bool:
+    """Whether a process is still at work in the run: its state says so, or it has not written status.json yet but
+    holds the run's lock (a run between its first log line and its first epoch)."""
+    if not (run_dir / "status.json").is_file():
+        return lock_held(run_dir) is True
+    return read_status(run_dir).get("state") in ("running", "evaluating")
+
+
 def follow_log(run_dir: Path, follow: bool, poll_s: float = 0.5) -> None:
+    """Print train.log; with `follow`, keep printing what is appended until the run stops (finished, failed,
+    interrupted or dead), then print the lines it wrote before it stopped and return."""
     path = run_dir / "train.log"
     if not path.is_file():
         raise KilnError(f"'{run_dir}' has no train.log; pass a directory written by kiln train")
     with open(path) as f:
         while True:
-            line = f.readline()
-            if line:
-                print(line, end="", flush=True)
-                continue
-            if not follow or read_status(run_dir).get("state") not in ("running", "evaluating"):
+            live = follow and is_live(run_dir)  # checked before reading, so the last lines are never left unread
+            text = f.read()
+            if text:
+                print(text, end="", flush=True)
+            if not live:
                 return
             time.sleep(poll_s)
+
+
+def tensorboard_command(logdir: Path) -> list[str]:
+    """The command `kiln tb` runs: the tensorboard executable beside this Python (or on PATH), else the module."""
+    import shutil
+    import sys
+
+    beside = Path(sys.executable).with_name("tensorboard")
+    executable = str(beside) if beside.is_file() else shutil.which("tensorboard")
+    return [executable, "--logdir", str(logdir)] if executable else [sys.executable, "-m", "tensorboard.main", "--logdir", str(logdir)]
+
+
+def start_tensorboard(logdir: Path) -> int:
+    """`kiln tb`: TensorBoard on a folder of runs (every run's tb/ below it), in the foreground until Ctrl-C."""
+    import importlib.util
+    import shlex
+    import subprocess
+
+    if not Path(logdir).is_dir():
+        raise KilnError(f"'{logdir}' is not a directory; pass a folder of runs (default runs/)")
+    if importlib.util.find_spec("tensorboard") is None:
+        raise KilnError(f"tensorboard is not installed; run: pip install tensorboard && tensorboard --logdir {shlex.quote(str(logdir))}")
+    command = tensorboard_command(logdir)
+    print(f"Running: {shlex.join(command)} (Ctrl-C stops it)", flush=True)
+    try:
+        return subprocess.run(command).returncode
+    except KeyboardInterrupt:
+        return 0
 
 
 def print_results(results: dict, title: str) -> None:

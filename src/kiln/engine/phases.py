@@ -50,6 +50,9 @@ def finish_run(run_dir: Path, count: int, cfg: RunConfig) -> None:
     figures = {"Learning curves over all phases": "learning_curves.png"} if plot_learning_curves(run_dir, report / "learning_curves.png") else {}
     figures.update({f"Phase {k} report": f"../phase_{k}/report/report.md" for k in range(1, count + 1)})
     results = json.loads((run_dir / "test_results.json").read_text())
+    if (last / "report" / "headline.json").is_file():  # the last phase's headline is the run's
+        headline = (last / "report" / "headline.json").read_bytes()
+        write_file(report / "headline.json", lambda f: f.write(headline), binary=True)
     write_summary(report, f"{cfg.recipe} run {cfg.name}: {count} phases (test results of phase {count})",
                   {k: v for k, v in results.items() if not isinstance(v, (dict, list))}, figures)
     status = json.loads((last / "status.json").read_text())
