@@ -126,3 +126,12 @@ def test_a_key_the_chosen_arch_ignores_is_an_error():
 def test_a_boolean_is_not_a_number(tiny_config, override):
     with pytest.raises(KilnError, match=rf"{override.split('=')[0]}: Input should be a valid (integer|number).* \(got '(true|false)'\)"):
         load_config(tiny_config, [override])
+
+
+def test_an_override_reaches_a_param_group_whose_prefix_has_dots(tiny_config):
+    cfg = load_config(tiny_config, ["train.param_groups.model.blocks.lr=1e-4", "train.param_groups.model.head={weight_decay: 0.0}"])
+    assert cfg.train.param_groups["model.blocks"].lr == pytest.approx(1e-4)
+    assert cfg.train.param_groups["model.head"].weight_decay == 0.0
+    # 'lrr' is no ParamGroup key, so 'model.blocks.lrr' is taken as the group's prefix, whose value must be a group
+    with pytest.raises(KilnError, match=r"train.param_groups.model.blocks.lrr: Input should be a valid dictionary or instance of ParamGroup"):
+        load_config(tiny_config, ["train.param_groups.model.blocks.lrr=1e-4"])

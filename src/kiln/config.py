@@ -253,15 +253,48 @@ def _member(field, raw: Any) -> type[BaseModel] | None:
     return sections[0]
 
 
+def _keyed_section(field) -> type[BaseModel] | None:
+    """V for a `dict[str, V]` field whose values are sections (train.param_groups): its keys are the user's own."""
+    if field is None or typing.get_origin(field.annotation) is not dict:
+        return None
+    value = typing.get_args(field.annotation)[1]
+    return value if isinstance(value, type) and issubclass(value, BaseModel) else None
+
+
 def _field_names(model: type[BaseModel], path: list[str], raw: Any = None) -> list[str]:
-    """Valid keys at `path` inside `model` (given the raw config, for by_arch sections), for "did you mean" hints."""
+    """Valid keys at `path` inside `model` (given the raw config, for by_arch sections), for "did you mean" hints.
+    At a free key of a `dict[str, section]` (e.g. train.param_groups.<prefix>) every name is valid: None."""
+    keyed = None
     for part in path:
-        field = model.model_fields.get(part)
         raw = raw.get(part) if isinstance(raw, dict) else None
-        model = _member(field, raw) if field else None
-        if model is None:
+        if keyed is not None:  # `part` is the user's own key; below it is the value's section
+            model, keyed = keyed, None
+            continue
+        field = model.model_fields.get(part)
+        if field is None:
             return []
-    return list(model.model_fields)
+        keyed = _keyed_section(field)
+        if keyed is None:
+            model = _member(field, raw)
+            if model is None:
+                return []
+    return None if keyed is not None else list(model.model_fields)
+
+
+def _with_dotted_keys(schema: type[BaseModel], path: list[str]) -> list[str]:
+    """An override path whose free dict keys may hold dots: train.param_groups.model.encoder.lr addresses the
+    group 'model.encoder' (the parts up to a field of the value's section are its key)."""
+    model: type[BaseModel] | None = schema
+    for i, part in enumerate(path):
+        field = model.model_fields.get(part) if model is not None else None
+        value = _keyed_section(field)
+        if value is not None:
+            rest = path[i + 1:]
+            if len(rest) >= 2 and rest[-1] in value.model_fields:
+                return [*path[:i + 1], ".".join(rest[:-1]), rest[-1]]
+            return [*path[:i + 1], ".".join(rest)] if rest else path
+        model = _member(field, None) if field else None
+    return path
 
 
 def _schema_path(schema: type[BaseModel], loc: list[str]) -> list[str]:
@@ -287,7 +320,7 @@ def _shown(parts: list[str]) -> str:
 
 
 def _unknown_key_message(schema: type[BaseModel], loc: list[str], raw: Any = None) -> str:
-    names = _field_names(schema, loc[:-1], raw)
+    names = _field_names(schema, loc[:-1], raw) or []
     close = difflib.get_close_matches(loc[-1], names, n=1)
     tagged = _arch_of(schema, loc[:-1], raw)
     ignored = (f" ({_shown(loc[:-1])}.{tagged[0]} {tagged[1]} has no {loc[-1]})"
@@ -329,8 +362,10 @@ def _all_member_fields(schema: type[BaseModel], path: list[str]) -> set[str]:
 def apply_overrides(raw: dict[str, Any], overrides: list[str], schema: type[BaseModel]) -> dict[str, Any]:
     for text in overrides:
         path, value = parse_override(text)
+        path = _with_dotted_keys(schema, path)
         for depth in range(1, len(path) + 1):  # name the first part that does not exist
-            if path[depth - 1] not in _field_names(schema, path[:depth - 1], raw):
+            names = _field_names(schema, path[:depth - 1], raw)
+            if names is not None and path[depth - 1] not in names:
                 raise KilnError(_unknown_key_message(schema, path[:depth], raw))
         node = raw
         for part in path[:-1]:
