@@ -123,3 +123,66 @@ def test_load_split_errors(tmp_path):
     np.savez(tmp_path / "val.npz", grids=np.zeros((1, 3, 3), dtype=np.uint8))
     with pytest.raises(ValueError, match="val.npz"):
         data.load_split(tmp_path, "val")
+
+
+def nav_config(data_dir):
+    from kiln.recipes.nav.config import NavConfig
+
+    return NavConfig.model_validate({"recipe": "nav", "data": {"dir": str(data_dir), "generate": None}})
+
+
+@pytest.fixture
+def small_dataset(tmp_path):
+    out = tmp_path / "ds"
+    data.generate_dataset(out, num_train=20, num_val=5, num_test=5, grid_size=5, seed=1)
+    return out
+
+
+def test_a_truncated_or_foreign_split_file_is_one_line_naming_it(small_dataset):
+    raw = (small_dataset / "train.npz").read_bytes()
+    for damaged in (raw[: len(raw) // 2], raw[:100], b"", b"not an archive", np.zeros(3).tobytes()):
+        (small_dataset / "train.npz").write_bytes(damaged)
+        with pytest.raises(KilnError, match=r"train.npz.*; regenerate the dataset with kiln data nav") as err:
+            data.load_data(nav_config(small_dataset))
+        assert "\n" not in str(err.value)
+    np.save(small_dataset / "train.npy", np.zeros(3))  # one array, not an archive of a split
+    (small_dataset / "train.npy").rename(small_dataset / "train.npz")
+    with pytest.raises(KilnError, match=r"train.npz: one array, not an .npz archive"):
+        data.load_data(nav_config(small_dataset))
+
+
+@pytest.mark.parametrize("key, value, message", [
+    ("grids", np.zeros((5, 25), np.uint8), r"'grids' has shape \[5, 25\], not \[N, G, G\]"),
+    ("grids", np.zeros((5, 5, 6), np.uint8), r"'grids' has shape \[5, 5, 6\], not \[N, G, G\]"),
+    ("grids", np.zeros((0, 5, 5), np.uint8), r"'grids' has shape \[0, 5, 5\], not \[N, G, G\]"),
+    ("starts", np.zeros((5, 3), np.int64), r"'starts' has shape \[5, 3\], expected \[5, 2\]"),
+    ("optimal", np.zeros((5, 5, 5, 4), bool), r"'optimal' has shape \[5, 5, 5, 4\], expected \[5, 5, 5, 5\]"),
+    ("action", np.zeros(4, np.int64), r"'action' has shape \[4\], expected \[5\]"),
+    ("dist", np.zeros((5, 5, 5), np.float32), r"'dist' holds float32, not integers"),
+    ("grids", np.full((5, 5, 5), 7, np.uint8), r"'grids' holds values 7..7, expected 0..1"),
+    ("goals", np.full((5, 2), 5, np.int64), r"'goals' holds values 5..5, expected 0..4"),
+    ("starts", np.full((5, 2), -1, np.int64), r"'starts' holds values -1..-1, expected 0..4"),
+    ("dist", np.full((5, 5, 5), 30000, np.int16), r"'dist' holds values 30000..30000, expected -1..24"),
+    ("action", np.full(5, 9, np.int64), r"'action' holds values 9..9, expected 0..4"),
+], ids=["flat", "not-square", "empty", "starts", "optimal", "action-length", "float-dist", "grid-values", "goal-off-grid",
+        "start-negative", "dist-huge", "action-value"])
+def test_a_split_of_the_wrong_shape_or_range_is_one_line_naming_file_and_key(small_dataset, key, value, message):
+    arrays = data.load_split(small_dataset, "val")
+    np.savez(small_dataset / "val.npz", **{**arrays, key: value})
+    with pytest.raises(KilnError, match=rf"val.npz: {message}"):
+        data.load_data(nav_config(small_dataset))
+
+
+def test_dataset_json_must_give_the_grid_size_of_the_splits(small_dataset):
+    info = json.loads((small_dataset / "dataset.json").read_text())
+    for grid_size in (8, "5", None, True):
+        (small_dataset / "dataset.json").write_text(json.dumps({**info, "grid_size": grid_size}))
+        with pytest.raises(KilnError, match=rf"dataset.json' says grid_size {grid_size!r} but the splits hold grids of side 5"):
+            data.load_data(nav_config(small_dataset))
+    test = data.load_split(small_dataset, "test")  # cut to 4x4: labels wrong, but in range
+    np.savez(small_dataset / "test.npz", grids=test["grids"][:, :4, :4], starts=np.minimum(test["starts"], 3),
+             goals=np.minimum(test["goals"], 3), dist=np.clip(test["dist"][:, :4, :4], -1, 15),
+             optimal=test["optimal"][:, :4, :4], action=test["action"])
+    (small_dataset / "dataset.json").write_text(json.dumps(info))
+    with pytest.raises(KilnError, match=r"splits hold grids of side 5 \(train\), 5 \(val\), 4 \(test\)"):
+        data.load_data(nav_config(small_dataset))

@@ -172,3 +172,53 @@ def test_kiln_evaluate_map_end_to_end(tiny_config, map_file, tmp_path, capsys):
     assert 0 <= results["rollout_success"] <= 1
     assert (run_dir / "test_results.json").read_text() == test_results  # the test split's results stay
     assert "map_room" in capsys.readouterr().out
+
+
+def test_a_scen_whose_pairs_all_miss_the_map_is_an_error_naming_it(map_file, tmp_path):
+    scen = tmp_path / "arena.map.scen"  # the pairs of a 512x512 map: none lies on the 6x6 one
+    scen.write_text("version 1\n0\tarena.map\t512\t512\t100\t7\t300\t400\t500\n0\tarena.map\t512\t512\t6\t0\t0\t0\t6\n")
+    with pytest.raises(KilnError, match=r"none of the 2 start/goal pairs in '.*arena.map.scen' lies on '.*room.map' \(6x6\)"):
+        evaluate_map(NavTask(BfsPolicy(), 6), map_file, scen, num_pairs=0)
+
+
+def test_no_usable_pair_at_all_is_an_error_with_the_reasons(map_file, tmp_path):
+    scen = tmp_path / "room.map.scen"  # one pair on a wall, one into the sealed pocket, one with start = goal
+    scen.write_text("version 1\n0\troom.map\t6\t6\t1\t1\t0\t0\t1\n0\troom.map\t6\t6\t0\t0\t5\t5\t9\n"
+                    "0\troom.map\t6\t6\t0\t0\t0\t0\t0\n")
+    with pytest.raises(KilnError, match=r"no start/goal pair in '.*room.map.scen' can be measured on '.*room.map': "
+                                        r"1 off the map or on a wall, 1 unreachable, 1 with the start on the goal"):
+        evaluate_map(NavTask(BfsPolicy(), 6), map_file, scen, num_pairs=0)
+
+
+@pytest.mark.parametrize("options, message", [
+    ({"num_pairs": 0}, "--num-pairs must be between 1 and 100000, got 0"),
+    ({"num_pairs": -3}, "--num-pairs must be between 1 and 100000, got -3"),
+    ({"num_pairs": 10**9}, "--num-pairs must be between 1 and 100000, got 1000000000"),
+    ({"num_pairs": 5, "scen": "x.scen"}, "--num-pairs samples pairs when there is no --scen; give one of the two"),
+    ({"num_pairs": 5, "map": None}, "--num-pairs needs --map"),
+], ids=["zero", "negative", "huge", "with-scen", "without-map"])
+def test_num_pairs_must_be_a_positive_count_of_sampled_pairs(map_file, options, message):
+    from kiln.recipes.nav.config import NavConfig
+
+    options = {"map": map_file, **options}
+    with pytest.raises(KilnError, match=message):
+        evaluation.evaluate(NavTask(BfsPolicy(), 6), None, NavConfig(), {k: v for k, v in options.items() if v is not None})
+
+
+def test_kiln_evaluate_refuses_bad_map_flags_in_one_line_and_writes_nothing(tiny_config, map_file, tmp_path, capsys):
+    from kiln.cli import main
+
+    run_dir = tmp_path / "run"
+    assert main(["train", str(tiny_config), "train.max_epochs=1", "--run-dir", str(run_dir)]) == 0
+    off_map = tmp_path / "far.scen"
+    off_map.write_text("version 1\n0\tfar.map\t64\t64\t40\t40\t50\t50\t14\n")
+    report = sorted(p.name for p in (run_dir / "report").iterdir())
+    capsys.readouterr()
+    for flags, message in [(["--num-pairs", "0"], "--num-pairs must be between 1 and 100000, got 0"),
+                           (["--num-pairs", "-4"], "--num-pairs must be between 1 and 100000, got -4"),
+                           (["--scen", str(off_map)], "none of the 1 start/goal pairs in"),
+                           (["--scen", str(tmp_path / "missing.scen")], "missing.scen: cannot be read (No such file or directory)")]:
+        assert main(["evaluate", str(run_dir), "--map", str(map_file), *flags]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("kiln: error: ") and message in err and len(err.strip().splitlines()) == 1, err
+    assert sorted(p.name for p in (run_dir / "report").iterdir()) == report  # no map_*.json half-written or at all

@@ -171,3 +171,12 @@ def test_canonical_ids():
     assert len(np.unique(ids[:50])) == 50  # random 8x8 grids essentially never coincide
     orbit_ids = ids[50:].reshape(8, 5)
     assert (orbit_ids == ids[:5]).all()
+
+
+def test_bfs_distances_past_int16_widen_instead_of_failing():
+    """A MovingAI maze or spiral can have paths longer than 32767 steps; a corridor of 33,000 cells has one."""
+    corridor = np.zeros((1, 1, 33_000), dtype=np.uint8)
+    dist = bfs_distance_field(corridor, np.array([[0, 0]]))
+    assert dist.dtype == np.int32
+    np.testing.assert_array_equal(dist[0, 0], np.arange(33_000))
+    assert bfs_distance_field(np.zeros((2, 8, 8), np.uint8), np.array([[0, 0], [7, 7]])).dtype == np.int16  # the datasets' dtype

@@ -9,6 +9,8 @@ eval/<layout>_<side>.npz (held-out sets at their own sizes), and dataset.json.
 from __future__ import annotations
 
 import time
+import zipfile
+import zlib
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
@@ -239,16 +241,62 @@ def generate(out: Path, settings: NavGenerator, log: Callable[[str], None]) -> d
 
 
 def load_split(data_dir, split):
-    """Arrays of one split written by generate_dataset, as a dict keyed like SPLIT_KEYS."""
+    """Arrays of one split written by generate_dataset, as a dict keyed like SPLIT_KEYS. A file that is not such an
+    archive (truncated, foreign, of the wrong shapes or values) is a ValueError naming it and what is wrong."""
     path = Path(data_dir) / f"{split}.npz"
     if not path.is_file():
         raise ValueError(f"{path}: split file not found")
-    with np.load(path) as npz:
-        missing = [key for key in SPLIT_KEYS if key not in npz.files]
-        if missing:
-            raise ValueError(f"{path}: missing keys {missing}")
-        return {key: npz[key] for key in SPLIT_KEYS}
+    try:
+        npz = np.load(path)
+        if not isinstance(npz, np.lib.npyio.NpzFile):
+            raise ValueError(f"{path}: one array, not an .npz archive of a split")
+        with npz:
+            missing = [key for key in SPLIT_KEYS if key not in npz.files]
+            if missing:
+                raise ValueError(f"{path}: missing keys {missing}")
+            arrays = {key: npz[key] for key in SPLIT_KEYS}
+    except (OSError, EOFError, zipfile.BadZipFile, zlib.error) as err:
+        raise ValueError(f"{path}: not a readable .npz archive ({type(err).__name__}: {err})") from None
+    except ValueError as err:
+        if str(err).startswith(str(path)):
+            raise
+        raise ValueError(f"{path}: not a readable .npz archive ({err})") from None
+    check_split(path, arrays)
+    return arrays
 
+
+def check_split(path, arrays):
+    """The shapes, integer dtypes and value ranges of a split's arrays (see grid.py's conventions)."""
+    grids = arrays["grids"]
+    if grids.ndim != 3 or grids.shape[1] != grids.shape[2] or 0 in grids.shape:
+        raise ValueError(f"{path}: 'grids' has shape {list(grids.shape)}, not [N, G, G]")
+    n, side = grids.shape[:2]
+    shapes = {"starts": [n, 2], "goals": [n, 2], "dist": [n, side, side], "optimal": [n, side, side, 5], "action": [n]}
+    ranges = {"grids": (0, 1), "starts": (0, side - 1), "goals": (0, side - 1), "dist": (-1, side * side - 1),
+              "action": (0, 4)}
+    for key in SPLIT_KEYS:
+        value = arrays[key]
+        if key in shapes and list(value.shape) != shapes[key]:
+            raise ValueError(f"{path}: '{key}' has shape {list(value.shape)}, expected {shapes[key]}")
+        if not (np.issubdtype(value.dtype, np.integer) or value.dtype == bool):
+            raise ValueError(f"{path}: '{key}' holds {value.dtype}, not integers")
+        if key in ranges:
+            lo, hi = ranges[key]
+            if value.min() < lo or value.max() > hi:
+                raise ValueError(f"{path}: '{key}' holds values {value.min()}..{value.max()}, expected {lo}..{hi}")
+
+
+def check_sides(data_dir, info, arrays):
+    """Every split has the grid side dataset.json gives."""
+    sides = {name: split["grids"].shape[1] for name, split in arrays.items()}
+    if len(set(sides.values())) > 1:
+        raise ValueError(f"{data_dir}: the splits hold grids of side "
+                         + ", ".join(f"{side} ({name})" for name, side in sides.items()))
+    side = next(iter(sides.values()))
+    grid_size = info.get("grid_size")
+    if type(grid_size) is not int or grid_size != side:
+        raise ValueError(f"'{Path(data_dir) / 'dataset.json'}' says grid_size {grid_size!r} but the splits hold grids "
+                         f"of side {side}")
 
 
 def to_tensors(split: dict[str, np.ndarray]) -> dict[str, Tensor]:
@@ -274,7 +322,9 @@ def load_data(cfg: NavConfig, log: Callable[[str], None] = print) -> Splits:
     data_dir = Path(cfg.data.dir)
     info = dataset_info(data_dir, "nav", "kiln data nav --out DIR")
     try:
-        splits = {name: to_tensors(load_split(data_dir, name)) for name in SPLITS}
+        arrays = {name: load_split(data_dir, name) for name in SPLITS}
+        check_sides(data_dir, info, arrays)
     except ValueError as err:
         raise KilnError(f"{err}; regenerate the dataset with kiln data nav --out {data_dir}") from None
+    splits = {name: to_tensors(split) for name, split in arrays.items()}
     return Splits(**splits, info={**info, "num_train": len(splits["train"]["cells"])})

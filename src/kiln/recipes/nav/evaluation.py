@@ -22,7 +22,7 @@ from kiln.errors import KilnError
 from kiln.recipes.nav.data import load_split, to_tensors
 from kiln.recipes.nav.grid import bfs_distance_field, optimal_action_sets, single_action_labels
 from kiln.recipes.nav.metrics import optimal_hits, optimal_set_nll, rollout_metrics
-from kiln.recipes.nav.movingai import read_movingai_map, read_movingai_scen
+from kiln.recipes.nav.movingai import MAX_PAIRS, read_movingai_map, read_movingai_scen
 
 MAX_BATCH_CELLS = 1 << 21  # grid cells per inference batch: a batch of 512x512 maps holds 8 of them
 
@@ -128,6 +128,35 @@ def label_map_pairs(grid: np.ndarray, starts: np.ndarray, goals: np.ndarray) -> 
     return pairs, counts
 
 
+def no_pairs_message(map_path, scen_path, shape, starts, goals, counts) -> str:
+    """Why not one start/goal pair could be measured (a .scen of another map, or every pair excluded)."""
+    source = f"start/goal pairs in '{scen_path}'" if scen_path else "sampled start/goal pairs"
+    inside = ((starts >= 0) & (starts < shape) & (goals >= 0) & (goals < shape)).all(1)
+    if len(starts) and not inside.any():
+        return (f"none of the {len(starts)} {source} lies on '{map_path}' ({shape[0]}x{shape[1]}); "
+                f"give the .scen made for this map")
+    reasons = [f"{counts['excluded_off_map_or_blocked']} off the map or on a wall",
+               f"{counts['excluded_unreachable']} unreachable", f"{counts['excluded_start_is_goal']} with the start on the goal"]
+    what = f"start/goal pair in '{scen_path}'" if scen_path else "sampled start/goal pair"
+    return f"no {what} can be measured on '{map_path}': " + ", ".join(r for r in reasons if not r.startswith("0 "))
+
+
+def check_map_options(options: dict) -> int:
+    """The pairs --num-pairs asks for (default 200): a count in 1..MAX_PAIRS, and only without --scen."""
+    num_pairs = options.get("num_pairs")
+    if options.get("scen") and not options.get("map"):
+        raise KilnError("--scen needs --map (the .map file its start/goal pairs refer to)")
+    if num_pairs is None:
+        return 200
+    if not options.get("map"):
+        raise KilnError("--num-pairs needs --map (the .map file to sample start/goal pairs on)")
+    if options.get("scen"):
+        raise KilnError("--num-pairs samples pairs when there is no --scen; give one of the two")
+    if not 1 <= num_pairs <= MAX_PAIRS:
+        raise KilnError(f"--num-pairs must be between 1 and {MAX_PAIRS}, got {num_pairs}")
+    return num_pairs
+
+
 def evaluate_map(task: Task, map_path: Path, scen_path: Path | None, num_pairs: int, seed: int = 0, batch_size: int = 1024) -> dict:
     """Rollouts of the task's policy on a user's map, from the .scen's start/goal pairs or sampled ones."""
     grid, starts, goals = read_map_pairs(map_path, scen_path, num_pairs, seed)
@@ -137,9 +166,9 @@ def evaluate_map(task: Task, map_path: Path, scen_path: Path | None, num_pairs: 
                         f"{size}x{size} grids and works only at that size; use a size-agnostic model (configs/nav/any_size.yaml) "
                         f"or train one at that size")
     pairs, counts = label_map_pairs(grid, starts, goals)
-    results = {"name": f"map_{Path(map_path).stem}", "map": str(map_path), "scen": str(scen_path) if scen_path else None, **counts}
     if not counts["pairs"]:
-        return {**results, "rollout_success": None, "rollout_optimality": None}
+        raise KilnError(no_pairs_message(map_path, scen_path, grid.shape, starts, goals, counts))
+    results = {"name": f"map_{Path(map_path).stem}", "map": str(map_path), "scen": str(scen_path) if scen_path else None, **counts}
     split = to_tensors(pairs)
     start = time.perf_counter()
     metrics = split_metrics(task, split, batch_size)
@@ -156,10 +185,9 @@ def evaluate_map(task: Task, map_path: Path, scen_path: Path | None, num_pairs: 
 
 def evaluate(task: Task, splits: Splits, cfg, options: dict) -> Evaluation:
     """Test-split metrics, or with the `--map` flags a rollout on a user's MovingAI map."""
-    if options.get("scen") and not options.get("map"):
-        raise KilnError("--scen needs --map (the .map file its start/goal pairs refer to)")
+    num_pairs = check_map_options(options)
     if options.get("map"):
-        return Evaluation(evaluate_map(task, options["map"], options.get("scen"), options.get("num_pairs") or 200,
+        return Evaluation(evaluate_map(task, options["map"], options.get("scen"), num_pairs,
                                        seed=cfg.train.seed, batch_size=cfg.train.eval_batch_size))
     results = {"split": "test", **split_metrics(task, splits.test, cfg.train.eval_batch_size),
                "shortest_path_rollout_success": shortest_path_rollout_success(splits.test)}

@@ -5,7 +5,8 @@ wavefront steps or the 8 symmetries.
 Conventions (other code depends on them):
     grids    uint8 [N, G, G]     1 = wall, 0 = free
     starts   int64 [N, 2]        (row, col); goals likewise
-    dist     int16 [N, G, G]     steps to the goal, -1 for walls and cells that cannot reach it
+    dist     int16 [N, G, G]     steps to the goal, -1 for walls and cells that cannot reach it (int32 on grids of
+                                 over 32,767 cells, where a path can be longer than int16 holds)
     optimal  bool  [N, G, G, 5]  optimal action set per cell, actions indexed as ACTIONS
     action   int64 [N]           first optimal action at the start in order up, down, left, right
 """
@@ -24,7 +25,8 @@ CHUNK_CELLS = 1 << 18  # cells per batch in the heavy loops: small enough to sta
 
 
 def bfs_distance_field(grids, goals):
-    """BFS steps from every cell to its grid's goal, -1 where unreachable; int16 [N, H, W]."""
+    """BFS steps from every cell to its grid's goal, -1 where unreachable; int16 [N, H, W], int32 where a distance
+    (always less than the number of cells) might not fit int16."""
     num_grids, height, width = grids.shape
     # a few hundred thousand cells at a time keeps the working arrays in cache
     chunk = max(1, CHUNK_CELLS // (height * width))
@@ -44,12 +46,9 @@ def bfs_distance_field(grids, goals):
     unreached = free & ~frontier
     # a cell at distance d is unreached during exactly d iterations, so counting those gives
     # its distance (much cheaper than scattering the step number into the frontier cells)
-    dist = np.zeros(free.shape, dtype=np.int16)
-    num_steps = 0
+    dist = np.zeros(free.shape, dtype=np.int16 if height * width <= np.iinfo(np.int16).max else np.int32)
     # one iteration per wavefront: all grids advance together until every frontier is empty
     while frontier.any():
-        if num_steps == np.iinfo(np.int16).max:
-            raise OverflowError("BFS distances do not fit in int16")
         dist += unreached
         neighbours = np.zeros_like(frontier)
         neighbours[1:] |= frontier[:-1]
@@ -58,7 +57,6 @@ def bfs_distance_field(grids, goals):
         neighbours[:-stride] |= frontier[stride:]
         frontier = neighbours & unreached
         unreached ^= frontier
-        num_steps += 1
     dist[~free | unreached] = -1
     return dist.reshape(num_grids, height + 1, stride)[:, :height, :width].copy()
 
