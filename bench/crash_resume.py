@@ -4,8 +4,8 @@ A run of `--recipe` (nav: in-memory batches; nav-loader: the same through a Data
 world: memory-mapped frame shards through a DataLoader) trains uninterrupted once. Then the same config trains
 in another directory and is killed with SIGKILL `--kills` times, each at a random moment, and resumed with
 `kiln train --resume` after each kill. The moments are drawn so that every kind occurs: before the first
-checkpoint, mid-epoch, during a validation, and during a checkpoint write (the child's torch.save writes part
-of the file, then the process kills itself). The final weights and the lr of every validation row must equal
+checkpoint (the child kills itself as its first save begins), mid-epoch, during a validation, and during a
+checkpoint write (the child's torch.save writes part of the file, then the process kills itself). The final weights and the lr of every validation row must equal
 the uninterrupted run's bit for bit.
 
     python bench/crash_resume.py [--recipe nav|nav-loader|world] [--kills 10] [--seed 0]
@@ -31,7 +31,8 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 
 # The child: kiln train, with two probes a bench needs and kiln does not: a file that says "validating" while
-# the loop validates, and a torch.save that may kill the process halfway through a checkpoint.
+# the loop validates, and a torch.save that may kill the process halfway through a checkpoint (kill_on_save=n: the
+# n-th save writes part of its file, then the process dies) or just before one (kill_on_save=-n).
 CHILD = r"""
 import os, signal, sys, torch
 from pathlib import Path
@@ -49,6 +50,8 @@ real_save, saves = torch.save, [0]
 def save(obj, f, *args, **kwargs):
     if isinstance(obj, dict) and obj.get("kind") == "training-state":
         saves[0] += 1
+        if saves[0] == -kill_on_save:  # the moment before the first byte of this checkpoint
+            os.kill(os.getpid(), signal.SIGKILL)
         if saves[0] == kill_on_save:
             f.write(b"\x00" * 4096)
             f.flush()
@@ -140,12 +143,15 @@ def main() -> None:
             fresh = not (run_dir / "checkpoints" / "last.ckpt").is_file()
             if intent == "before the first checkpoint" and not fresh:
                 intent = "mid-epoch"
-            process = train(command, flag, kill_on_save=rng.randint(1, 6) if intent == "during a checkpoint write" else 0)
-            if intent != "during a checkpoint write" and wait_until_training(run_dir, process):
+            # Before the first checkpoint: the process kills itself as the first save begins. A timed kill would land
+            # after that save on a machine fast enough to reach the first validation within the sleep.
+            kill_on_save = {"during a checkpoint write": rng.randint(1, 6), "before the first checkpoint": -1}.get(intent, 0)
+            process = train(command, flag, kill_on_save=kill_on_save)
+            if kill_on_save == 0 and wait_until_training(run_dir, process):
                 if intent == "during a validation":
                     wait_for(lambda: flag.read_text() == "validating", process, timeout=60)
                 else:
-                    time.sleep(rng.uniform(0.0, 0.3) if intent.startswith("before") else rng.uniform(0.2, duration / 4))
+                    time.sleep(rng.uniform(0.2, duration / 4))
                 process.send_signal(signal.SIGKILL)
             _, err = process.communicate()
             if process.returncode == 0:  # it finished before the kill came
