@@ -12,6 +12,7 @@ import time
 import zipfile
 import zlib
 from pathlib import Path
+from tokenize import TokenError
 from typing import TYPE_CHECKING, Callable
 
 import numpy as np
@@ -255,7 +256,7 @@ def load_split(data_dir, split):
             if missing:
                 raise ValueError(f"{path}: missing keys {missing}")
             arrays = {key: npz[key] for key in SPLIT_KEYS}
-    except (OSError, EOFError, zipfile.BadZipFile, zlib.error) as err:
+    except (OSError, EOFError, zipfile.BadZipFile, zlib.error, SyntaxError, TokenError) as err:  # the last two: a damaged .npy header
         raise ValueError(f"{path}: not a readable .npz archive ({type(err).__name__}: {err})") from None
     except ValueError as err:
         if str(err).startswith(str(path)):
