@@ -1,18 +1,18 @@
-"""World data: collection, shards read through memory maps as windows, the generic frames + actions import,
-augmentation, and the bad-input errors."""
+"""World data: collection, shards read through memory maps as windows, augmentation, and the bad-input errors
+(a damaged dataset directory is one line naming the file). The frames + actions import: test_recordings.py."""
 
 from __future__ import annotations
 
 import builtins
 import json
+import re
+import shutil
 
 import numpy as np
 import pytest
 import torch
-from PIL import Image
-
 from kiln.errors import KilnError
-from kiln.recipes.world.data import WindowDataset, augment, import_frames_dir, read_info
+from kiln.recipes.world.data import WindowDataset, augment, load_data, read_info
 from kiln.recipes.world.sim import TRACK_SEED_SPACE, require_gymnasium
 
 from .conftest import TINY_COLLECT
@@ -83,47 +83,6 @@ def test_augmentation_draws_once_per_sequence():
     assert ((factors >= 0.8 - 1e-6) & (factors <= 1.2 + 1e-6)).all() and factors.std() > 0
 
 
-def write_episode(root, name, frames, actions, as_npy=False):
-    episode = root / name
-    (episode / "frames").mkdir(parents=True)
-    for t, frame in enumerate(frames):
-        Image.fromarray(frame).save(episode / "frames" / f"{t:05d}.png")
-    if as_npy:
-        np.save(episode / "actions.npy", actions)
-    else:
-        header = "throttle,steer"
-        np.savetxt(episode / "actions.csv", actions, delimiter=",", header=header, comments="")
-
-
-def test_generic_frames_and_actions_directories_import(tmp_path):
-    rng = np.random.default_rng(0)
-    source = tmp_path / "carla"
-    for i in range(4):
-        write_episode(source, f"town{i}", rng.integers(0, 255, (12, 20, 20, 3), dtype=np.uint8), rng.normal(size=(12, 2)))
-    (source / "splits.json").write_text(json.dumps({"val": ["town1"], "test": ["town3"]}))
-    info = import_frames_dir(source, tmp_path / "out", size=16, val_episodes=1, test_episodes=1, shard_frames=256, seed=0,
-                             log=lambda message: None)
-    assert info["action_names"] == ["throttle", "steer"] and info["action_dim"] == 2
-    assert [e["name"] for e in info["splits"]["test"]["episodes"]] == ["town3"]
-    frames = np.load(tmp_path / "out" / "train" / "shard_00000.frames.npy")
-    assert frames.shape == (24, 16, 16, 3)
-    expected = np.asarray(Image.open(source / "town0" / "frames" / "00003.png").resize((16, 16), Image.BILINEAR))
-    np.testing.assert_array_equal(frames[3], expected)
-    actions = np.load(tmp_path / "out" / "train" / "shard_00000.actions.npy")
-    np.testing.assert_allclose(actions[:12], np.loadtxt(source / "town0" / "actions.csv", delimiter=",", skiprows=1), rtol=1e-6)
-
-
-def test_an_episode_with_a_mismatched_action_count_is_named(tmp_path):
-    rng = np.random.default_rng(1)
-    source = tmp_path / "rec"
-    for i, count in enumerate([10, 10, 9, 10]):
-        write_episode(source, f"ep{i}", rng.integers(0, 255, (10, 8, 8, 3), dtype=np.uint8), rng.normal(size=(count, 3)), as_npy=True)
-    with pytest.raises(KilnError, match="episode 'ep2' has 10 frames but 9 actions"):
-        import_frames_dir(source, tmp_path / "out", size=8, val_episodes=1, test_episodes=1, shard_frames=256, seed=0,
-                          log=lambda message: None)
-    assert not (tmp_path / "out").exists()
-
-
 def test_missing_gymnasium_or_box2d_names_the_install_command(monkeypatch):
     real_import = builtins.__import__
 
@@ -142,24 +101,6 @@ def test_a_directory_that_is_not_a_world_dataset_says_how_to_make_one(tmp_path):
         read_info(tmp_path)
 
 
-def test_collection_flags_with_frames_dir_are_an_error(tmp_path):
-    from kiln.cli import build_parser
-    from kiln.recipes.world import RECIPE
-
-    source = tmp_path / "rec"
-    for i in range(4):
-        write_episode(source, f"ep{i}", np.zeros((6, 8, 8, 3), np.uint8), np.zeros((6, 2)), as_npy=True)
-    out = tmp_path / "out"
-    args = build_parser().parse_args(["data", "world", "--frames-dir", str(source), "--episodes", "40", "--workers", "4",
-                                      "--size", "8", "--out", str(out)])
-    with pytest.raises(KilnError, match=r"^--episodes, --workers only apply to collecting CarRacing rollouts, not to --frames-dir"):
-        RECIPE.make_data(args)
-    assert not out.exists()
-    RECIPE.make_data(build_parser().parse_args(["data", "world", "--frames-dir", str(source), "--size", "8", "--val-episodes", "1",
-                                                "--test-episodes", "1", "--out", str(out)]))
-    assert read_info(out)["size"] == 8 and len(read_info(out)["splits"]["train"]["episodes"]) == 2
-
-
 def test_a_taken_out_is_refused_before_anything_is_collected(tmp_path, monkeypatch):
     from kiln.recipes.world import sim
     from kiln.recipes.world.data import collect_dataset
@@ -173,3 +114,67 @@ def test_a_taken_out_is_refused_before_anything_is_collected(tmp_path, monkeypat
     with pytest.raises(KilnError, match="exists and is not empty"):
         collect_dataset(tmp_path / "out", TINY_COLLECT, lambda message: None)
     assert (tmp_path / "out" / "notes.txt").read_text() == "mine"
+
+
+# ----------------------------------------------------------------------------- a damaged dataset directory (issue 27)
+
+SIDE_16 = {"latent_dim": 4, "context_frames": 2, "encoder": {"stages": [8, 8]}, "dynamics": {"num_layers": 1, "hidden_dim": 8},
+           "decoder": {"stages": [8, 8], "init_size": 4}}
+
+
+@pytest.fixture
+def small_dataset(tmp_path):
+    """A 16x16 dataset of five 14-frame episodes (3 train, 1 val, 1 test), imported from frames.npy + actions.npy."""
+    from kiln.recipes.world.recordings import import_frames_dir
+
+    rng = np.random.default_rng(3)
+    source = tmp_path / "rec"
+    for i in range(5):
+        (source / f"ep{i}").mkdir(parents=True)
+        np.save(source / f"ep{i}" / "frames.npy", rng.integers(0, 255, (14, 16, 16, 3), dtype=np.uint8))
+        np.save(source / f"ep{i}" / "actions.npy", rng.normal(size=(14, 2)).astype(np.float32))
+    import_frames_dir(source, tmp_path / "data", size=16, val_episodes=1, test_episodes=1, shard_frames=256, seed=0,
+                      log=lambda message: None)
+    return tmp_path / "data"
+
+
+def load(data_dir):
+    from kiln.recipes.world.config import WorldConfig
+
+    cfg = WorldConfig.model_validate({"data": {"dir": str(data_dir), "generate": None, "eval_stride": 1}, "model": SIDE_16})
+    return load_data(cfg, log=lambda message: None)
+
+
+def refused(data_dir, pattern):
+    with pytest.raises(KilnError, match=pattern) as caught:
+        load(data_dir)
+    assert "\n" not in str(caught.value)
+
+
+def test_the_small_dataset_loads(small_dataset):
+    splits = load(small_dataset)
+    assert (len(splits.train), len(splits.val), len(splits.test)) == (3 * 12, 14 - 12 + 1, 14 - 12 + 1)
+
+
+def test_a_split_missing_from_dataset_json_is_named(small_dataset):
+    info = json.loads((small_dataset / "dataset.json").read_text())
+    del info["splits"]["val"]
+    (small_dataset / "dataset.json").write_text(json.dumps(info))
+    refused(small_dataset, re.escape(f"'{small_dataset / 'dataset.json'}': splits.val: Field required"))
+
+
+def test_a_deleted_split_directory_names_the_missing_shard(small_dataset):
+    shutil.rmtree(small_dataset / "test")
+    refused(small_dataset, re.escape(f"'{small_dataset / 'test' / 'shard_00000.frames.npy'}' is missing"))
+
+
+def test_a_truncated_frames_shard_is_named(small_dataset):
+    path = small_dataset / "train" / "shard_00000.frames.npy"
+    path.write_bytes(path.read_bytes()[:1000])
+    refused(small_dataset, re.escape(f"'{path}' is truncated"))
+
+
+def test_an_actions_shard_shorter_than_its_frames_is_named(small_dataset):
+    path = small_dataset / "train" / "shard_00000.actions.npy"
+    np.save(path, np.load(path)[:10])
+    refused(small_dataset, re.escape(f"'{path}' holds 10 actions, but dataset.json gives the shard 42 frames"))

@@ -8,10 +8,7 @@ from pathlib import Path
 
 from kiln.errors import KilnError
 from kiln.recipes import Generator, Recipe, lazy
-from kiln.recipes.world.config import CollectSettings, WorldConfig
-
-# The collection settings that also apply to an import of recordings (--frames-dir).
-IMPORT_SETTINGS = ("size", "val_episodes", "test_episodes", "shard_frames", "seed")
+from kiln.recipes.world.config import CollectSettings, ImportSettings, WorldConfig
 
 
 def data_arguments(parser: argparse.ArgumentParser) -> None:
@@ -19,7 +16,7 @@ def data_arguments(parser: argparse.ArgumentParser) -> None:
 
     parser.add_argument("--frames-dir", type=Path, metavar="DIR",
                         help="convert your own recordings (DIR/<episode>/frames/*.png + actions.csv, see docs/world.md) "
-                             "instead of collecting simulator rollouts; uses --size, --val-episodes, --test-episodes, "
+                             "instead of collecting simulator rollouts; uses --size (8 to 256), --val-episodes, --test-episodes, "
                              "--shard-frames, --seed")
     add_schema_arguments(parser.add_argument_group("collection (CarRacing-v3)"), CollectSettings)
 
@@ -29,16 +26,16 @@ def make_data(args: argparse.Namespace) -> None:
     if args.frames_dir is None:
         RECIPE.make_from_arguments(args)
         return
+    from kiln.config import schema_from_arguments
     from kiln.engine.rundir import RunLog
-    from kiln.recipes.world.data import import_frames_dir
+    from kiln.recipes.world.recordings import import_frames_dir
 
     unused = [f"--{name.replace('_', '-')}" for name in CollectSettings.model_fields
-              if name not in IMPORT_SETTINGS and getattr(args, name) is not None]
+              if name not in ImportSettings.model_fields and getattr(args, name) is not None]
     if unused:
         raise KilnError(f"{', '.join(unused)} only apply to collecting CarRacing rollouts, not to --frames-dir; drop them")
-    defaults = CollectSettings()
-    settings = {name: getattr(defaults, name) if getattr(args, name) is None else getattr(args, name) for name in IMPORT_SETTINGS}
-    import_frames_dir(args.frames_dir, args.out, **settings, log=RunLog())
+    settings = schema_from_arguments(args, ImportSettings)
+    import_frames_dir(args.frames_dir, args.out, **settings.model_dump(), log=RunLog())
 
 
 RECIPE = Recipe(

@@ -21,6 +21,8 @@ from kiln.config import RunConfig, Section
 
 # The CarRacing-v3 zoom-in: the camera animates from far to near over its first second (50 frames).
 INTRO_FRAMES = 50
+# The SSIM loss's 11x11 window pads frames by 5 pixels, so a side under 6 fails in training; 8 is the power of two above.
+MIN_FRAME_SIDE = 8
 
 
 class CollectSettings(Section):
@@ -29,7 +31,8 @@ class CollectSettings(Section):
 
     env: Literal["CarRacing-v3"] = Field("CarRacing-v3", description="gymnasium environment (the drivers steer CarRacing's car)")
     episodes: int = Field(24, ge=3, description="rollouts in total (train + val + test)")
-    steps: int = Field(250, ge=20, description="frames kept per episode, after the dropped intro")
+    # A worker holds its episode's frames until it ends: 10,000 frames of 96x96 are 276 MB.
+    steps: int = Field(250, ge=20, le=10_000, description="frames kept per episode, after the dropped intro")
     size: int = Field(64, ge=16, le=96, description="frames are resized to size x size")
     workers: int = Field(2, ge=1, description="parallel worker processes, one environment each")
     val_episodes: int = Field(2, ge=1, description="episodes held out for validation (tracks of the training pool)")
@@ -46,6 +49,18 @@ class CollectSettings(Section):
             raise ValueError(f"episodes={self.episodes} must exceed val_episodes + test_episodes "
                              f"({self.val_episodes} + {self.test_episodes}) so training has episodes")
         return self
+
+
+class ImportSettings(Section):
+    """Settings of `kiln data world --frames-dir` (an import of recordings): the collection's split, shard and seed
+    settings, and a size range of its own (recordings are not CarRacing's 96x96)."""
+
+    # 256: the import holds a shard of frames (8192 by default) in memory; at 256x256 that is 1.5 GiB.
+    size: int = Field(64, ge=MIN_FRAME_SIDE, le=256, description="frames are resized to size x size")
+    val_episodes: int = CollectSettings.model_fields["val_episodes"]
+    test_episodes: int = CollectSettings.model_fields["test_episodes"]
+    shard_frames: int = CollectSettings.model_fields["shard_frames"]
+    seed: int = 0
 
 
 class Augment(Section):
@@ -151,8 +166,12 @@ class WorldConfig(RunConfig):
         if self.data.sequence_length <= self.model.context_frames:
             raise ValueError(f"data.sequence_length={self.data.sequence_length} must exceed model.context_frames="
                              f"{self.model.context_frames}: the rest of a window is the prediction horizon")
+        side = self.model.decoder.init_size * 2 ** len(self.model.decoder.stages)
+        if side < MIN_FRAME_SIDE:
+            raise ValueError(f"model.decoder.init_size * 2^len(stages) = {side}: frames must be at least {MIN_FRAME_SIDE}x{MIN_FRAME_SIDE} "
+                             f"(the SSIM loss's 11x11 window)")
         generate = self.data.generate
-        if generate is not None and generate.size != self.model.decoder.init_size * 2 ** len(self.model.decoder.stages):
+        if generate is not None and generate.size != side:
             raise ValueError(f"frames of size {generate.size} need model.decoder.init_size * 2^len(stages) = {generate.size} "
                              f"(got {self.model.decoder.init_size} * 2^{len(self.model.decoder.stages)})")
         return self

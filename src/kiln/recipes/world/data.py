@@ -12,23 +12,21 @@ Episodes never cross a shard, so a window (consecutive frames of one episode) is
 Shards are opened with np.load(mmap_mode="r") lazily in whichever process reads them (DataLoader
 workers included): only the frames of a batch are read from disk, never a whole split.
 
-Users bring their own recordings (CARLA, nuScenes, a game) in the generic frames + actions layout,
-converted by `kiln data world --frames-dir DIR --out OUT`:
-
-    DIR/<episode>/frames/*.png|jpg   one image per frame, in file-name order (or frames.npy: uint8 [T, H, W, 3])
-    DIR/<episode>/actions.csv        one row per frame, a header naming the action columns (or actions.npy [T, A])
-    DIR/splits.json                  optional: {"val": [episode names], "test": [episode names]}
+Every shard file is checked against dataset.json (dtype, shape, frame count, finite actions) when a split is opened,
+so a damaged directory is one line naming the file before training starts. Users' own recordings come in through
+recordings.py (`kiln data world --frames-dir`).
 """
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
-from typing import Any, Callable
+from tokenize import TokenError
+from typing import Any, Callable, Iterable
 
 import numpy as np
 import torch
+from pydantic import BaseModel, Field, StrictInt, StrictStr
 from torch import Tensor
 from torch.utils.data import Dataset
 
@@ -40,148 +38,150 @@ from kiln.recipes import dataset_info
 FORMAT = "kiln-world-frames/1"
 SPLITS = ("train", "val", "test")
 CARRACING_ACTIONS = ["steer", "gas", "brake"]
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
+# More action columns than any controller has; bounds the model's action layers that dataset.json sizes.
+MAX_ACTION_DIM = 256
+REWRITE = "rewrite the dataset with kiln data world"
 
 
 # ----------------------------------------------------------------------------- writing
 
 
-def write_dataset(out: Path, episodes: list[dict[str, Any]], info: dict[str, Any], shard_frames: int) -> dict[str, Any]:
-    """Episodes (frames uint8 [T, S, S, 3], actions [T, A], split) -> shards and dataset.json in `out` (inside a
-    dataset_dir block, which renames the whole directory into place). Returns the dataset.json."""
-    splits: dict[str, Any] = {}
+def write_shards(out: Path, episodes: Iterable[dict[str, Any]], shard_frames: int) -> dict[str, Any]:
+    """Episodes (frames uint8 [T, S, S, 3], actions [T, A], split, as they come) -> shards in `out` (inside a
+    dataset_dir block, which renames the whole directory into place); at most one shard per split is held in memory.
+    Returns dataset.json's `splits`: per split its shards, frames and episodes (every key but the arrays)."""
+    pending: dict[str, list[dict[str, Any]]] = {split: [] for split in SPLITS}
+    splits: dict[str, Any] = {split: {"shards": [], "frames": 0, "episodes": []} for split in SPLITS}
+
+    def flush(split: str) -> None:
+        members, shards = pending[split], splits[split]["shards"]
+        name = f"{split}/shard_{len(shards):05d}"
+        np.save(out / f"{name}.frames.npy", np.concatenate([e["frames"] for e in members]))
+        np.save(out / f"{name}.actions.npy", np.concatenate([e["actions"] for e in members]).astype(np.float32))
+        np.save(out / f"{name}.episodes.npy", np.concatenate([np.full(len(e["frames"]), e["episode"], np.int32) for e in members]))
+        shards.append({"name": name, "frames": sum(len(e["frames"]) for e in members)})
+        pending[split] = []
+
     for split in SPLITS:
         (out / split).mkdir(parents=True)
-        members = [e for e in episodes if e["split"] == split]
-        if not members:
+    for episode in episodes:
+        split = episode["split"]
+        if pending[split] and sum(len(e["frames"]) for e in pending[split]) + len(episode["frames"]) > shard_frames:
+            flush(split)
+        pending[split].append(episode)
+        splits[split]["frames"] += len(episode["frames"])
+        splits[split]["episodes"].append({k: v for k, v in episode.items() if k not in ("frames", "actions", "split")}
+                                         | {"frames": len(episode["frames"])})
+    for split in SPLITS:
+        if not pending[split]:
             raise KilnError(f"the {split} split has no episodes; collect more episodes or name some in splits.json")
-        shards, pending = [], []
-        for episode in members + [None]:
-            if episode is None or (pending and sum(len(e["frames"]) for e in pending) + len(episode["frames"]) > shard_frames):
-                name = f"{split}/shard_{len(shards):05d}"
-                np.save(out / f"{name}.frames.npy", np.concatenate([e["frames"] for e in pending]))
-                np.save(out / f"{name}.actions.npy", np.concatenate([e["actions"] for e in pending]).astype(np.float32))
-                np.save(out / f"{name}.episodes.npy", np.concatenate([np.full(len(e["frames"]), e["episode"], np.int32) for e in pending]))
-                shards.append({"name": name, "frames": sum(len(e["frames"]) for e in pending)})
-                pending = []
-            if episode is not None:
-                pending.append(episode)
-        splits[split] = {"shards": shards, "frames": sum(s["frames"] for s in shards),
-                         "episodes": [{k: e[k] for k in e if k not in ("frames", "actions", "split")} | {"frames": len(e["frames"])}
-                                      for e in members]}
+        flush(split)
+    return splits
+
+
+def write_info(out: Path, info: dict[str, Any], splits: dict[str, Any]) -> dict[str, Any]:
+    """dataset.json beside the shards; returns it."""
     info = {"format": FORMAT, **info, "splits": splits}
     write_json(out / "dataset.json", info)
     return info
 
 
 def collect_dataset(out: Path, settings, log: Callable[[str], None]) -> dict[str, Any]:
-    """`kiln data world --env ...`: simulator rollouts -> a dataset directory."""
-    from kiln.recipes.world.sim import collect
+    """`kiln data world --env ...`: simulator rollouts -> a dataset directory, each episode written as it arrives."""
+    from kiln.recipes.world.sim import collect, collection_stats
 
     with dataset_dir(out) as tmp:  # a taken --out is refused before the (long) collection
-        episodes, stats = collect(settings, log)
-        info = {"source": settings.env, "size": settings.size, "action_dim": 3, "action_names": CARRACING_ACTIONS,
-                "collect": settings.model_dump(), **stats,
-                "split_rule": "by episode; test episodes drive track seeds from a range train and val never use"}
-        info = write_dataset(tmp, episodes, info, settings.shard_frames)
+        started = time.perf_counter()
+        splits = write_shards(tmp, collect(settings, log), settings.shard_frames)
+        stats = collection_stats(settings, [e for s in SPLITS for e in splits[s]["episodes"]], time.perf_counter() - started, log)
+        info = write_info(tmp, {"source": settings.env, "size": settings.size, "action_dim": 3, "action_names": CARRACING_ACTIONS,
+                                "collect": settings.model_dump(), **stats,
+                                "split_rule": "by episode; test episodes drive track seeds from a range train and val never use"},
+                          splits)
     log(f"Wrote {out}: " + ", ".join(f"{s} {len(info['splits'][s]['episodes'])} episodes / {info['splits'][s]['frames']:,} frames"
                                      for s in SPLITS))
-    return info
-
-
-def read_episode(path: Path, size: int) -> tuple[np.ndarray, np.ndarray, list[str]]:
-    """One episode of the generic layout -> (frames uint8 [T, size, size, 3], actions float32 [T, A], action names)."""
-    from PIL import Image
-
-    if (path / "frames.npy").is_file():
-        raw = np.load(path / "frames.npy", mmap_mode="r")
-        if raw.ndim != 4 or raw.shape[-1] != 3:
-            raise KilnError(f"episode '{path.name}': frames.npy must be uint8 [T, H, W, 3], got shape {list(raw.shape)}")
-        images = [Image.fromarray(np.asarray(frame, dtype=np.uint8)) for frame in raw]
-    elif (path / "frames").is_dir():
-        files = sorted(f for f in (path / "frames").iterdir() if f.suffix.lower() in IMAGE_SUFFIXES)
-        images = [Image.open(f).convert("RGB") for f in files]
-    else:
-        raise KilnError(f"episode '{path.name}' has neither frames/ (images) nor frames.npy")
-    if (path / "actions.npy").is_file():
-        actions = np.load(path / "actions.npy").astype(np.float32)
-        names = [f"a{i}" for i in range(actions.shape[-1])] if actions.ndim == 2 else []
-    elif (path / "actions.csv").is_file():
-        import pandas as pd
-
-        table = pd.read_csv(path / "actions.csv")
-        actions, names = table.to_numpy(np.float32), list(table.columns)
-    else:
-        raise KilnError(f"episode '{path.name}' has no actions.csv or actions.npy")
-    if actions.ndim != 2:
-        raise KilnError(f"episode '{path.name}': actions must be a table [frames, action_dim], got shape {list(actions.shape)}")
-    if len(actions) != len(images):
-        raise KilnError(f"episode '{path.name}' has {len(images)} frames but {len(actions)} actions; "
-                        f"give one action per frame (the action applied at that frame)")
-    if not np.isfinite(actions).all():
-        raise KilnError(f"episode '{path.name}': actions contain NaN or inf")
-    frames = np.stack([np.asarray(im.resize((size, size), Image.BILINEAR) if im.size != (size, size) else im) for im in images])
-    return frames, actions, names
-
-
-def episode_splits(source: Path, names: list[str], val_episodes: int, test_episodes: int, seed: int) -> dict[str, str]:
-    """Episode name -> split: as source/splits.json names them, else val and test drawn at random with `seed`."""
-    split_of = {name: "train" for name in names}
-    if (source / "splits.json").is_file():
-        named = json.loads((source / "splits.json").read_text())
-        for split in ("val", "test"):
-            for name in named.get(split, []):
-                if name not in split_of:
-                    raise KilnError(f"splits.json names episode '{name}' in {split}, but {source} has no such directory")
-                split_of[name] = split
-        return split_of
-    if val_episodes + test_episodes >= len(names):
-        raise KilnError(f"{len(names)} episodes cannot give {val_episodes} val + {test_episodes} test episodes and leave "
-                        f"some for training; lower --val-episodes/--test-episodes or add splits.json")
-    order = np.random.default_rng(seed).permutation(len(names))
-    for i in order[:val_episodes]:
-        split_of[names[i]] = "val"
-    for i in order[val_episodes:val_episodes + test_episodes]:
-        split_of[names[i]] = "test"
-    return split_of
-
-
-def import_frames_dir(source: Path, out: Path, size: int, val_episodes: int, test_episodes: int, shard_frames: int, seed: int,
-                      log: Callable[[str], None]) -> dict[str, Any]:
-    """`kiln data world --frames-dir DIR`: a user's recordings in the generic layout -> a dataset directory.
-    Without splits.json, val and test are whole episodes drawn at random with `seed`."""
-    if not source.is_dir():
-        raise KilnError(f"--frames-dir '{source}' is not a directory")
-    names = sorted(p.name for p in source.iterdir() if p.is_dir())
-    if not names:
-        raise KilnError(f"--frames-dir '{source}' has no episode directories (DIR/<episode>/frames/ + actions.csv)")
-    started = time.perf_counter()
-    split_of = episode_splits(source, names, val_episodes, test_episodes, seed)
-    with dataset_dir(out) as tmp:
-        episodes, action_names = [], None
-        for index, name in enumerate(names):
-            frames, actions, columns = read_episode(source / name, size)
-            if action_names is None:
-                action_names = columns
-            elif len(columns) != len(action_names):
-                raise KilnError(f"episode '{name}' has {len(columns)} action columns but '{names[0]}' has {len(action_names)}")
-            episodes.append({"episode": index, "name": name, "frames": frames, "actions": actions, "split": split_of[name]})
-        info = {"source": str(source), "size": size, "action_dim": len(action_names), "action_names": action_names,
-                "import_seconds": round(time.perf_counter() - started, 2), "split_rule": "by episode (splits.json or random)"}
-        info = write_dataset(tmp, episodes, info, shard_frames)
-    log(f"Wrote {out} from {source}: " + ", ".join(f"{s} {len(info['splits'][s]['episodes'])} episodes" for s in SPLITS))
     return info
 
 
 # ----------------------------------------------------------------------------- reading
 
 
+class ShardEntry(BaseModel):
+    name: StrictStr
+    frames: StrictInt = Field(ge=1)
+
+
+class SplitEntry(BaseModel):
+    shards: list[ShardEntry] = Field(min_length=1)
+
+
+class SplitEntries(BaseModel):
+    train: SplitEntry
+    val: SplitEntry
+    test: SplitEntry
+
+
+class DatasetInfo(BaseModel):
+    """The keys of dataset.json the reader relies on (the rest is provenance)."""
+
+    size: StrictInt = Field(ge=1)
+    action_dim: StrictInt = Field(ge=1, le=MAX_ACTION_DIM)
+    action_names: list[StrictStr]
+    splits: SplitEntries
+
+
 def read_info(data_dir: Path) -> dict[str, Any]:
+    """dataset.json, its format and the keys the reader uses checked: anything else is one line naming the key."""
+    from kiln.config import validate
+
     info = dataset_info(data_dir, "world", f"kiln data world --env CarRacing-v3 --out {data_dir}  (or --frames-dir DIR "
                                            "for your own recordings)")
+    path = Path(data_dir) / "dataset.json"
     if info.get("format") != FORMAT:
-        raise KilnError(f"'{data_dir / 'dataset.json'}' is not a {FORMAT} dataset (format {info.get('format')!r}); rewrite it with kiln data world")
+        raise KilnError(f"'{path}' is not a {FORMAT} dataset (format {info.get('format')!r}); {REWRITE}")
+    try:
+        validate(info, DatasetInfo, f"'{path}'")
+    except KilnError as err:
+        raise KilnError(f"{err}; {REWRITE}") from None
     return info
+
+
+def open_array(path: Path, fix: str = REWRITE) -> np.ndarray:
+    """A .npy file, memory-mapped (only its header is read, and its length checked against it): a missing, truncated or
+    foreign file is one line naming it and saying `fix`."""
+    try:
+        array = np.load(path, mmap_mode="r", allow_pickle=False)
+    except FileNotFoundError:
+        raise KilnError(f"'{path}' is missing; {fix}") from None
+    except (OSError, ValueError, EOFError, SyntaxError, TokenError) as err:  # the last two: a damaged header's dict
+        reason = "truncated" if "mmap length" in str(err) else f"not a .npy array ({' '.join(str(err).split())})"
+        raise KilnError(f"'{path}' is {reason}; {fix}") from None
+    if not isinstance(array, np.ndarray):  # an .npz archive under a .npy name
+        raise KilnError(f"'{path}' is not a .npy array (an archive of several); {fix}")
+    return array
+
+
+def open_shard(data_dir: Path, shard: dict[str, Any], info: dict[str, Any]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A shard's frames, actions and episode ids (memory maps), checked against dataset.json: dtypes, shapes, the
+    frame count, and every action finite. A file that differs is one line naming it."""
+    fix = REWRITE
+    if not (data_dir / shard["name"]).resolve().is_relative_to(data_dir.resolve()):
+        raise KilnError(f"'{data_dir / 'dataset.json'}' names shard '{shard['name']}' outside the dataset directory; {fix}")
+    n, size = shard["frames"], info["size"]
+    wanted = {"frames": ("frames", "uint8", (n, size, size, 3)), "actions": ("actions", "float", (n, info["action_dim"])),
+              "episodes": ("episode ids", "integer", (n,))}
+    arrays = []
+    for kind, (what, dtype, shape) in wanted.items():
+        path = data_dir / f"{shard['name']}.{kind}.npy"
+        array = open_array(path)
+        right_type = array.dtype == np.uint8 if kind == "frames" else array.dtype.kind in ("f" if kind == "actions" else "iu")
+        if not right_type or array.shape != shape:
+            held = f"{array.shape[0]} {what}" if right_type and array.ndim and array.shape[1:] == shape[1:] else f"{array.dtype} {list(array.shape)}"
+            raise KilnError(f"'{path}' holds {held}, but dataset.json gives the shard {n} frames ({dtype} {list(shape)}); {fix}")
+        arrays.append(array)
+    if not np.isfinite(arrays[1]).all():
+        raise KilnError(f"'{data_dir / shard['name']}.actions.npy' holds NaN or inf actions; {fix}")
+    return arrays[0], arrays[1], np.asarray(arrays[2])
 
 
 class WindowDataset(Dataset):
@@ -192,11 +192,12 @@ class WindowDataset(Dataset):
 
     def __init__(self, data_dir: Path, split: str, info: dict[str, Any], length: int, stride: int = 1, frame_skip: int = 1):
         self.data_dir, self.length, self.skip = Path(data_dir), length, frame_skip
-        self.shards = [shard["name"] for shard in info["splits"][split]["shards"]]
+        entries = info["splits"][split]["shards"]
+        self.shards = [shard["name"] for shard in entries]
+        opened = [open_shard(self.data_dir, shard, info) for shard in entries]  # every file checked before training
         span = length * frame_skip  # frames a window touches, its last action's span included
         starts = []
-        for k, name in enumerate(self.shards):
-            episode = np.load(self.data_dir / f"{name}.episodes.npy")
+        for k, (_, _, episode) in enumerate(opened):
             if len(episode) < span:
                 continue
             first = np.r_[0, np.flatnonzero(np.diff(episode)) + 1]  # where each episode begins in the shard
@@ -208,7 +209,7 @@ class WindowDataset(Dataset):
         if len(self.starts) == 0:
             raise KilnError(f"the {split} split of '{data_dir}' has no episode of {span} frames; lower data.sequence_length/"
                             f"eval_horizon or collect longer episodes")
-        self._arrays: dict[int, tuple[np.ndarray, np.ndarray]] | None = None
+        self._arrays: dict[int, tuple[np.ndarray, np.ndarray]] | None = {k: (frames, actions) for k, (frames, actions, _) in enumerate(opened)}
 
     def __getstate__(self) -> dict[str, Any]:
         return {**self.__dict__, "_arrays": None}  # worker processes open their own memory maps

@@ -15,9 +15,8 @@ episodes: one environment per worker process.
 from __future__ import annotations
 
 import os
-import time
 from concurrent.futures import ProcessPoolExecutor
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import numpy as np
 
@@ -120,33 +119,42 @@ def rollout(job: dict[str, Any]) -> dict[str, Any]:
             "tiles_visited": int(unwrapped.tile_visited_count), "track_tiles": len(track)}
 
 
-def collect(settings, log: Callable[[str], None]) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    """All episodes of a CollectSettings, in `workers` processes; returns (episodes with their split, stats)."""
+def worker_count(settings) -> int:
+    """Worker processes: one per episode at most, and no more than the CPU cores (each runs one CPU-bound environment)."""
+    return min(settings.workers, settings.episodes, os.cpu_count() or 1)
+
+
+def collect(settings, log: Callable[[str], None]) -> Iterator[dict[str, Any]]:
+    """The episodes of a CollectSettings, each with its split, in episode order as they finish (`workers` processes);
+    only the episodes in flight are held in memory."""
     require_gymnasium()
     n, n_test, n_val = settings.episodes, settings.test_episodes, settings.val_episodes
     split_of = ["train"] * (n - n_val - n_test) + ["val"] * n_val + ["test"] * n_test
     jobs = [{"env": settings.env, "seed": settings.seed, "episode": i, "track_seed": track_seed(settings.seed, i, split_of[i] == "test"),
              "steps": settings.steps, "intro_frames": settings.intro_frames, "size": settings.size,
              "random_fraction": settings.random_fraction, "steer_noise": settings.steer_noise} for i in range(n)]
-    started = time.perf_counter()
-    workers = min(settings.workers, n)
-    log(f"Collecting {n} {settings.env} episodes of up to {settings.steps} frames with {workers} worker processes ...")
+    workers = worker_count(settings)
+    capped = f" (--workers {settings.workers}, but this machine has {os.cpu_count()} CPU cores)" if workers < min(settings.workers, n) else ""
+    log(f"Collecting {n} {settings.env} episodes of up to {settings.steps} frames with {workers} worker processes{capped} ...")
     if workers == 1:
-        episodes = [rollout(job) for job in jobs]
-    else:
-        import multiprocessing
+        yield from ({**episode, "split": split_of[episode["episode"]]} for episode in map(rollout, jobs))
+        return
+    import multiprocessing
 
-        # spawn: a worker never inherits a parent's torch threads or an open pygame display
-        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
-            episodes = list(pool.map(rollout, jobs))
-    seconds = time.perf_counter() - started
-    for episode in episodes:
-        episode["split"] = split_of[episode["episode"]]
-    kept = sum(len(e["frames"]) for e in episodes)
-    simulated = kept + n * settings.intro_frames
+    # spawn: a worker never inherits a parent's torch threads or an open pygame display
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+        for episode in pool.map(rollout, jobs):
+            yield {**episode, "split": split_of[episode["episode"]]}
+
+
+def collection_stats(settings, episodes: list[dict[str, Any]], seconds: float, log: Callable[[str], None]) -> dict[str, Any]:
+    """Throughput and track progress of a finished collection, from dataset.json's episode entries."""
+    kept = sum(e["frames"] for e in episodes)
+    simulated = kept + len(episodes) * settings.intro_frames
+    workers = worker_count(settings)
     stats = {"collect_seconds": round(seconds, 2), "frames_per_second": round(kept / seconds, 1),
              "simulated_steps_per_second": round(simulated / seconds, 1), "workers": workers, "cpu_count": os.cpu_count(),
              "mean_track_progress": round(float(np.mean([e["tiles_visited"] / e["track_tiles"] for e in episodes])), 3)}
     log(f"Collected {kept:,} frames in {seconds:.1f}s: {stats['frames_per_second']:.0f} frames/s kept "
         f"({stats['simulated_steps_per_second']:.0f} simulator steps/s incl. the dropped intro) with {workers} workers")
-    return episodes, stats
+    return stats
