@@ -45,3 +45,25 @@ def test_every_printer_run_streams_on_one_thread_unless_told(tmp_path):
     for name in ("quick", "hybrid", "ridge"):
         assert "threads" not in (yaml.safe_load(open(f"configs/printer/{name}.yaml"))["train"])
         assert load_recipe_config(f"configs/printer/{name}.yaml")[1].train.threads == 1
+
+
+@pytest.mark.parametrize("flag, value, reason", [
+    ("--sample-rate", "1e9", "less than or equal to 100000"),      # 1e9 Hz: 130 GiB for one procedural layer
+    ("--sample-rate", "1e-3", "greater than or equal to 200"),     # 3 samples a layer: no motion left to learn
+    ("--acceleration", "inf", "finite number"),
+    ("--max-velocity", "inf", "finite number"),
+    ("--model-layers", "100000000", "less than or equal to 1000"),  # would write 40 billion lines of G-code first
+    ("--shaper-x-hz", "1e-9", "greater than or equal to 5"),       # a shaper pulse every 30 years
+    ("--friction", "1e308", "less than or equal to 100000"),
+    ("--layers", "sampled:0", "'sampled:0' is not one of all, sampled:N (N >= 1), first:N or A-B"),
+])
+def test_generator_flags_no_printer_has_are_one_line_and_nothing_is_written(tmp_path, capsys, flag, value, reason):
+    assert main(["data", "printer", "--out", str(tmp_path / "d"), flag, value]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"kiln: error: {flag}: ") and reason in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "d").exists()
+
+
+def test_every_shipped_printer_config_is_inside_the_generator_bounds():
+    for name in ("quick", "hybrid", "ridge"):
+        assert load_recipe_config(f"configs/printer/{name}.yaml")[1].data.generate.model_layers <= 1000

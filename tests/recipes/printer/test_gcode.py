@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -87,3 +88,67 @@ def test_files_without_moves_or_extrusion_are_clear_errors(tmp_path):
         read_gcode_file(tmp_path / "travel.gcode")
     with pytest.raises(KilnError, match="cannot read G-code file"):
         read_gcode_file(tmp_path / "missing.gcode")
+
+
+HUGE = "9" * 400  # float() reads 400 digits as inf
+
+
+@pytest.mark.parametrize("lines, line, reason", [
+    (["G1 X100000000 Y5 E1"], 3, r"X 1e\+08 mm is outside"),
+    ([f"G1 Y{HUGE} E1"], 3, r"Y inf mm is outside"),
+    (["G91", "G1 X6000 E1", "G1 X6000 E1"], 5, r"X 12000 mm is outside"),     # relative moves that add up
+    (["G20", "G1 X1000 E1"], 4, r"X 25400 mm is outside"),                      # inches
+    (["G92 Z100000000"], 3, r"Z 1e\+08 mm is outside"),                         # a set position the next move travels from
+    (["G1 X10 E100000000"], 3, r"E 1e\+08 mm of filament in one move is more than"),
+    (["G1 X10 Y0 E1", "G2 X10 Y0 I100000 J0 E1"], 4, r"the arc's centre X 100010 mm is outside"),
+])
+def test_a_value_no_printer_reaches_stops_the_read_naming_the_file_and_line(tmp_path, lines, line, reason):
+    path = tmp_path / "big.gcode"
+    path.write_text("\n".join(["M83", "G1 Z0.2", *lines, "G1 X0 Y0 E1"]) + "\n")
+    with pytest.raises(KilnError, match=rf"^'{re.escape(str(path))}' line {line}: {reason}"):
+        read_gcode_file(path)
+
+
+def test_a_feedrate_below_one_mm_per_minute_is_skipped_like_a_negative_one():
+    moves = read_gcode("M83\nG1 Z0.2\nG1 X10 E1 F0.0001\nG1 X20 E1 F-5\nG1 X5 E1 F1\n")
+    assert dict(moves.errors) == {3: "F0.0001 is below 1 mm/min, the slowest feedrate read", 4: "F-5 is not a positive feedrate"}
+    np.testing.assert_allclose(moves.feedrate, [25.0, 1 / 60])  # the default until F, then F1 = 1 mm/min
+
+
+def test_a_file_with_more_moves_than_the_bound_stops_at_the_line_that_crosses_it(monkeypatch):
+    monkeypatch.setattr("kiln.recipes.printer.gcode.MAX_MOVES", 20)
+    with pytest.raises(KilnError, match=r"^part line 3: more than 20 moves"):  # the half circle is cut into 31 chords of 1 mm
+        read_gcode("G1 X5 Y0\nG1 X10 Y0\nG2 X-10 Y0 I-10 J0\n", source="part")
+
+
+def test_binary_and_oversized_files_are_refused_before_parsing(tmp_path, monkeypatch):
+    binary = tmp_path / "image.gcode"
+    binary.write_bytes(b"G1 X1 E1\n\x89PNG\x00\x00\x1a")
+    with pytest.raises(KilnError, match=rf"^'{re.escape(str(binary))}' is binary \(a NUL byte at offset 13\), not G-code text"):
+        read_gcode_file(binary)
+    monkeypatch.setattr("kiln.recipes.printer.gcode.MAX_GCODE_BYTES", 100)
+    big = tmp_path / "big.gcode"
+    big.write_text("G1 X1 E1\n" * 20)
+    with pytest.raises(KilnError, match=r"is 180 bytes; kiln reads G-code files of at most 100 bytes"):
+        read_gcode_file(big)
+
+
+def test_kiln_data_printer_refuses_a_coordinate_of_1e8_in_one_line_before_allocating(tmp_path, capsys):
+    """The issue's reproduction: one line of G-code made kiln data printer try to allocate about 50 GiB."""
+    import tracemalloc
+
+    from kiln.cli import main
+
+    part = tmp_path / "part.gcode"
+    part.write_text("M83\nG1 Z0.2\nG1 X10 Y10 E1 F1200\nG1 X100000000 Y10 E1\nG1 X10 Y20 E1\n")
+    import kiln.recipes.printer.data  # noqa: F401  (imported before measuring: the modules are not the data's memory)
+
+    tracemalloc.start()
+    try:
+        assert main(["data", "printer", "--out", str(tmp_path / "d"), "--models", str(part), "--layers", "all"]) == 2
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    err = capsys.readouterr().err
+    assert err.startswith(f"kiln: error: '{part}' line 4: X 1e+08 mm is outside") and len(err.strip().splitlines()) == 1
+    assert peak < 50 * 2 ** 20 and not (tmp_path / "d").exists()

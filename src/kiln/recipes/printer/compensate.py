@@ -47,23 +47,36 @@ def plot(result: dict, layer, out: Path) -> None:
 
 def load_run(run_dir: Path):
     """A trained run's LSTM task and the settings of the simulated printer its dataset was made with."""
-    from kiln.engine.evaluate import load_run_task
+    from pydantic import ValidationError
+
+    from kiln.config import validate
+    from kiln.engine.checkpoint import load_checkpoint
+    from kiln.engine.evaluate import saved_task
     from kiln.recipes import get_recipe
-    from kiln.recipes.printer.config import PrinterGenerator
+    from kiln.recipes.printer.config import PrinterConfig, PrinterGenerator
     from kiln.recipes.printer.model import RealTimeCorrector
 
-    run_dir = Path(run_dir)
-    if not (run_dir / "best_model.pt").is_file():
+    path = Path(run_dir) / "best_model.pt"
+    if not path.is_file():
         raise KilnError(f"'{run_dir}' has no best_model.pt; train it first (kiln train CONFIG --run-dir {run_dir})")
-    saved = torch.load(run_dir / "best_model.pt", weights_only=True)
-    task = load_run_task(run_dir, get_recipe("printer"), {})
+    weights = load_checkpoint(path, "printer")  # weights_only: a crafted pickle is refused in one line, nothing in it runs
+    cfg = validate(weights.get("config"), PrinterConfig, str(path))
+    task = saved_task(get_recipe("printer"), cfg, weights, weights.get("data_info") or {}, path).eval()
     if not isinstance(task.model, RealTimeCorrector):
         raise KilnError(f"'{run_dir}' trained the ridge baseline alone; compensation uses the LSTM (model.arch: lstm)")
-    data_dir = Path(saved["config"]["data"]["dir"])
-    dataset = dataset_info(data_dir)
+    dataset = dataset_info(Path(cfg.data.dir))
     if not dataset:
-        raise KilnError(f"the run's dataset '{data_dir}' (with the simulated printer's settings) is gone; regenerate it")
-    return task, PrinterGenerator(**{k: dataset[k] for k in PrinterGenerator.model_fields})
+        raise KilnError(f"the run's dataset '{cfg.data.dir}' (with the simulated printer's settings) is gone; regenerate it")
+    where = Path(cfg.data.dir) / "dataset.json"
+    missing = [k for k in PrinterGenerator.model_fields if k not in dataset]
+    if missing:
+        raise KilnError(f"'{where}' lacks the printer setting {missing[0]}; regenerate the dataset with kiln data printer")
+    try:
+        return task, PrinterGenerator(**{k: dataset[k] for k in PrinterGenerator.model_fields})
+    except ValidationError as err:
+        first = err.errors()[0]
+        raise KilnError(f"'{where}': {first['loc'][0]}: {first['msg']} (got {first['input']!r}); regenerate the dataset "
+                        "with kiln data printer") from None
 
 
 def compensate_layer(task, printer, plan, times: np.ndarray, settle: int) -> dict:
@@ -76,7 +89,9 @@ def compensate_layer(task, printer, plan, times: np.ndarray, settle: int) -> dic
     lags = [float(n[6:-2]) for n in names if n.startswith("vx_lag")]
     plain = printer.simulate(plan, times)
     features = stream_features(plain, printer.rate, "x_ref" in names, "ax_ref" in names, lags)
-    corrected = printer.simulate(plan, times, offset=-predict_stream(task, torch.from_numpy(features)))
+    with torch.no_grad():
+        predicted = predict_stream(task, torch.from_numpy(features))
+    corrected = printer.simulate(plan, times, offset=-predicted)
 
     def error(signals: dict) -> np.ndarray:
         return np.stack([signals["x_act"] - signals["x_ref"], signals["y_act"] - signals["y_ref"]], 1)[settle:]
@@ -85,36 +100,42 @@ def compensate_layer(task, printer, plan, times: np.ndarray, settle: int) -> dic
             "after": error(corrected), "rate": printer.rate}
 
 
-def compensate(run_dir: Path, gcode: Path, layers: str | None = None, out: Path | None = None, log=print) -> dict:
-    from kiln.engine.files import write_json
-    from kiln.recipes.printer.gcode import read_gcode_file
-    from kiln.recipes.printer.sim import SETTLE_S, WARMUP_S, Printer, select_layers
+def compensate_moves(task, settings, moves, layers: str) -> tuple[dict, list[dict]]:
+    """The result (JSON) of compensating every selected layer of `moves`, and the layers (for the plot)."""
+    from kiln.recipes.printer.sim import SETTLE_S, WARMUP_S, Printer, layer_times
 
-    task, settings = load_run(run_dir)
     printer = Printer(settings)
-    moves = read_gcode_file(gcode)
-    for line, reason in moves.errors[:5]:
-        log(f"Warning: {gcode} line {line}: {reason} (skipped)")
     plan = printer.plan(moves)
     settle = int(round((SETTLE_S + WARMUP_S) * printer.rate))  # scored from the layer's first move on
-    printed = []
-    for layer in select_layers(layers or settings.layers, len(moves.layer_z)):
-        times = printer.layer_times(plan, int(layer))
-        if times is not None and len(times) > settle + 1:
-            printed.append(compensate_layer(task, printer, plan, times, settle))
+    printed = [compensate_layer(task, printer, plan, times, settle)
+               for _, times in layer_times(printer, plan, layers, len(moves.layer_z), moves.source) if len(times) > settle + 1]
     if not printed:
-        raise KilnError(f"no layer of '{gcode}' was simulated with layers '{layers or settings.layers}'; pass --layers all")
+        raise KilnError(f"no layer of {moves.source} was simulated with layers '{layers}'; pass --layers all")
     b, a = (error_stats(np.concatenate([p[key] for p in printed])) for key in ("before", "after"))
-    result = {"gcode": str(gcode), "layers": len(printed), "samples": int(sum(len(p["before"]) for p in printed)),
-              "rms_reduction": 1 - a["rms"] / b["rms"],
+    result = {"layers": len(printed), "samples": int(sum(len(p["before"]) for p in printed)), "rms_reduction": 1 - a["rms"] / b["rms"],
               "rms_before_mm": b["rms"], "rms_after_mm": a["rms"], "max_before_mm": b["max"], "max_after_mm": a["max"]}
+    return result, printed
+
+
+def compensate(run_dir: Path, gcode: Path, layers: str | None = None, out: Path | None = None, log=print) -> dict:
+    from kiln.engine.files import make_dirs, refuse_file_in_path, write_json
+    from kiln.recipes.printer.gcode import read_gcode_file
+
     out = Path(out) if out else Path(run_dir) / "compensation" / Path(gcode).stem
-    out.mkdir(parents=True, exist_ok=True)
+    refuse_file_in_path(out, "--out")  # before the simulation, not after it
+    moves = read_gcode_file(gcode)
+    task, settings = load_run(run_dir)
+    for line, reason in moves.errors[:5]:
+        log(f"Warning: {gcode} line {line}: {reason} (skipped)")
+    result, printed = compensate_moves(task, settings, moves, layers or settings.layers)
+    result = {"gcode": str(gcode), **result}
+    make_dirs(out, "--out")
     plot(result, max(printed, key=lambda p: len(p["before"])), out / "compensation.png")  # the longest layer
     write_json(out / "compensation.json", result)  # temporary sibling, then renamed
-    log(f"{gcode}: {result['layers']} layers, {result['samples']:,} samples; RMS error {b['rms'] * 1000:.1f} -> "
-        f"{a['rms'] * 1000:.1f} um ({result['rms_reduction']:.0%} less), max {b['max'] * 1000:.1f} -> {a['max'] * 1000:.1f} um; "
-        f"plot {out / 'compensation.png'}")
+    b, a, change = result["rms_before_mm"] * 1000, result["rms_after_mm"] * 1000, result["rms_reduction"]
+    log(f"{gcode}: {result['layers']} layers, {result['samples']:,} samples; RMS error {b:.1f} -> {a:.1f} um "
+        f"({abs(change):.0%} {'less' if change >= 0 else 'more'}), max {result['max_before_mm'] * 1000:.1f} -> "
+        f"{result['max_after_mm'] * 1000:.1f} um; plot {out / 'compensation.png'}")
     return result
 
 

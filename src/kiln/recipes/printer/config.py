@@ -8,42 +8,55 @@ patience (--early_stopping_patience)}.
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import ConfigDict, Field, field_validator, model_validator
 
 from kiln.config import RunConfig, Section, by_arch
 
 GUIDE_LOSS_RATIO = 0.7  # the guide's HybridLoss(mae_ratio=0.7)
+LAYERS_PATTERN = r"all|sampled:[1-9]\d*|first:\d+|\d+-\d+"  # the forms sim.select_layers reads
 
 
 class PrinterGenerator(Section):
     """Settings of `kiln data printer`: which prints, and the simulated machine (planner, shaper, belt axes)."""
 
+    model_config = ConfigDict(allow_inf_nan=False)  # no printer has an infinite acceleration or rate
+
     models: str = Field("3dbenchy,bearing5,nautilus,boat,coaster", description="comma-separated procedural models "
                         "(3dbenchy, bearing5, nautilus, boat, coaster) and/or G-code files or folders")
-    model_layers: int = Field(50, ge=1, description="layers of 0.2 mm in each procedural model")
+    model_layers: int = Field(50, ge=1, le=1000, description="layers of 0.2 mm in each procedural model (up to 200 mm tall)")
     layers: str = Field("sampled:5", description="layers simulated: all, sampled:N (every N-th), first:N or A-B")
-    sample_rate: float = Field(1000.0, gt=0, description="samples per second (Hz)")
+    sample_rate: float = Field(1000.0, ge=200, le=100_000, description="samples per second (Hz); the axes resonate at up to 80 Hz")
     firmware: Literal["marlin", "klipper"] = Field("marlin", description="cornering: Marlin junction deviation or "
                                                     "Klipper square corner velocity")
     junction_deviation: float = Field(0.013, gt=0, description="Marlin junction deviation (mm)")
     square_corner_velocity: float = Field(5.0, gt=0, description="Klipper square corner velocity (mm/s)")
-    acceleration: float = Field(3000.0, gt=0, description="print acceleration (mm/s^2); M204 in the file is ignored")
+    acceleration: float = Field(3000.0, gt=0, le=1_000_000, description="print acceleration (mm/s^2); M204 in the file is ignored")
     max_velocity: float = Field(200.0, gt=0, description="cap on the G-code's F (mm/s)")
     shaper: Literal["none", "zv", "mzv", "ei"] = Field("mzv", description="input shaper (Klipper's definitions)")
-    shaper_x_hz: float | None = Field(None, gt=0, description="shaper frequency of X; null = the X resonance (a tuned printer)")
-    shaper_y_hz: float | None = Field(None, gt=0, description="shaper frequency of Y; null = the Y resonance")
+    shaper_x_hz: float | None = Field(None, ge=5, le=200, description="shaper frequency of X; null = the X resonance (a tuned printer)")
+    shaper_y_hz: float | None = Field(None, ge=5, le=200, description="shaper frequency of Y; null = the Y resonance")
     shaper_damping: float = Field(0.1, gt=0, lt=1, description="damping ratio the shaper is designed for")
     resonance_x_hz: float = Field(45.0, ge=30, le=80, description="X belt-axis resonance (Hz)")
     resonance_y_hz: float = Field(36.0, ge=30, le=80, description="Y belt-axis resonance (Hz)")
     damping_x: float = Field(0.1, ge=0.05, le=0.15, description="X damping ratio")
     damping_y: float = Field(0.08, ge=0.05, le=0.15, description="Y damping ratio")
-    friction: float = Field(1500.0, ge=0, description="Coulomb friction of the carriage per unit mass (mm/s^2)")
+    friction: float = Field(1500.0, ge=0, le=100_000, description="Coulomb friction of the carriage per unit mass (mm/s^2)")
     friction_velocity: float = Field(2.0, gt=0, description="speed (mm/s) over which friction reaches full strength (tanh)")
+
+    @field_validator("layers")
+    @classmethod
+    def _layers_form(cls, spec: str) -> str:
+        if not re.fullmatch(LAYERS_PATTERN, spec):
+            raise ValueError(f"'{spec}' is not one of all, sampled:N (N >= 1), first:N or A-B")
+        return spec
 
 
 class PrinterData(Section):
+    model_config = ConfigDict(allow_inf_nan=False)
+
     dir: str = Field("data/printer/default", description="dataset directory written by `kiln data printer`")
     generate: PrinterGenerator | None = Field(PrinterGenerator(), description="null for a dataset made elsewhere")
     sequence_length: int = Field(64, ge=2, description="samples per window")

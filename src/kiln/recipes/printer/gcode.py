@@ -3,7 +3,9 @@
 Reads G0/G1 (X Y Z E F), G2/G3 arcs (I J or R, optional Z and E; cut into ~1 mm chords as Marlin's
 MM_PER_ARC_SEGMENT does), G90/G91 (positions and E), G92, M82/M83, G20/G21. Every other command
 (temperatures, fans, M204, G28, T0 ...) is ignored and counted. A malformed line is reported with its
-line number and reason, and the rest of the file is still read.
+line number and reason, and the rest of the file is still read. A value that no printer reaches (a position or
+an arc centre beyond MAX_COORDINATE_MM, more filament in one move than that) stops the read with one line naming
+the line, and so does a file of more than MAX_MOVES moves: the simulator's memory and time grow with them.
 
 Why not a package: on real slicer files `gcodeparser` 0.3 accepts malformed words silently
 (`X1O` -> X=1 plus a flag O, `X1.2.3` -> the text '1.2.3') and `pygcode` 0.2 drops E words; both
@@ -14,6 +16,7 @@ from __future__ import annotations
 
 import math
 import re
+from array import array
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,6 +27,10 @@ from kiln.errors import KilnError
 
 MM_PER_ARC_SEGMENT = 1.0      # Marlin's default chord length for G2/G3
 INCH = 25.4
+MAX_COORDINATE_MM = 10_000.0  # 10 m: beyond the largest printers' beds, so a larger value is a damaged file or other units
+MIN_FEEDRATE_MM_MIN = 1.0     # F1: slower moves would take days to simulate
+MAX_MOVES = 5_000_000         # straight moves (arcs count a chord each) one file may give: 360 MB as the reader holds them
+MAX_GCODE_BYTES = 2 ** 30     # 1 GiB of text, about 30 million lines
 WORD = re.compile(r"\s*([A-Za-z])\s*([-+]?(?:\d+\.?\d*|\.\d+))")
 COMMAND = re.compile(r"\s*([GMTgmt])\s*(\d+(?:\.\d+)?)")
 MOVE_WORDS = {0: "XYZEF", 1: "XYZEF", 2: "XYZEFIJR", 3: "XYZEFIJR", 92: "XYZE"}
@@ -42,6 +49,7 @@ class Moves:
     layer_z: np.ndarray = field(default_factory=lambda: np.zeros(0))          # [L] height of each layer
     ignored: Counter = field(default_factory=Counter)                         # command -> count
     errors: list[tuple[int, str]] = field(default_factory=list)               # (line, reason)
+    source: str = "G-code"                                                    # what messages call the file
 
     def __len__(self) -> int:
         return len(self.line)
@@ -91,6 +99,9 @@ def arc_points(start: np.ndarray, end: np.ndarray, words: dict[str, float], cloc
         centre = start[:2] + np.array([words.get("I", 0.0), words.get("J", 0.0)]) * scale
     else:
         raise ValueError("an arc needs I/J (centre offset) or R (radius)")
+    for axis, value in zip("XY", centre):
+        if not abs(value) <= MAX_COORDINATE_MM:  # its chords would number 2 pi r per mm
+            raise OutOfReach(f"the arc's centre {axis} {value:g} mm is outside ±{MAX_COORDINATE_MM:g} mm, beyond any printer")
     r0, r1 = start[:2] - centre, end[:2] - centre
     radius = float(np.hypot(*r0))
     if radius == 0:
@@ -110,77 +121,120 @@ def arc_points(start: np.ndarray, end: np.ndarray, words: dict[str, float], cloc
     return points
 
 
-def read_gcode(text: str) -> Moves:
-    """Parse G-code text into straight moves (see the module docstring for what is read)."""
-    pos = [0.0, 0.0, 0.0]
-    e_pos = 0.0
-    feed = 25.0                 # mm/s until the first F word (Marlin's default feedrate is 1500 mm/min)
-    absolute, absolute_e, scale = True, True, 1.0
-    rows: list[tuple] = []      # (x0, y0, z0, x1, y1, z1, extrude, feed, line) per straight move
-    ignored, errors = Counter(), []
-    for number, raw in enumerate(text.splitlines(), start=1):
+class OutOfReach(ValueError):
+    """A value no printer reaches: the read stops at its line."""
+
+
+def check_reach(position: list[float], extrude: float = 0.0) -> None:
+    for axis, value in zip("XYZ", position):
+        if not abs(value) <= MAX_COORDINATE_MM:  # also inf and nan (400 digits read as inf)
+            raise OutOfReach(f"{axis} {value:g} mm is outside ±{MAX_COORDINATE_MM:g} mm, beyond any printer")
+    if not abs(extrude) <= MAX_COORDINATE_MM:
+        raise OutOfReach(f"E {extrude:g} mm of filament in one move is more than {MAX_COORDINATE_MM:g} mm")
+
+
+class Reader:
+    """The firmware's modal state (position, E, feedrate, absolute/relative, units) and the moves read so far."""
+
+    def __init__(self):
+        self.pos, self.e_pos = [0.0, 0.0, 0.0], 0.0
+        self.feed = 25.0            # mm/s until the first F word (Marlin's default feedrate is 1500 mm/min)
+        self.absolute, self.absolute_e, self.scale = True, True, 1.0
+        self.rows = array("d")      # (x0, y0, z0, x1, y1, z1, extrude, feed, line) per straight move, flat: 72 bytes a move
+        self.ignored, self.errors = Counter(), []
+
+    def line(self, number: int, raw: str) -> None:
+        """Read one line: a malformed one is recorded in `errors` and skipped; OutOfReach stops the read."""
         code = strip_comment(raw)
         if not code.strip():
-            continue
+            return
         command = COMMAND.match(code)
         if command is None:
-            errors.append((number, f"no G/M/T command at the start of '{code.strip()[:40]}'"))
-            continue
+            self.errors.append((number, f"no G/M/T command at the start of '{code.strip()[:40]}'"))
+            return
         letter, value = command.group(1).upper(), command.group(2)
         name = f"{letter}{value}"
         if name in ("M82", "M83"):
-            absolute_e = name == "M82"
-            continue
+            self.absolute_e = name == "M82"
+            return
         if letter != "G" or "." in value or int(value) not in (0, 1, 2, 3, 20, 21, 90, 91, 92):
-            ignored[name] += 1  # M-codes may carry free text (M117 hello): not parsed
-            continue
+            self.ignored[name] += 1  # M-codes may carry free text (M117 hello): not parsed
+            return
         g = int(value)
         try:
             words = parse_words(code[command.end():])
             unknown = [k for k in words if k not in MOVE_WORDS.get(g, "")]
             if unknown:
                 raise ValueError(f"G{g} takes no {unknown[0]} word")
-        except ValueError as err:
-            errors.append((number, str(err)))
-            continue
-        if g in (20, 21):
-            scale = INCH if g == 20 else 1.0
-        elif g in (90, 91):
-            absolute = absolute_e = g == 90  # as Marlin: G90/G91 set E too, until M82/M83
-        elif g == 92:
-            if not words:
-                pos, e_pos = [0.0, 0.0, 0.0], 0.0
-            pos = [words[k] * scale if k in words else p for k, p in zip("XYZ", pos)]
-            e_pos = words["E"] * scale if "E" in words else e_pos
-        else:
-            if "F" in words:
-                if words["F"] <= 0:
-                    errors.append((number, f"F{words['F']:g} is not a positive feedrate"))
-                    continue
-                feed = words["F"] * scale / 60.0
-            target = [(words[k] * scale + (0.0 if absolute else p)) if k in words else p for k, p in zip("XYZ", pos)]
-            de = 0.0
-            if "E" in words:
-                e = words["E"] * scale
-                de = e - e_pos if absolute_e else e
-                e_pos = e if absolute_e else e_pos + e
-            if g in (2, 3):
-                try:
-                    points = arc_points(np.array(pos), np.array(target), words, clockwise=g == 2, scale=scale)
-                except ValueError as err:
-                    errors.append((number, str(err)))
-                    continue
-                previous = np.vstack([np.array(pos)[None], points[:-1]])
-                share = de / len(points)
-                rows.extend((*a, *b, share, feed, number) for a, b in zip(previous.tolist(), points.tolist()))
+            if g in (20, 21):
+                self.scale = INCH if g == 20 else 1.0
+            elif g in (90, 91):
+                self.absolute = self.absolute_e = g == 90  # as Marlin: G90/G91 set E too, until M82/M83
+            elif g == 92:
+                self.set_position(words)
             else:
-                rows.append((*pos, *target, de, feed, number))
-            pos = target
-    table = np.array(rows, dtype=np.float64).reshape(-1, 9)
-    moves = Moves(table[:, 0:3], table[:, 3:6], table[:, 6], table[:, 7], table[:, 8].astype(np.int64),
-                  ignored=ignored, errors=errors)
-    assign_layers(moves)
-    return moves
+                self.move(g, words, number)
+        except OutOfReach:
+            raise
+        except ValueError as err:
+            self.errors.append((number, str(err)))
+
+    def set_position(self, words: dict[str, float]) -> None:
+        """G92: the current position becomes the given one (all zero without words)."""
+        if not words:
+            self.pos, self.e_pos = [0.0, 0.0, 0.0], 0.0
+        pos = [words[k] * self.scale if k in words else p for k, p in zip("XYZ", self.pos)]
+        check_reach(pos)  # the next move travels from here
+        self.pos = pos
+        self.e_pos = words["E"] * self.scale if "E" in words else self.e_pos
+
+    def move(self, g: int, words: dict[str, float], number: int) -> None:
+        """G0/G1 as one straight move, G2/G3 as chords of MM_PER_ARC_SEGMENT."""
+        feed = self.feed
+        if "F" in words:
+            if words["F"] <= 0:
+                raise ValueError(f"F{words['F']:g} is not a positive feedrate")
+            if words["F"] * self.scale < MIN_FEEDRATE_MM_MIN:
+                raise ValueError(f"F{words['F']:g} is below {MIN_FEEDRATE_MM_MIN:g} mm/min, the slowest feedrate read")
+            feed = words["F"] * self.scale / 60.0
+        target = [(words[k] * self.scale + (0.0 if self.absolute else p)) if k in words else p for k, p in zip("XYZ", self.pos)]
+        de, e_pos = 0.0, self.e_pos
+        if "E" in words:
+            e = words["E"] * self.scale
+            de = e - e_pos if self.absolute_e else e
+            e_pos = e if self.absolute_e else e_pos + e
+        check_reach(target, de)
+        if g in (2, 3):
+            points = arc_points(np.array(self.pos), np.array(target), words, clockwise=g == 2, scale=self.scale)
+            previous = np.vstack([np.array(self.pos)[None], points[:-1]])
+            k = len(points)
+            chords = np.column_stack([previous, points, np.full(k, de / k), np.full(k, feed), np.full(k, float(number))])
+            self.rows.frombytes(chords.astype(np.float64).tobytes())
+        else:
+            self.rows.extend((*self.pos, *target, de, feed, number))
+        self.pos, self.e_pos, self.feed = target, e_pos, feed
+
+    def moves(self, source: str) -> Moves:
+        table = np.frombuffer(self.rows, dtype=np.float64).reshape(-1, 9)
+        moves = Moves(table[:, 0:3], table[:, 3:6], table[:, 6], table[:, 7], table[:, 8].astype(np.int64),
+                      ignored=self.ignored, errors=self.errors, source=source)
+        assign_layers(moves)
+        return moves
+
+
+def read_gcode(text: str, source: str = "G-code") -> Moves:
+    """Parse G-code text into straight moves (see the module docstring for what is read); `source` names the
+    file in the one-line error that stops the read at a value out of reach."""
+    reader = Reader()
+    for number, raw in enumerate(text.splitlines(), start=1):
+        try:
+            reader.line(number, raw)
+        except OutOfReach as err:
+            raise KilnError(f"{source} line {number}: {err}; fix or remove the line") from None
+        if len(reader.rows) > 9 * MAX_MOVES:
+            raise KilnError(f"{source} line {number}: more than {MAX_MOVES:,} moves (an arc counts one per "
+                            f"{MM_PER_ARC_SEGMENT:g} mm chord); split the file")
+    return reader.moves(source)
 
 
 def assign_layers(moves: Moves) -> None:
@@ -201,12 +255,18 @@ def assign_layers(moves: Moves) -> None:
 
 
 def read_gcode_file(path: Path) -> Moves:
+    """A G-code file's moves; one line for a file that cannot be read, is binary or too large, or has nothing to print."""
     path = Path(path)
     try:
+        size = path.stat().st_size
+        if size > MAX_GCODE_BYTES:
+            raise KilnError(f"'{path}' is {size:,} bytes; kiln reads G-code files of at most {MAX_GCODE_BYTES:,} bytes")
         text = path.read_text(errors="replace")
     except OSError as err:
         raise KilnError(f"cannot read G-code file '{path}': {err.strerror}") from None
-    moves = read_gcode(text)
+    if "\x00" in text:  # text never holds NUL; an image, an archive or a binary G-code (.bgcode) does
+        raise KilnError(f"'{path}' is binary (a NUL byte at offset {text.index(chr(0))}), not G-code text")
+    moves = read_gcode(text, f"'{path}'")
     if len(moves) == 0 or not (np.abs(moves.end - moves.start).sum() > 0):
         raise KilnError(f"'{path}' has no moves (G0/G1/G2/G3 that change X, Y or Z); is it a G-code file?")
     if len(moves.layer_z) == 0:

@@ -3,7 +3,8 @@
 `simulate_moves` plans the whole file (junctions and lookahead need every move), then samples the selected
 layers at `sample_rate` from a short settling time before each layer starts, so every layer begins from the
 motion state the printer really has there. Each (model, layer) is one trajectory: the unit that the data
-splits never cut. Everything runs on whole arrays: 40,000 samples take well under a second.
+splits never cut. Everything runs on whole arrays: 40,000 samples take well under a second. The samples a file
+would give are counted from the plan first: more than MAX_SAMPLES_PER_FILE is one line naming the slowest move.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from kiln.errors import KilnError
+from kiln.recipes.printer.config import LAYERS_PATTERN
 from kiln.recipes.printer.dynamics import Axis
 from kiln.recipes.printer.gcode import Moves, read_gcode, read_gcode_file
 from kiln.recipes.printer.procedural_prints import MODELS, procedural_gcode
@@ -22,6 +24,9 @@ from kiln.recipes.printer.planner import Plan, plan_moves, sample_plan, shaper_p
 
 SETTLE_S = 0.3  # simulated first and dropped: the start-at-rest transient decays (~7 decay times of a 40 Hz, zeta 0.1 axis)
 WARMUP_S = 0.2  # then kept before the layer, unscored: history for a model that starts from rest with the trajectory
+# ~3 hours of printing at 1 kHz (pyGCodeDecode's benchy, every layer, is 5.8 million); kept as 88 bytes a sample, and
+# simulating one layer needs about 420 bytes a sample while it runs
+MAX_SAMPLES_PER_FILE = 10_000_000
 CHANNELS = ("x_ref", "y_ref", "vx_ref", "vy_ref", "ax_ref", "ay_ref", "x_cmd", "y_cmd", "x_act", "y_act")
 
 
@@ -44,15 +49,17 @@ class Trajectory:
 
 def select_layers(spec: str, count: int) -> np.ndarray:
     """'all', 'sampled:N' (every N-th layer, the guide's form), 'first:N' or 'A-B' (inclusive, 0-based)."""
+    if not re.fullmatch(LAYERS_PATTERN, spec):
+        raise KilnError(f"layers '{spec}' is not one of all, sampled:N (N >= 1), first:N or A-B")
     if spec == "all":
         return np.arange(count)
-    if m := re.fullmatch(r"sampled:(\d+)", spec):
-        return np.arange(0, count, max(int(m.group(1)), 1))
-    if m := re.fullmatch(r"first:(\d+)", spec):
-        return np.arange(min(int(m.group(1)), count))
-    if m := re.fullmatch(r"(\d+)-(\d+)", spec):
-        return np.arange(int(m.group(1)), min(int(m.group(2)) + 1, count))
-    raise KilnError(f"layers '{spec}' is not one of all, sampled:N, first:N or A-B")
+    form, _, value = spec.partition(":")
+    if form == "sampled":
+        return np.arange(0, count, min(int(value), max(count, 1)))  # every N-th from 0: N beyond count keeps layer 0
+    if form == "first":
+        return np.arange(min(int(value), count))
+    first, last = (min(int(v), count) for v in spec.split("-"))
+    return np.arange(first, min(last + 1, count))
 
 
 class Printer:
@@ -94,26 +101,40 @@ class Printer:
                 "ax_ref": ref["acceleration"][:, 0], "ay_ref": ref["acceleration"][:, 1],
                 "x_cmd": command[0], "y_cmd": command[1], "x_act": actual[0], "y_act": actual[1]}
 
-    def layer_times(self, plan: Plan, layer: int) -> np.ndarray | None:
-        """Sample times of one layer, from SETTLE_S + WARMUP_S before its first move to its last move's end."""
+    def layer_span(self, plan: Plan, layer: int) -> tuple[float, float] | None:
+        """First and last sample index of one layer: SETTLE_S + WARMUP_S before its first move to its last move's end."""
         moves = np.flatnonzero(plan.layer == layer)
         if len(moves) == 0:
             return None
         begin, end = plan.t_start[moves[0]], plan.t_start[moves[-1]] + plan.move_time[moves[-1]]
-        first = np.floor((begin - SETTLE_S - WARMUP_S) * self.rate)
-        return np.arange(first, np.ceil(end * self.rate) + 1) / self.rate
+        return float(np.floor((begin - SETTLE_S - WARMUP_S) * self.rate)), float(np.ceil(end * self.rate))
+
+
+def layer_times(printer: Printer, plan: Plan, spec: str, count: int, source: str) -> list[tuple[int, np.ndarray]]:
+    """(layer, sample times) of each layer `spec` selects out of `count`; refused in one line, before any time is made,
+    when together they are more than MAX_SAMPLES_PER_FILE samples."""
+    spans = {int(k): printer.layer_span(plan, int(k)) for k in select_layers(spec, count)}
+    spans = {k: span for k, span in spans.items() if span is not None}
+    total = sum(last - first + 1 for first, last in spans.values())
+    if not total <= MAX_SAMPLES_PER_FILE:  # also inf and nan, from settings under which a move never ends
+        chosen = np.isin(plan.layer, list(spans))
+        slowest = int(np.argmax(np.where(chosen, np.nan_to_num(plan.move_time, nan=np.inf), -1.0)))
+        raise KilnError(f"{source}: layers '{spec}' would be {total:,.0f} samples at {printer.rate:g} Hz "
+                        f"({total / printer.rate / 3600:.1f} hours of printing), more than the {MAX_SAMPLES_PER_FILE:,} one "
+                        f"file may give; its slowest move is line {plan.line[slowest]} ({plan.move_time[slowest]:,.0f} s): "
+                        "choose fewer layers (--layers sampled:N), a lower --sample-rate, or fix the line")
+    return [(k, np.arange(first, last + 1) / printer.rate) for k, (first, last) in spans.items()]
 
 
 def simulate_moves(printer: Printer, moves: Moves, model: str, layers: str) -> list[Trajectory]:
     plan = printer.plan(moves)
     out = []
     settle, warmup = int(round(SETTLE_S * printer.rate)), int(round(WARMUP_S * printer.rate))
-    for layer in select_layers(layers, len(moves.layer_z)):
-        times = printer.layer_times(plan, int(layer))
-        if times is None or len(times) <= settle + warmup + 1:
+    for layer, times in layer_times(printer, plan, layers, len(moves.layer_z), moves.source):
+        if len(times) <= settle + warmup + 1:
             continue
         signals = printer.simulate(plan, times)
-        out.append(Trajectory(model, int(layer), times[settle:], {k: v[settle:] for k, v in signals.items()}, warmup))
+        out.append(Trajectory(model, layer, times[settle:], {k: v[settle:] for k, v in signals.items()}, warmup))
     return out
 
 
@@ -122,7 +143,7 @@ def model_sources(spec: str, model_layers: int) -> list[tuple[str, Moves]]:
     sources = []
     for entry in [e.strip() for e in spec.split(",") if e.strip()]:
         if entry in MODELS:
-            sources.append((entry, read_gcode(procedural_gcode(entry, model_layers))))
+            sources.append((entry, read_gcode(procedural_gcode(entry, model_layers), f"procedural model {entry}")))
             continue
         path = Path(entry)
         files = sorted(path.glob("*.gcode")) + sorted(path.glob("*.gco")) if path.is_dir() else [path]
