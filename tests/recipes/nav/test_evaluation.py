@@ -1,5 +1,7 @@
 """Tests for kiln.recipes.nav.evaluation: pooled split metrics, rollouts on a user's MovingAI map, the headline."""
 
+from types import SimpleNamespace
+
 import numpy as np
 import pytest
 import torch
@@ -222,3 +224,21 @@ def test_kiln_evaluate_refuses_bad_map_flags_in_one_line_and_writes_nothing(tiny
         err = capsys.readouterr().err
         assert err.startswith("kiln: error: ") and message in err and len(err.strip().splitlines()) == 1, err
     assert sorted(p.name for p in (run_dir / "report").iterdir()) == report  # no map_*.json half-written or at all
+
+
+def test_kiln_evaluate_data_refuses_grids_of_another_side_for_a_fixed_size_model(tiny_config, tmp_path, capsys):
+    from kiln.cli import main
+    from kiln.recipes.nav.data import generate_dataset
+    from kiln.recipes.nav.evaluation import data_mismatch
+
+    run_dir = tmp_path / "run"
+    assert main(["train", str(tiny_config), "train.max_epochs=1", "--run-dir", str(run_dir)]) == 0
+    other = tmp_path / "grid8"
+    generate_dataset(other, num_train=16, num_val=16, num_test=16, grid_size=8, obstacle_density=0.2, seed=4)
+    capsys.readouterr()
+    assert main(["evaluate", str(run_dir), "--data", str(other)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "6x6 training grids and these grids are 8x8" in err
+    assert not (run_dir / "test_results_grid8.json").exists() and not (run_dir / "report_grid8").exists()
+    recurrent = SimpleNamespace(model=SimpleNamespace(arch="recurrent"))
+    assert data_mismatch(recurrent, {"grid_size": 6}, {"grid_size": 8}) is None  # a convolution runs at any size

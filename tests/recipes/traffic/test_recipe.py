@@ -7,6 +7,7 @@ import dataclasses
 import json
 import subprocess
 import sys
+from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
@@ -354,3 +355,34 @@ def test_baseline_keys_reach_their_models(traffic_config):
     assert ((adjacency > 0).sum(0) > 2).any() and not ((tgcn.propagation > 0).fill_diagonal_(False).sum(1) > 2).any()
     full = built("tgcn", self_loop=2.0)
     torch.testing.assert_close(full.propagation, gcn_propagation(adjacency, 2.0))
+
+
+def test_kiln_evaluate_data_refuses_a_city_the_model_cannot_take(traffic_config, city_dir, tmp_path, capsys):
+    """kiln evaluate RUN --data DIR on another dataset: the same network at another interval is refused before the
+    model runs; a different node count, detector order or road graph is named by data_mismatch."""
+    from kiln.cli import main
+    from kiln.recipes.traffic.config import CityGenerator
+    from kiln.recipes.traffic.data import simulate_dataset
+    from kiln.recipes.traffic.evaluation import data_mismatch
+
+    run_dir = tmp_path / "run"
+    assert main(["train", str(traffic_config), "train.max_epochs=1", "--run-dir", str(run_dir)]) == 0
+    five_minutes = tmp_path / "city5"
+    simulate_dataset(five_minutes, CityGenerator(days=4, seed=5, interval_minutes=5), lambda message: None)
+    capsys.readouterr()
+    assert main(["evaluate", str(run_dir), "--data", str(five_minutes)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "steps of 15 minutes" in err and "5-minute steps" in err
+    assert not (run_dir / "test_results_city5.json").exists() and not (run_dir / "report_city5").exists()
+
+    _, cfg = load_recipe_config(traffic_config, [])
+    info = get_recipe("traffic").load_data(cfg, lambda m: None).info
+    assert data_mismatch(cfg, info, info) is None
+    assert "62-node network and this dataset has 61 nodes" in data_mismatch(cfg, info, {**info, "num_nodes": 61})
+    swapped = {**info, "node_ids": [info["node_ids"][1], info["node_ids"][0], *info["node_ids"][2:]]}
+    assert data_mismatch(cfg, info, swapped).startswith("node 0 is detector")
+    fewer_edges = {**info, "edge_index": [row[1:] for row in info["edge_index"]], "edge_weight": info["edge_weight"][1:],
+                   "num_edges": info["num_edges"] - 1}
+    assert "differs from the training graph" in data_mismatch(cfg, info, fewer_edges)
+    average = SimpleNamespace(model=SimpleNamespace(arch="historical_average", seq_len=12))
+    assert data_mismatch(average, info, fewer_edges) is None  # no graph in that model

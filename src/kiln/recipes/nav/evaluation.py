@@ -197,6 +197,16 @@ def evaluate(task: Task, splits: Splits, cfg, options: dict) -> Evaluation:
     return Evaluation(results)
 
 
+def data_mismatch(cfg, trained_info: dict, info: dict) -> str | None:
+    """`kiln evaluate RUN --data DIR`: a mixer or TRM has one position embedding per cell of its training grids, so
+    it runs on grids of that side only; the recurrent model runs at any size (None: nothing keeps it)."""
+    trained, other = trained_info.get("grid_size"), info.get("grid_size")
+    if cfg.model.arch == "recurrent" or trained is None or other is None or trained == other:
+        return None
+    return (f"model.arch {cfg.model.arch} has a position embedding per cell of its {trained}x{trained} training grids and "
+            f"these grids are {other}x{other}; train on them, or use model.arch: recurrent, which runs at any size")
+
+
 def headline(results: dict[str, Any]) -> dict[str, Any]:
     """Greedy rollout success on the test grids against the shortest-path optimum on the same grids."""
     return {"metric": "rollout success", "value": results["rollout_success"], "baseline": "shortest path",

@@ -164,3 +164,24 @@ def headline(results: dict[str, Any]) -> dict[str, Any]:
     """Test MAE (all steps, in the data's unit) against persistence's on the same windows."""
     return {"metric": f"test MAE ({results['unit']})", "value": results["mae"], "baseline": "persistence",
             "baseline_value": results["references"]["persistence"]["mae"], "higher_is_better": False}
+
+
+def data_mismatch(cfg: TrafficConfig, trained_info: dict, info: dict) -> str | None:
+    """`kiln evaluate RUN --data DIR`: what keeps the trained model from another dataset, or None. Every architecture
+    has one learned embedding per detector and reads its window in steps of the training data's interval; the graph
+    models also attend over, or convolve with, the training road graph, which is built into the model."""
+    if trained_info.get("num_nodes") != info.get("num_nodes"):
+        return (f"the model has one embedding per detector of its {trained_info.get('num_nodes')}-node network and "
+                f"this dataset has {info.get('num_nodes')} nodes; train a model on this network")
+    if trained_info.get("node_ids") and info.get("node_ids") and trained_info["node_ids"] != info["node_ids"]:
+        first = next(i for i, (a, b) in enumerate(zip(trained_info["node_ids"], info["node_ids"])) if a != b)
+        return (f"node {first} is detector {info['node_ids'][first]!r} here but {trained_info['node_ids'][first]!r} in the "
+                "training data; the per-detector embeddings would score other detectors (order the columns as in training)")
+    if trained_info.get("interval_minutes") != info.get("interval_minutes"):
+        return (f"the model reads {cfg.model.seq_len} steps of {trained_info.get('interval_minutes')} minutes and this "
+                f"dataset has {info.get('interval_minutes')}-minute steps; resample it to the training interval")
+    graph = ("edge_index", "edge_weight")
+    if cfg.model.arch != "historical_average" and any(trained_info.get(k) != info.get(k) for k in graph if k in trained_info):
+        return (f"its road graph ({info.get('num_edges')} edges) differs from the training graph "
+                f"({trained_info.get('num_edges')} edges), which model.arch {cfg.model.arch} has built in; train on this graph")
+    return None
