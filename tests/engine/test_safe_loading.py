@@ -53,9 +53,11 @@ def poisoned(trained, tmp_path):
     lambda run, cfg: ["evaluate", str(run)],
     lambda run, cfg: ["export", str(run), "--format", "safetensors"],
     lambda run, cfg: ["export", str(run), "--format", "onnx", "--weights", "final"],
-], ids=["resume", "init-from", "evaluate", "export", "export-final"])
+    lambda run, cfg: ["printer", "compensate", str(run), str(run.parent / "square.gcode")],
+], ids=["resume", "init-from", "evaluate", "export", "export-final", "compensate"])
 def test_a_crafted_pickle_is_refused_in_one_line_and_runs_nothing(poisoned, command, capsys):
     run, marker, cfg = poisoned
+    (run.parent / "square.gcode").write_text("G21\nG90\nM83\nG1 Z0.2 F3000\nG1 X20 Y0 E1\nG1 X20 Y20 E1\nG1 X0 Y20 E1\nG1 X0 Y0 E1\n")
     assert main(command(run, cfg)) == 2
     err = capsys.readouterr().err.strip()
     assert "holds Python objects other than tensors" in err and "runs no code from them" in err
