@@ -15,13 +15,18 @@ otherwise (scheduled sampling, Bengio et al. 2015), in one of two ways (`model.s
   run the LSTM over the whole sequence at once (parallel scheduled sampling with one pass, Duckworth et al. 2019).
   Faster per step (bench/seqgen_step.py), but every own prediction it mixes in was made from the true history: the
   model never sees its errors compound.
-Evaluation always runs the step-by-step loop with no teacher forcing (`forward`).
+Evaluation always runs the step-by-step loop with no teacher forcing (`forward`). The step-by-step loop is
+recurrence.py's forward and backward passes, written out, on nn.LSTM's own weights (calling nn.LSTM once per step
+costs several times more, bench/seqgen_step.py); the sequence-at-once passes call nn.LSTM itself.
 """
 
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
+
+from kiln.recipes.seqgen.recurrence import scheduled_sampling_lstm
 
 
 class StreamlinedSequenceGenerator(nn.Module):
@@ -66,22 +71,53 @@ class StreamlinedSequenceGenerator(nn.Module):
     def rollout(self, params: Tensor, target: Tensor | None = None, teacher_forcing: float = 0.0,
                 noise_level: float = 0.0) -> Tensor:
         """Step by step: params [B, 2] (z-scored) -> sequences [B, T, 5] (z-scored). Step t is fed target[:, t-1]
-        with probability `teacher_forcing` (per sequence and step) and its own output of step t-1 otherwise."""
-        B = params.shape[0]
+        with probability `teacher_forcing` (per sequence and step) and its own output of step t-1 otherwise. In fp32
+        under any autocast: the cell state sums over 151 steps."""
         if noise_level:
             params = params + noise_level * torch.randn_like(params)
-        previous, state, outputs = params.new_zeros(B, 1, self.components), self.initial_state(params), []
-        for t in range(self.steps):
-            fed = previous + noise_level * torch.randn_like(previous) if noise_level else previous
-            step = torch.cat([fed.to(params.dtype), params[:, None], self.position[t].expand(B, 1, 1)], dim=-1)  # [B, 1, 8]
-            hidden, state = self.lstm(step, state)
-            own = self.head(hidden)                                                            # [B, 1, 5]
-            outputs.append(own)
-            previous = own
+        noise, keep, use_truth = self.draws(params.shape[0], teacher_forcing, noise_level, params.device)
+        with torch.autocast(params.device.type, enabled=False):
+            params = params.float()
+            truth = None if use_truth is None else target.transpose(0, 1).float()
+            bias, weights = self.layer_weights()
+            out = scheduled_sampling_lstm(self.known_gates(params), *self.initial_state(params), truth, use_truth, noise,
+                                          keep, bias, self.head.weight, self.head.bias, weights)
+        return out.transpose(0, 1)
+
+    def known_gates(self, params: Tensor) -> Tensor:
+        """Layer 0's gate pre-activations from what every step knows ahead (the parameters, the position, both
+        biases), for all steps in one product: [T, B, 4H]."""
+        lstm, T = self.lstm, self.steps
+        known = torch.cat([params[None].expand(T, -1, -1), self.position[:, None, None].expand(-1, params.shape[0], 1)], -1)
+        gates = torch.addmm(lstm.bias_ih_l0 + lstm.bias_hh_l0, known.flatten(0, 1), lstm.weight_ih_l0[:, self.components:].t())
+        return gates.unflatten(0, (T, -1))
+
+    def layer_weights(self) -> tuple[Tensor, list[Tensor]]:
+        """nn.LSTM's own weights as recurrence.py takes them: layers 1...'s biases [L - 1, 4H] and per layer
+        [W_ih, W_hh] side by side (layer 0's W_ih on the fed components only; known_gates has the rest)."""
+        lstm, L = self.lstm, self.lstm.num_layers
+        weight = lambda name, k: getattr(lstm, f"{name}_l{k}")  # noqa: E731
+        bias = torch.stack([weight("bias_ih", k) + weight("bias_hh", k) for k in range(1, L)]) if L > 1 \
+            else lstm.bias_ih_l0.new_zeros(0, 4 * lstm.hidden_size)
+        inputs = [lstm.weight_ih_l0[:, :self.components]] + [weight("weight_ih", k) for k in range(1, L)]
+        return bias, [torch.cat([w_ih, weight("weight_hh", k)], 1) for k, w_ih in enumerate(inputs)]
+
+    def draws(self, batch: int, teacher_forcing: float, noise_level: float, device) -> tuple[Tensor | None, ...]:
+        """The rollout's random numbers, [T, ...] each or None: per step the input noise, the dropout masks between
+        layers (nn.LSTM's, scaled by 1 / (1 - p)) and the teacher-forcing draw, in this order, as the step loop
+        with nn.LSTM drew them: one seed gives the same training as before the loop was replaced."""
+        dropout = self.lstm.dropout if self.training and self.lstm.num_layers > 1 else 0.0
+        ones = torch.ones(batch, self.lstm.hidden_size, device=device)
+        noise, keep, use_truth = [], [], []
+        for _ in range(self.steps):
+            if noise_level:
+                noise.append(noise_level * torch.randn(batch, self.components, device=device))
+            if dropout:
+                keep.append(torch.stack([F.dropout(ones, dropout, True) for _ in range(self.lstm.num_layers - 1)]))
             if teacher_forcing > 0:
-                use_truth = torch.rand(B, 1, 1, device=params.device) < teacher_forcing
-                previous = torch.where(use_truth, target[:, t:t + 1].to(own.dtype), own)
-        return torch.cat(outputs, dim=1)
+                use_truth.append(torch.rand(batch, 1, device=device) < teacher_forcing)
+        return (torch.stack(noise) if noise else None, torch.stack(keep, 1) if keep else None,
+                torch.stack(use_truth) if use_truth else None)
 
     def forward(self, params: Tensor) -> Tensor:
         """Free-running generation: params [B, 2] (z-scored) -> sequences [B, T, 5] (z-scored)."""
