@@ -242,3 +242,10 @@ def test_kiln_evaluate_data_refuses_grids_of_another_side_for_a_fixed_size_model
     assert not (run_dir / "test_results_grid8.json").exists() and not (run_dir / "report_grid8").exists()
     recurrent = SimpleNamespace(model=SimpleNamespace(arch="recurrent"))
     assert data_mismatch(recurrent, {"grid_size": 6}, {"grid_size": 8}) is None  # a convolution runs at any size
+
+
+def test_sampling_pairs_on_a_map_without_two_free_cells_names_the_map(tmp_path):
+    path = tmp_path / "walls.map"
+    path.write_text("type octile\nheight 2\nwidth 3\nmap\n@@@\n@.@\n")
+    with pytest.raises(KilnError, match=r"walls.map' has fewer than two free cells"):
+        evaluate_map(None, path, None, num_pairs=5)

@@ -135,3 +135,13 @@ def test_an_unreadable_map_in_a_maps_folder_is_named(tmp_path):
     (tmp_path / "b.map").mkdir()  # a folder whose name ends in .map
     with pytest.raises(ValueError, match=r"b.map: cannot be read \(Is a directory\)"):
         read_map_folder(tmp_path)
+
+
+@pytest.mark.parametrize("text", ["version 1\n", "version 1\n\n\n", "version 1\r0\tm.map\t4\t3\t0\t0\t3\t2\t5.0\r"])
+def test_a_scen_without_pairs_is_refused_naming_it(tmp_path, text):
+    """Found by tests/fuzz/test_movingai.py: a .scen of only its version line (truncated, or with \\r line breaks)
+    read as zero pairs, and `kiln eval --scen` then said 'no start/goal pair ... can be measured' and no reason."""
+    path = tmp_path / "empty.scen"
+    path.write_bytes(text.encode())
+    with pytest.raises(ValueError, match=r"empty.scen: no start/goal pairs after the 'version' line; add lines"):
+        read_movingai_scen(path)

@@ -152,3 +152,41 @@ def test_kiln_data_printer_refuses_a_coordinate_of_1e8_in_one_line_before_alloca
     err = capsys.readouterr().err
     assert err.startswith(f"kiln: error: '{part}' line 4: X 1e+08 mm is outside") and len(err.strip().splitlines()) == 1
     assert peak < 50 * 2 ** 20 and not (tmp_path / "d").exists()
+
+
+def test_a_command_of_thousands_of_digits_is_a_malformed_line_not_a_crash():
+    """Found by tests/fuzz/test_gcode.py: int() refuses 4300 digits, and the ValueError escaped read_gcode."""
+    moves = read_gcode("G1 X1 E1\nG" + "1" * 5000 + " X2\nG1 X3 E1\n")
+    assert [n for n, _ in moves.errors] == [2] and "has 5000 digits" in moves.errors[0][1]
+    assert moves.line.tolist() == [1, 3]
+
+
+def test_a_feedrate_of_400_digits_is_a_malformed_line_not_an_infinite_speed():
+    """Found by tests/fuzz/test_gcode.py: float() reads 400 digits as inf, which became the moves' feedrate."""
+    moves = read_gcode(f"G1 X1 E1 F600\nG1 X2 E1 F{HUGE}\nG1 X3 E1\n")
+    assert dict(moves.errors) == {2: "F has too many digits for a feedrate"}
+    np.testing.assert_allclose(moves.feedrate, [10, 10])
+
+
+@pytest.mark.parametrize("lines, reason", [
+    (["G1 X9000 Y9000 E1", "G2 X9000 Y9000 I-9000 J-9000 E1"], r"the arc reaches X ±12727.9 mm, outside ±10000 mm"),
+    (["G1 X10 Y0 E1", f"G2 X0 Y10 R{HUGE} E1"], r"the arc's radius inf mm puts its centre outside ±10000 mm"),
+])
+def test_an_arc_whose_circle_leaves_the_reach_stops_the_read(tmp_path, lines, reason):
+    """Found by tests/fuzz/test_gcode.py: a centre within reach gave chords up to 12.7 m away (memory downstream grows
+    with the extent), and an infinite R a numpy warning before the centre check."""
+    path = tmp_path / "arc.gcode"
+    import warnings
+
+    path.write_text("\n".join(["M83", "G1 Z0.2", *lines]) + "\n")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with pytest.raises(KilnError, match=rf"^'{re.escape(str(path))}' line 4: {reason}"):
+            read_gcode_file(path)
+
+
+def test_lines_are_counted_at_line_breaks_only():
+    """Found by tests/fuzz/test_gcode.py: str.splitlines() also breaks at \\f, \\x1c, \\x85 ..., so moves and messages
+    named lines the file does not have."""
+    moves = read_gcode("G1 X1 E1\x0cG1 X2 E1\x1cG1 X3\nG1 X4 E1\r\nG1 X5 E1\rG1 X6 E1\n")
+    assert moves.line.tolist() == [2, 3, 4] and moves.errors == [(1, "word X appears twice")]  # one line, as Marlin reads it

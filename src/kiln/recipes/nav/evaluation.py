@@ -89,10 +89,11 @@ def shortest_path_rollout_success(split: dict[str, Tensor]) -> float:
     return rollout_metrics(split["optimal"].float(), split)["success"].mean().item()
 
 
-def sample_pairs(grid: np.ndarray, count: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+def sample_pairs(grid: np.ndarray, count: int, rng: np.random.Generator, source: Path) -> tuple[np.ndarray, np.ndarray]:
     free = np.argwhere(grid == 0)
     if len(free) < 2:
-        raise KilnError("the map has fewer than two free cells, so no start/goal pair can be sampled")
+        raise KilnError(f"'{source}' has fewer than two free cells, so no start/goal pair can be sampled; pass a map "
+                        "with open ground")
     picks = rng.integers(0, len(free), size=(count, 2))
     return free[picks[:, 0]], free[picks[:, 1]]
 
@@ -101,7 +102,7 @@ def read_map_pairs(map_path: Path, scen_path: Path | None, num_pairs: int, seed:
     """A MovingAI map as a uint8 grid (1 = wall) with the .scen's start/goal pairs, or `num_pairs` sampled ones."""
     try:
         grid = read_movingai_map(map_path)
-        starts, goals = read_movingai_scen(scen_path) if scen_path else sample_pairs(grid, num_pairs, np.random.default_rng(seed))
+        starts, goals = read_movingai_scen(scen_path) if scen_path else sample_pairs(grid, num_pairs, np.random.default_rng(seed), map_path)
     except (OSError, ValueError) as err:
         raise KilnError(f"cannot read MovingAI file: {err}") from None
     return grid, starts, goals

@@ -133,6 +133,9 @@ def read_movingai_scen(path):
             if len(coords) == MAX_PAIRS:
                 raise ValueError(f"{path}:{line_no}: more than {MAX_PAIRS} start/goal pairs; split the file")
             coords.append(_scen_pair(path, line_no, line))
+    if not coords:  # also a file of \r line breaks: all of it is the version line
+        raise ValueError(f"{path}: no start/goal pairs after the 'version' line; add lines "
+                         f"'bucket map width height start_x start_y goal_x goal_y optimal_length', one per pair")
     coords = np.array(coords, dtype=np.int64).reshape(-1, 4)
     return coords[:, :2], coords[:, 2:]
 

@@ -34,6 +34,7 @@ MAX_GCODE_BYTES = 2 ** 30     # 1 GiB of text, about 30 million lines
 WORD = re.compile(r"\s*([A-Za-z])\s*([-+]?(?:\d+\.?\d*|\.\d+))")
 COMMAND = re.compile(r"\s*([GMTgmt])\s*(\d+(?:\.\d+)?)")
 MOVE_WORDS = {0: "XYZEF", 1: "XYZEF", 2: "XYZEFIJR", 3: "XYZEFIJR", 92: "XYZE"}
+LINE_BREAK = re.compile(r"\r\n?|\n")  # as editors and firmware count lines; str.splitlines() also breaks at \f, \x1c ...
 
 
 @dataclass
@@ -86,6 +87,8 @@ def arc_points(start: np.ndarray, end: np.ndarray, words: dict[str, float], cloc
     """Chord end points [K, 3] of a G2/G3 arc in the XY plane (helical in Z), as Marlin's plan_arc cuts it."""
     if "R" in words:
         radius = words["R"] * scale
+        if not abs(radius) <= 3 * MAX_COORDINATE_MM:  # also inf; its centre would be out of reach (checked below)
+            raise OutOfReach(f"the arc's radius {radius:g} mm puts its centre outside ±{MAX_COORDINATE_MM:g} mm")
         chord = end[:2] - start[:2]
         half = np.linalg.norm(chord) / 2
         if half == 0 or abs(radius) < half - 1e-6:
@@ -118,6 +121,10 @@ def arc_points(start: np.ndarray, end: np.ndarray, words: dict[str, float], cloc
     points = np.stack([centre[0] + radius * np.cos(angle), centre[1] + radius * np.sin(angle),
                        start[2] + (end[2] - start[2]) * frac], 1)
     points[-1] = end  # the last chord ends exactly where the command says
+    far = np.abs(points[:, :2]).max(0)
+    for axis, value in zip("XY", far):
+        if not value <= MAX_COORDINATE_MM:  # a circle around a centre within reach may still pass beyond it
+            raise OutOfReach(f"the arc reaches {axis} ±{value:g} mm, outside ±{MAX_COORDINATE_MM:g} mm, beyond any printer")
     return points
 
 
@@ -153,6 +160,9 @@ class Reader:
             self.errors.append((number, f"no G/M/T command at the start of '{code.strip()[:40]}'"))
             return
         letter, value = command.group(1).upper(), command.group(2)
+        if len(value) > 20:  # no firmware has such a command; int() refuses 4300 digits
+            self.errors.append((number, f"command {letter}{value[:20]}... has {len(value)} digits"))
+            return
         name = f"{letter}{value}"
         if name in ("M82", "M83"):
             self.absolute_e = name == "M82"
@@ -192,6 +202,8 @@ class Reader:
         """G0/G1 as one straight move, G2/G3 as chords of MM_PER_ARC_SEGMENT."""
         feed = self.feed
         if "F" in words:
+            if not math.isfinite(words["F"]):
+                raise ValueError("F has too many digits for a feedrate")
             if words["F"] <= 0:
                 raise ValueError(f"F{words['F']:g} is not a positive feedrate")
             if words["F"] * self.scale < MIN_FEEDRATE_MM_MIN:
@@ -226,7 +238,7 @@ def read_gcode(text: str, source: str = "G-code") -> Moves:
     """Parse G-code text into straight moves (see the module docstring for what is read); `source` names the
     file in the one-line error that stops the read at a value out of reach."""
     reader = Reader()
-    for number, raw in enumerate(text.splitlines(), start=1):
+    for number, raw in enumerate(LINE_BREAK.split(text), start=1):
         try:
             reader.line(number, raw)
         except OutOfReach as err:
