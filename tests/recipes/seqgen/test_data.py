@@ -128,3 +128,28 @@ def test_kiln_train_makes_a_missing_data_dir_with_the_config_s_split_and_warns_o
     with pytest.raises(KilnError, match=rf"data.dir '{tmp_path / 'none'}' does not exist; make it with: "
                                         rf"kiln data seqgen --synthetic --out {tmp_path / 'none'}$"):
         RECIPE.prepare_data(load_recipe_config(seqgen_config, [f"data.dir={tmp_path / 'none'}"])[1], print)
+
+
+# ---------------------------------------------------------------- found by tests/fuzz/test_seqgen_files.py
+
+def test_a_value_beyond_float32_is_a_bad_file(strings_dir, tmp_path):
+    """1e39 is finite as float64, so it passed the NaN check and became inf in the model's float32 tensors."""
+    data = tmp_path / "data"
+    shutil.copytree(strings_dir, data)
+    bad = sorted(data.glob("*.csv"))[2]
+    frame = pd.read_csv(bad)
+    frame.loc[4, "pc1"] = 1e39
+    frame.to_csv(bad, index=False)
+    with pytest.raises(KilnError) as err:
+        read_sequences(data, "error", lambda m: None)
+    assert str(err.value).startswith(f"'{bad}' has 1e+39 (row 5, column pc1), beyond float32's")
+
+
+def test_a_column_name_with_a_newline_stays_on_one_line(strings_dir, tmp_path):
+    data = tmp_path / "data"
+    shutil.copytree(strings_dir, data)
+    bad = sorted(data.glob("*.csv"))[0]
+    bad.write_text(bad.read_text().replace("pc3", '"pc\n3"', 1))
+    with pytest.raises(KilnError, match=r"lacks column\(s\) pc3 \(has \['step', 'pc1', 'pc2', 'pc\\n3'") as err:
+        read_sequences(data, "error", lambda m: None)
+    assert "\n" not in str(err.value)

@@ -372,3 +372,63 @@ def test_linear_svr_solves_tgcn_libsvm_problem():
         expected = SVR(kernel="linear").fit(x[:, :, j], y.mean(1)[:, j]).predict(x_new[:, :, j])
         got = fit_linear_svr(x[:, :, j], y.mean(1)[:, j], x_new[:, :, j])
         assert np.abs(got - expected).max() < 0.1 and abs((got - expected).mean()) < 0.02
+
+
+# ---------------------------------------------------------------- found by tests/fuzz/test_traffic_files.py
+
+@pytest.mark.parametrize("edges_csv, pattern", [
+    (b"\x99\xff", r"cannot read '.*edges.csv' as CSV"),                                # binary: a UnicodeDecodeError
+    (b"", r"cannot read '.*edges.csv' as CSV \(No columns to parse from file\)"),
+    (b"source,target\n0,1\n1,0,5\n", r"cannot read '.*edges.csv' as CSV \(Error tokenizing data"),  # a long row
+    (b"source,target,weight\n0,1,x\n", r"'.*edges.csv' row 0 \(0 -> 1\) has weight 'x': weights must be finite non-negative"),
+    (b"source,target,weight\n0,1,1\n1,0,\n", r"row 1 \(1 -> 0\) has weight 'nan'"),    # a blank weight, silently NaN
+    (b"source,target,weight\n0,1,inf\n", r"has weight 'inf'"),
+    (b"source,target,weight\n0,1,-1\n", r"has weight '-1'"),
+    (b"source,target\nx,1\n0,2.5\n", r"names node\(s\) \['0', 'x', 2.5\]"),  # text and number ids: sorted() raised TypeError
+    (b'source,"tar\nget"\n0,1\n', r"needs columns source and target \(node ids\); it has \['source', 'tar\\ng"),
+])
+def test_a_damaged_edges_csv_is_one_line_error(tmp_path, edges_csv, pattern):
+    out = small_city(tmp_path, days=1)
+    (out / "edges.csv").write_bytes(edges_csv)
+    one_line_error(lambda: load_series(out, quiet), pattern)
+
+
+def test_records_without_their_keys_or_with_weather_error_codes_are_refused(tmp_path):
+    no_node = city_with(tmp_path, "no node", lambda r: r.assign(node_id=r["node_id"].where(r.index != 9)))
+    one_line_error(lambda: load_series(no_node, quiet), r"traffic.parquet' row 9 has no node_id \(1 row\(s\) have none\)")
+    no_time = city_with(tmp_path, "no time", lambda r: r.assign(timestamp=r["timestamp"].where(r.index != 4)))
+    one_line_error(lambda: load_series(no_time, quiet), "row 4 has no timestamp")
+    # a sensor's error code, which overflowed the weather statistics (1e39: the float32 weather matrix)
+    code = city_with(tmp_path, "code", lambda r: r.assign(wind_speed_kmh=np.where(r.index == 2, 1e12, r["wind_speed_kmh"])))
+    one_line_error(lambda: load_series(code, quiet), r"row 2 .* has wind_speed_kmh 1e\+12: weather must be finite, within ±1e\+06")
+
+
+def test_per_segment_records_with_ends_of_different_types_are_refused(tmp_path):
+    times = np.repeat(pd.date_range("2025-01-06", periods=4, freq="15min").to_numpy(), 2)
+    frame = pd.DataFrame({"run_id": 0, "timestamp": times, "node_a_id": [1, 2] * 4, "node_b_id": ["b", "c"] * 4,
+                          "speed_kmh": 50.0})
+    out = tmp_path / "mixed"
+    write_dataset(out, frame, pd.DataFrame({"node_id": [1]}), None, {})
+    one_line_error(lambda: load_series(out, quiet), "node_a_id and node_b_id hold ids that cannot be ordered together")
+    missing = tmp_path / "missing"
+    write_dataset(missing, frame.assign(node_b_id=["b", None] * 4), pd.DataFrame({"node_id": [1]}), None, {})
+    one_line_error(lambda: load_series(missing, quiet), r"row 1 has no node_b_id \(4 row\(s\) have none\)")
+
+
+@pytest.mark.parametrize("name, speed, adjacency, pattern", [
+    ("weight beyond float32", LOS_SPEED, b"1,1,0\n1,1,1e39\n0,1,1\n", r"los_adj.csv' line 2, column 3: 1e\+39 is not a finite"),
+    ("two rows", b"a,b,c\n60,61,62\n60,61,62\n", LOS_ADJ, r"los_speed.csv' has only 2 row\(s\) of speeds; a forecaster needs"),
+])
+def test_los_loop_files_that_would_convert_to_an_unloadable_dataset_are_refused(tmp_path, name, speed, adjacency, pattern):
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "los_speed.csv").write_bytes(speed)
+    (src / "los_adj.csv").write_bytes(adjacency)
+    one_line_error(lambda: convert_los_loop(src, tmp_path / "out", log=quiet), pattern)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["src"]
+
+
+def test_run_ids_that_do_not_compare_are_refused(tmp_path):
+    """A run_id column of lists loaded, then failed in build_splits with numpy's ValueError."""
+    lists = city_with(tmp_path, "lists", lambda r: r.assign(run_id=[[i, 1] for i in range(len(r))]))
+    one_line_error(lambda: load_series(lists, quiet), "run_id, timestamp, node_id values that cannot be ordered")

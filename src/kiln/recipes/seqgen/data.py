@@ -58,13 +58,16 @@ def read_sequence(path: Path) -> tuple[np.ndarray, np.ndarray]:
         raise BadFile(f"not a readable CSV ({str(err).strip().splitlines()[0]})") from None
     missing = [c for c in COLUMNS if c not in frame.columns]
     if missing:
-        raise BadFile(f"lacks column(s) {', '.join(missing)} (has {', '.join(map(str, frame.columns))})")
+        raise BadFile(f"lacks column(s) {', '.join(missing)} (has {list(frame.columns)})")
     if len(frame) != STEPS:
         raise BadFile(f"has {len(frame)} rows, expected {STEPS}")
     values = frame[COLUMNS].apply(pd.to_numeric, errors="coerce").to_numpy(np.float64)
     if not np.isfinite(values).all():
         row, col = np.argwhere(~np.isfinite(values))[0]
         raise BadFile(f"has a NaN, infinite or non-numeric value (row {row + 1}, column {COLUMNS[col]})")
+    if (np.abs(values) > np.finfo(np.float32).max).any():  # the model's float32 would make it inf
+        row, col = np.argwhere(np.abs(values) > np.finfo(np.float32).max)[0]
+        raise BadFile(f"has {values[row, col]:g} (row {row + 1}, column {COLUMNS[col]}), beyond float32's ±3.4e+38")
     params = values[:, -2:]
     if not np.allclose(params, params[0], rtol=1e-6, atol=1e-9):
         raise BadFile("has parameters that change between rows; param1 and param2 must be constant within a sequence")

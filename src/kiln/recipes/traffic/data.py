@@ -40,6 +40,7 @@ SPEED_COLUMNS = {"speed_kmh": "km/h", "speed_mph": "mph"}
 # Speeds above this are no road traffic (a sensor's error code, a unit mix-up): refused at load, not trained on.
 MAX_SPEED = {"km/h": 300.0, "mph": round(300.0 / 1.609344, 1)}
 WEATHER = ("temperature_c", "wind_speed_kmh", "precipitation_mm")
+MAX_WEATHER = 1e6  # |weather| above this is a sensor's error code, and would overflow the float32 statistics
 LOS_LOOP_START = "2012-03-01"  # a Thursday: Los-loop is one week, Thursday to Wednesday
 
 
@@ -138,12 +139,22 @@ def read_records(path: Path, log: Callable[[str], None]) -> tuple[pd.DataFrame, 
         raise KilnError(f"'{path}' has weather column(s) {', '.join(weather_cols)} but lacks "
                         f"{', '.join(c for c in WEATHER if c not in weather_cols)}; give all three or none")
     check_readings(frame, speed_col, weather_cols, keys, path)
-    frame = frame.sort_values(list(keys[1:]))
     try:
         frame["timestamp"] = pd.to_datetime(frame["timestamp"])
     except (ValueError, TypeError) as err:
         raise KilnError(f"'{path}' column timestamp does not hold dates and times ({str(err).splitlines()[0]}); "
                         "store them as timestamps") from None
+    for column in keys:
+        if frame[column].isna().any():
+            row = int(np.argmax(frame[column].isna().to_numpy()))
+            raise KilnError(f"'{path}' row {row} has no {column} ({int(frame[column].isna().sum())} row(s) have none); "
+                            f"every record needs its {', '.join(keys)}")
+    try:
+        frame = frame.sort_values(list(keys[1:]))
+        np.unique(frame["run_id"].to_numpy())  # the splits count runs
+    except (TypeError, ValueError) as err:  # ids of several types, or lists, that do not compare
+        raise KilnError(f"'{path}' has {', '.join(keys)} values that cannot be ordered ({str(err).splitlines()[0]}); "
+                        "store each key column as one type of numbers or text") from None
     if frame.duplicated(list(keys[1:])).any():
         raise KilnError(f"'{path}' has several rows for the same ({', '.join(keys[1:])}); keep one per "
                         f"{'segment' if per_segment else 'node'} and time")
@@ -155,7 +166,11 @@ def node_series(frame: pd.DataFrame, speed_col: str, keys: tuple[str, ...], path
     """Records in time order -> ([time, node] speeds, [time, 3] city weather or None, the road segments of
     per-segment records or None), each missing reading imputed and counted."""
     if keys == SEGMENT_KEYS:
-        speed, segments = segment_speeds(frame, speed_col, log)
+        try:
+            speed, segments = segment_speeds(frame, speed_col, log)
+        except TypeError as err:  # the two ends' ids do not compare: numbers in one column, text in the other
+            raise KilnError(f"'{path}' node_a_id and node_b_id hold ids that cannot be ordered together "
+                            f"({str(err).splitlines()[0]}); store both as numbers or both as text") from None
     else:
         speed, segments = frame.pivot(index="timestamp", columns="node_id", values=speed_col), None
     filled = int(speed.isna().sum().sum())
@@ -183,12 +198,13 @@ def check_readings(frame: pd.DataFrame, speed_col: str, weather_cols: list[str],
             raise KilnError(f"'{path}' column {column} holds {values.dtype} values, not numbers; store readings as numbers "
                             "(null where one is missing)")
         unit = SPEED_COLUMNS.get(column)
-        valid = values.between(0, MAX_SPEED[unit]) if unit else np.isfinite(values)
+        valid = values.between(0, MAX_SPEED[unit]) if unit else values.between(-MAX_WEATHER, MAX_WEATHER)
         bad = ~(values.isna() | valid)
         if bad.any():
             row = int(np.argmax(bad.to_numpy()))
             where = ", ".join(f"{k} {frame[k].iloc[row]}" for k in keys[1:])
-            rule = f"speeds must be finite numbers from 0 to {MAX_SPEED[unit]:g} {unit}" if unit else "weather must be finite"
+            rule = (f"speeds must be finite numbers from 0 to {MAX_SPEED[unit]:g} {unit}" if unit
+                    else f"weather must be finite, within ±{MAX_WEATHER:g}")
             raise KilnError(f"'{path}' row {row} ({where}) has {column} {values.iloc[row]:g}: {rule} ({int(bad.sum())} "
                             f"row(s) are not); fix or drop them")
 
@@ -223,17 +239,30 @@ def read_graph(data_dir: Path, node_ids: np.ndarray, log: Callable[[str], None],
     elif not edges_path.is_file():
         raise KilnError(f"'{edges_path}' not found; a traffic dataset needs its road graph as edges.csv (source,target[,weight])")
     else:
-        edges = pd.read_csv(edges_path)
+        try:
+            edges = pd.read_csv(edges_path)
+        except ValueError as err:  # pandas' parser errors and a binary file's UnicodeDecodeError are ValueErrors
+            raise KilnError(f"cannot read '{edges_path}' as CSV ({str(err).strip().splitlines()[0]}); "
+                            "it needs a header row source,target[,weight] and one road per line") from None
     if not {"source", "target"} <= set(edges.columns):
-        raise KilnError(f"'{edges_path}' needs columns source and target (node ids); it has {', '.join(edges.columns)}")
+        raise KilnError(f"'{edges_path}' needs columns source and target (node ids); it has {list(edges.columns)}")
     index = pd.Series(np.arange(len(node_ids)), index=node_ids)
-    unknown = sorted(set(edges["source"]).union(edges["target"]) - set(node_ids))
+    unknown = sorted(set(edges["source"]).union(edges["target"]) - set(node_ids), key=repr)
     if unknown:
         raise KilnError(f"'{edges_path}' names node(s) {unknown[:5]} that have no speeds in traffic.parquet; "
                         f"the graph has {len(set(edges['source']).union(edges['target']))} nodes, the speed data {len(node_ids)}")
     edges = edges[edges["source"] != edges["target"]]  # self loops are added by the model where it wants them
     pairs = np.stack([index[edges["source"]].to_numpy(), index[edges["target"]].to_numpy()])
-    weight = edges["weight"].to_numpy(np.float32) if "weight" in edges else np.ones(pairs.shape[1], np.float32)
+    weight = np.ones(pairs.shape[1], np.float32)
+    if "weight" in edges:
+        weight = pd.to_numeric(edges["weight"], errors="coerce").to_numpy(np.float64)
+        bad = ~((weight >= 0) & (weight <= np.finfo(np.float32).max))  # NaN (a blank or text) fails both comparisons
+        if bad.any():
+            row = int(np.argmax(bad))
+            raise KilnError(f"'{edges_path}' row {edges.index[row]} ({edges['source'].iloc[row]} -> {edges['target'].iloc[row]}) "
+                            f"has weight {str(edges['weight'].iloc[row])!r}: weights must be finite non-negative numbers "
+                            f"({int(bad.sum())} row(s) are not); fix or drop them")
+        weight = weight.astype(np.float32)
     isolated = sorted(set(range(len(node_ids))) - set(pairs.ravel().tolist()))
     if isolated:
         log(f"Warning: {len(isolated)} node(s) have no edges (e.g. {node_ids[isolated][:5].tolist()}); "
@@ -463,8 +492,12 @@ def read_los_loop(src: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     if len(set(names)) < len(names):
         raise KilnError(f"'{speed_path}' names a detector twice in its header; {LOS_LOOP_REPAIR}")
     refuse_outside(speed, 0, MAX_SPEED["mph"], speed_path, lines, f"a speed in mph (0 to {MAX_SPEED['mph']:g})")
+    if len(speed) < 3:  # as load_series would refuse the dataset
+        raise KilnError(f"'{speed_path}' has only {len(speed)} row(s) of speeds; a forecaster needs a time series "
+                        f"(Los-loop has 2016 five-minute steps); {LOS_LOOP_REPAIR}")
     _, adjacency, adj_lines = read_number_table(adj_path, header=False)
-    refuse_outside(adjacency, 0, np.inf, adj_path, adj_lines, "a finite non-negative edge weight")
+    # float32 is what the dataset stores: a larger weight would become inf there
+    refuse_outside(adjacency, 0, float(np.finfo(np.float32).max), adj_path, adj_lines, "a finite non-negative edge weight")
     num_nodes = speed.shape[1]
     if adjacency.shape != (num_nodes, num_nodes):
         raise KilnError(f"'{adj_path}' is {adjacency.shape[0]}x{adjacency.shape[1]} but '{speed_path}' has {num_nodes} "
