@@ -1,8 +1,11 @@
 """STMGT training-step cost on Los-loop (207 detectors): the seed's one-token-per-step layout with the
-full graph, against kiln's los_loop.yaml choices (15-minute patches, 6 strongest upstream neighbours).
+full graph, against kiln's los_loop.yaml choices (15-minute patches, 6 strongest upstream neighbours), and that
+layout with its graph attention as one gather over a dense [N, 1 + 6] neighbour table (model.graph_attention: dense)
+instead of torch_geometric's scatter-based GATv2Conv.
 
 Same hidden size, blocks, batch (32 windows), optimizer and threads in one process; a step is forward,
-mixture loss, backward and AdamW. Last line: JSON with `ratio` = baseline ms per step / kiln ms per step.
+mixture loss, backward and AdamW. Last line: JSON with `ratio` = baseline ms per step / kiln ms per step and
+`ratio_dense_attention` = GATv2Conv ms per step / dense-table ms per step on the same layout.
 
     python bench/traffic_step.py          # needs ../shared/data/los-loop (or pass its folder)
 """
@@ -27,8 +30,10 @@ ROOT = Path(__file__).resolve().parents[1]
 VARIANTS = {
     "seed layout: 12 tokens, all 2626 edges": ["model.patch_len=1", "model.max_neighbors=null"],
     "15-minute patches, all edges": ["model.patch_len=3", "model.max_neighbors=null"],
-    "kiln los_loop.yaml: patches + 6 neighbours": [],
+    "kiln los_loop.yaml: patches + 6 neighbours": [],  # GATv2Conv (scatter over the edge list)
+    "patches + 6 neighbours, dense neighbour table": ["model.graph_attention=dense"],
 }
+KILN, DENSE = "kiln los_loop.yaml: patches + 6 neighbours", "patches + 6 neighbours, dense neighbour table"
 
 
 def ms_per_step(task, batch, steps: int = 6) -> float:
@@ -59,8 +64,9 @@ def main() -> None:
             batch = {k: v[:cfg.train.batch_size] for k, v in splits.train.items()}
             figures[name] = ms_per_step(task, batch)
             print(f"{name:45s} {figures[name]:8.1f} ms/step  ({task.model.edge_index.shape[1]} edges)", flush=True)
-    baseline, kiln = figures[next(iter(VARIANTS))], figures["kiln los_loop.yaml: patches + 6 neighbours"]
+    baseline, kiln = figures[next(iter(VARIANTS))], figures[KILN]
     print(json.dumps({"ratio": round(baseline / kiln, 3), "ratio_patches_only": round(baseline / figures["15-minute patches, all edges"], 3),
+                      "ratio_dense_attention": round(kiln / figures[DENSE], 3),
                       "baseline_ms_per_step": round(baseline, 1), "kiln_ms_per_step": round(kiln, 1)}))
 
 

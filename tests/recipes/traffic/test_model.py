@@ -101,3 +101,53 @@ def test_drop_edge_only_in_training():
     model.train()
     torch.manual_seed(0)
     assert model.graph(4).shape[1] < 4 * PATH.shape[1]
+
+
+def random_graph(num_nodes=7, seed=3):
+    """A directed graph with in-degrees 0..4, a self loop and a repeated edge (which GATv2Conv keeps as two)."""
+    g = torch.Generator().manual_seed(seed)
+    edges = [(int(s), t) for t in range(num_nodes) for s in torch.randperm(num_nodes, generator=g)[: t % 5] if s != t]
+    edges += [(2, 2), (0, 3), (0, 3)]
+    return torch.tensor(edges).t()
+
+
+def test_neighbor_table_gatv2_equals_gatv2conv_outputs_and_gradients():
+    """The dense neighbour-table attention against torch_geometric's GATv2Conv on the same weights (the reference)."""
+    from torch_geometric.nn import GATv2Conv
+
+    from kiln.recipes.traffic.model import NeighborTableGATv2, neighbor_table
+
+    edge_index, N, M = random_graph(), 7, 3
+    torch.manual_seed(0)
+    reference = GATv2Conv(8, 4, heads=2, add_self_loops=True).eval()
+    dense = NeighborTableGATv2(8, 4, heads=2, add_self_loops=True).eval()
+    dense.load_state_dict(reference.state_dict())
+    x = torch.randn(M, N, 8, requires_grad=True)
+    neighbors, valid = neighbor_table(edge_index, N)
+    assert neighbors.shape[1] == 1 + int(torch.bincount(edge_index[1][edge_index[0] != edge_index[1]], minlength=N).max())
+    got = dense(x, neighbors, valid[None])
+    want = reference(x.reshape(M * N, 8), batched_edges(edge_index, N, M)).view(M, N, -1)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+    weight = torch.randn_like(got)
+    grads = torch.autograd.grad((got * weight).sum(), [x, *dense.parameters()])
+    want_grads = torch.autograd.grad((want * weight).sum(), [x, *reference.parameters()])
+    for a, b in zip(grads, want_grads):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_stmgt_with_dense_attention_equals_the_gatv2conv_model_and_drops_only_edges():
+    graph = random_graph(5, seed=1)
+    reference, dense = make_model(edge_index=graph), make_model(edge_index=graph, dense_attention=True)
+    dense.load_state_dict(reference.state_dict())
+    x, hour, dow, _ = inputs()
+    for key, value in reference(x, hour, dow).items():
+        torch.testing.assert_close(dense(x, hour, dow)[key], value, rtol=1e-4, atol=1e-5)
+    dense.train()
+    dense.drop_edge_p = 0.5
+    neighbors, mask = dense.graph(40)
+    _, valid = dense._graph_cache
+    assert mask.shape == (40, *valid.shape) and mask[:, :, 0].all()  # self loops are never dropped
+    assert not (mask & ~valid).any()  # padding never becomes an edge
+    real_edges = valid[None, :, 1:].expand_as(mask[:, :, 1:])
+    share = 1 - mask[:, :, 1:][real_edges].float().mean()
+    assert 0.35 < share < 0.65  # about drop_edge_p of the real edges are dropped, a fresh draw per copy

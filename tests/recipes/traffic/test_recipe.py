@@ -386,3 +386,21 @@ def test_kiln_evaluate_data_refuses_a_city_the_model_cannot_take(traffic_config,
     assert "differs from the training graph" in data_mismatch(cfg, info, fewer_edges)
     average = SimpleNamespace(model=SimpleNamespace(arch="historical_average", seq_len=12))
     assert data_mismatch(average, info, fewer_edges) is None  # no graph in that model
+
+
+def test_dense_graph_attention_needs_max_neighbors_and_trains_the_same_model(traffic_config):
+    with pytest.raises(KilnError, match=r"model.graph_attention 'dense' needs model.max_neighbors"):
+        load_recipe_config(traffic_config, ["model.graph_attention=dense"])
+    recipe = get_recipe("traffic")
+    tasks = {}
+    for attention in ("gatv2", "dense"):
+        _, cfg = load_recipe_config(traffic_config, ["model.max_neighbors=3", f"model.graph_attention={attention}"])
+        splits = recipe.load_data(cfg, lambda m: None)
+        torch.manual_seed(0)
+        tasks[attention] = recipe.build_task(cfg, splits.info).eval()
+    batch = {k: v[:8] for k, v in splits.val.items()}
+    assert tasks["gatv2"].state_dict().keys() == tasks["dense"].state_dict().keys()  # checkpoints move between the two
+    tasks["dense"].load_state_dict(tasks["gatv2"].state_dict())
+    with torch.no_grad():
+        torch.testing.assert_close(tasks["dense"].validation_step(batch)["loss"], tasks["gatv2"].validation_step(batch)["loss"],
+                                   rtol=1e-4, atol=1e-5)

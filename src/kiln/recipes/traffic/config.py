@@ -55,6 +55,9 @@ class STMGTModel(Windows):
     drop_edge_p: float = Field(0.1, ge=0, lt=1, description="DropEdge: share of graph edges dropped per training step")
     patch_len: int = Field(1, ge=1, description="input steps per token (1 = one token per step); divides seq_len")
     max_neighbors: int | None = Field(None, ge=1, description="keep each node's heaviest incoming edges only; null = all")
+    graph_attention: Literal["gatv2", "dense"] = Field(
+        "gatv2", description="gatv2: torch_geometric's GATv2Conv over the edge list; dense: the same attention as one "
+        "gather over a neighbour table of max_neighbors slots (equal outputs; no faster on Los-loop, docs/benchmarks.md)")
     use_day_of_week: bool = Field(True, description="day-of-week embedding; off for data shorter than a few weeks (Los-loop)")
     residual: bool = Field(True, description="mixture means are offsets from the last observed speed")
     use_weather: bool = Field(True, description="weather cross-attention (off by itself when the data has no weather)")
@@ -74,6 +77,9 @@ class STMGTModel(Windows):
             raise ValueError(f"model.hidden_dim={self.hidden_dim} must be divisible by model.num_heads={self.num_heads}")
         if self.seq_len % self.patch_len:
             raise ValueError(f"model.patch_len={self.patch_len} must divide model.seq_len={self.seq_len}")
+        if self.graph_attention == "dense" and self.max_neighbors is None:
+            raise ValueError("model.graph_attention 'dense' needs model.max_neighbors (the width of its neighbour table); "
+                             "set it, e.g. to the largest number of roads into a node, or use 'gatv2'")
         return self
 
 

@@ -4,8 +4,11 @@ Shapes: B batch, N nodes, T input steps (seq_len), P forecast steps (pred_len), 
 
     speed [B, N, T] --traffic_encoder (per patch of patch_len steps)--> + node + position + hour/day embeddings
                                                                         --> h [B, T/patch_len, N, D]
-    num_blocks x STBlock: spatial GATv2Conv over the road graph  ||  temporal self-attention over T,
-                          mixed by a learned sigmoid gate, then a feed-forward layer (pre-norm residuals)
+    num_blocks x STBlock: spatial GATv2 attention over the road graph  ||  temporal self-attention over T,
+                          mixed by a learned sigmoid gate, then a feed-forward layer (pre-norm residuals);
+                          the graph attention is torch_geometric's GATv2Conv (scatter over an edge list), or
+                          with model.graph_attention: dense the same attention as one gather over a
+                          [N, 1 + k] neighbour table (NeighborTableGATv2; needs max_neighbors)
     decoder: one query per forecast step (horizon + its hour/day + node) attends to the node's encoded
              past, then adds its own step's weather and attends to the weather tokens (past and
              forecast window) -> MixtureHead
@@ -40,23 +43,74 @@ def batched_edges(edge_index: Tensor, num_nodes: int, copies: int) -> Tensor:
     return edge_index.repeat(1, copies) + offsets
 
 
+def neighbor_table(edge_index: Tensor, num_nodes: int) -> tuple[Tensor, Tensor]:
+    """Every node's incoming edges as rows of a fixed width 1 + k (k the largest in-degree):
+    (neighbors [N, 1 + k] source node ids, valid [N, 1 + k]). Slot 0 is the node itself, the self loop GATv2Conv adds
+    (self loops in edge_index are dropped first, as GATv2Conv does); then its in-neighbours in edge order; padding is
+    invalid."""
+    source, target = edge_index[:, edge_index[0] != edge_index[1]]
+    order = torch.argsort(target, stable=True)
+    source, target = source[order], target[order]
+    degree = torch.bincount(target, minlength=num_nodes)
+    slot = 1 + torch.arange(len(target), device=target.device) - torch.repeat_interleave(torch.cumsum(degree, 0) - degree, degree)
+    width = 1 + int(degree.max()) if len(target) else 1
+    neighbors = torch.arange(num_nodes, device=edge_index.device)[:, None].repeat(1, width)  # padding points at the node itself
+    valid = torch.zeros(num_nodes, width, dtype=torch.bool, device=edge_index.device)
+    valid[:, 0] = True
+    neighbors[target, slot] = source
+    valid[target, slot] = True
+    return neighbors, valid
+
+
+class NeighborTableGATv2(GATv2Conv):
+    """GATv2 (Brody, Alon & Yahav, "How Attentive are Graph Attention Networks?", ICLR 2022) as one dense gather and
+    softmax over a neighbour table, for graphs whose nodes have few incoming edges (model.max_neighbors). Per head,
+    node i attends to itself and to each in-neighbour j:
+
+        e_ij = a . LeakyReLU(W_r x_i + W_l x_j),   alpha_ij = softmax_j(e_ij),   out_i = sum_j alpha_ij W_l x_j + b
+
+    with the heads concatenated: torch_geometric's GATv2Conv(add_self_loops=True, concat=True), whose parameters,
+    initialisation and attention dropout this class inherits, computed without its scatter operations over an edge
+    list. GATv2Conv stays the reference: tests compare outputs and gradients on the same weights."""
+
+    def forward(self, x: Tensor, neighbors: Tensor, mask: Tensor) -> Tensor:
+        """x [M, N, D] (M copies of the graph: batch x tokens); neighbors [N, S] from neighbor_table; mask [M or 1, N, S]
+        the slots that are edges (DropEdge clears some) -> [M, N, H * C]."""
+        M, N, _ = x.shape
+        H, C = self.heads, self.out_channels
+        source = self.lin_l(x).view(M, N, H, C)                                   # W_l x_j: keys and messages
+        target = self.lin_r(x).view(M, N, 1, H, C)                                # W_r x_i: queries
+        messages = source.index_select(1, neighbors.view(-1)).view(M, N, -1, H, C)  # [M, N, S, H, C]
+        score = (F.leaky_relu(messages + target, self.negative_slope) * self.att).sum(-1)  # [M, N, S, H]
+        score = score.masked_fill(~mask[..., None], float("-inf"))                # padding and dropped edges
+        alpha = F.dropout(torch.softmax(score, dim=2), p=self.dropout, training=self.training)
+        out = (alpha[..., None] * messages).sum(2)                                # [M, N, H, C]
+        return out.reshape(M, N, H * C) + self.bias
+
+
 class STBlock(nn.Module):
     """Parallel spatial (graph attention) and temporal (self-attention) mixing with a gated fusion."""
 
-    def __init__(self, dim: int, heads: int, dropout: float):
+    def __init__(self, dim: int, heads: int, dropout: float, dense_attention: bool = False):
         super().__init__()
         self.norm = nn.LayerNorm(dim)
-        self.spatial = GATv2Conv(dim, dim // heads, heads=heads, dropout=dropout, add_self_loops=True)
+        self.dense_attention = dense_attention
+        spatial = NeighborTableGATv2 if dense_attention else GATv2Conv
+        self.spatial = spatial(dim, dim // heads, heads=heads, dropout=dropout, add_self_loops=True)
         self.temporal = nn.MultiheadAttention(dim, heads, batch_first=True)  # no attention dropout: keeps the fused SDPA kernel
         self.gate = nn.Linear(2 * dim, dim)
         self.drop = nn.Dropout(dropout)
         self.ff_norm = nn.LayerNorm(dim)
         self.ff = FeedForward(dim)
 
-    def forward(self, h: Tensor, edge_index: Tensor) -> Tensor:
+    def forward(self, h: Tensor, graph: Tensor | tuple[Tensor, Tensor]) -> Tensor:
+        """h [B, T, N, D]; graph: STMGT.graph(B * T), the batched edge_index or (neighbors, mask) -> [B, T, N, D]."""
         B, T, N, D = h.shape
         x = self.norm(h)
-        spatial = self.spatial(x.reshape(B * T * N, D), edge_index).view(B, T, N, D)
+        if self.dense_attention:
+            spatial = self.spatial(x.reshape(B * T, N, D), *graph).view(B, T, N, D)
+        else:
+            spatial = self.spatial(x.reshape(B * T * N, D), graph).view(B, T, N, D)
         seq = x.transpose(1, 2).reshape(B * N, T, D)  # each node's own time series
         temporal = self.temporal(seq, seq, seq, need_weights=False)[0].view(B, N, T, D).transpose(1, 2)
         g = torch.sigmoid(self.gate(torch.cat([spatial, temporal], -1)))
@@ -83,7 +137,7 @@ class STMGT(nn.Module):
     def __init__(self, num_nodes: int, edge_index: Tensor, seq_len: int = 12, pred_len: int = 12, hidden_dim: int = 64,
                  num_heads: int = 4, num_blocks: int = 3, mixture_components: int = 3, dropout: float = 0.2,
                  drop_edge_p: float = 0.1, weather_dim: int = 0, min_std: float = 0.01, patch_len: int = 1,
-                 residual: bool = True, use_day_of_week: bool = True,
+                 residual: bool = True, use_day_of_week: bool = True, dense_attention: bool = False,
                  speed_mean: float = 0.0, speed_std: float = 1.0,
                  weather_mean: list[float] | None = None, weather_std: list[float] | None = None):
         super().__init__()
@@ -91,6 +145,7 @@ class STMGT(nn.Module):
         self.num_nodes, self.seq_len, self.pred_len, self.drop_edge_p = num_nodes, seq_len, pred_len, drop_edge_p
         self.patch_len = patch_len  # steps per input token: graph attention cost falls by this factor
         self.residual = residual    # centre the mixture on the last observed speed: the model learns the change
+        self.dense_attention = dense_attention  # graph attention over a neighbour table instead of GATv2Conv's edge list
         self.register_buffer("edge_index", edge_index.long(), persistent=False)
         # Normalisers live with the weights, so predict() needs nothing but raw inputs.
         self.register_buffer("speed_mean", torch.tensor(float(speed_mean)))
@@ -110,7 +165,7 @@ class STMGT(nn.Module):
         for table in (self.hour_embedding, self.day_embedding):
             if table is not None:
                 nn.init.normal_(table.weight, std=0.02)
-        self.st_blocks = nn.ModuleList(STBlock(D, num_heads, dropout) for _ in range(num_blocks))
+        self.st_blocks = nn.ModuleList(STBlock(D, num_heads, dropout, dense_attention) for _ in range(num_blocks))
         self.horizon_embedding = nn.Parameter(torch.randn(pred_len, D) * 0.02)
         self.readout_norm = nn.LayerNorm(D)
         self.readout = nn.MultiheadAttention(D, num_heads, batch_first=True)
@@ -120,19 +175,30 @@ class STMGT(nn.Module):
         self.out_norm = nn.LayerNorm(D)
         self.out_ff = FeedForward(D)
         self.head = MixtureHead(D, mixture_components, min_std)
-        self._edges_cache: tuple[int, Tensor] | None = None
+        self._graph_cache: tuple | None = None  # the batched edges or the neighbour table of edge_index
 
     def calendar(self, hour: Tensor, dow: Tensor) -> Tensor:
         time = self.hour_embedding(hour)  # [B, S, D]
         return time + self.day_embedding(dow) if self.day_embedding is not None else time
 
-    def graph(self, copies: int) -> Tensor:
-        if self._edges_cache is None or self._edges_cache[0] != copies or self._edges_cache[1].device != self.edge_index.device:
-            self._edges_cache = (copies, batched_edges(self.edge_index, self.num_nodes, copies))
-        edges = self._edges_cache[1]
-        if self.training and self.drop_edge_p > 0:  # DropEdge: a fresh random subgraph every step
-            edges = dropout_edge(edges, p=self.drop_edge_p, training=True)[0]
-        return edges
+    def graph(self, copies: int) -> Tensor | tuple[Tensor, Tensor]:
+        """The road graph for `copies` stacked copies (batch x tokens): GATv2Conv's batched edge_index, or the
+        neighbour table and a mask [copies or 1, N, S] of its edges. In training DropEdge removes a fresh random
+        share of the edges of every copy (never the self loops, which GATv2Conv adds after the drop)."""
+        drop = self.drop_edge_p if self.training else 0.0
+        if self.dense_attention:
+            if self._graph_cache is None or self._graph_cache[0].device != self.edge_index.device:
+                self._graph_cache = neighbor_table(self.edge_index, self.num_nodes)
+            neighbors, valid = self._graph_cache
+            if drop == 0:
+                return neighbors, valid[None]
+            kept = torch.rand(copies, *valid.shape, device=valid.device) >= drop
+            kept[:, :, 0] = True
+            return neighbors, valid & kept
+        if self._graph_cache is None or self._graph_cache[0] != copies or self._graph_cache[1].device != self.edge_index.device:
+            self._graph_cache = (copies, batched_edges(self.edge_index, self.num_nodes, copies))
+        edges = self._graph_cache[1]
+        return dropout_edge(edges, p=drop, training=True)[0] if drop > 0 else edges
 
     def forward(self, x: Tensor, hour: Tensor, dow: Tensor, weather: Tensor | None = None) -> dict[str, Tensor]:
         """x [B, N, T] normalised speed; hour/dow [B, T+P]; weather [B, T+P, W] normalised -> [B, N, P, K] each."""
@@ -142,9 +208,9 @@ class STMGT(nn.Module):
         h = self.traffic_encoder(x.view(B, N, T // p, p)).transpose(1, 2)      # [B, T/p, N, D]
         h = h + self.node_embedding + self.position_embedding[:, None, :] + time[:, p - 1:T:p, None, :]  # patch = its last step
         T = T // p
-        edges = self.graph(B * T)
+        graph = self.graph(B * T)
         for block in self.st_blocks:
-            h = block(h, edges)
+            h = block(h, graph)
 
         memory = h.transpose(1, 2).reshape(B * N, T, -1)                       # each node's encoded past
         query = self.horizon_embedding + time[:, None, self.seq_len:, :] + self.node_embedding[None, :, None, :]  # [B, N, P, D]
@@ -177,14 +243,14 @@ class STMGT(nn.Module):
         B, device = x_traffic.shape[0], self.speed_mean.device
         if temporal is None:
             temporal = {k: torch.zeros(B, self.seq_len + self.pred_len, dtype=torch.long, device=device) for k in ("hour", "dow")}
-        stored = self.edge_index, self._edges_cache
+        stored = self.edge_index, self._graph_cache
         if edge_index is not None:
-            self.edge_index, self._edges_cache = edge_index.long().to(device), None
+            self.edge_index, self._graph_cache = edge_index.long().to(device), None
         try:
             x = (x_traffic - self.speed_mean) / self.speed_std
             w = (x_weather - self.weather_mean) / self.weather_std if x_weather is not None and self.weather_encoder is not None else None
             out = self.calibrated(self(x, temporal["hour"], temporal["dow"], w))
         finally:
-            self.edge_index, self._edges_cache = stored
+            self.edge_index, self._graph_cache = stored
         return {"means": out["means"] * self.speed_std + self.speed_mean, "stds": out["stds"] * self.speed_std,
                 "logits": out["logits"]}

@@ -51,7 +51,7 @@ def build_stmgt(m: STMGTModel, info: dict) -> torch.nn.Module:
                  min_std=m.min_std, speed_mean=info["speed_mean"], speed_std=info["speed_std"],
                  weather_mean=info.get("weather_mean") if weather else None,
                  weather_std=info.get("weather_std") if weather else None, patch_len=m.patch_len,
-                 residual=m.residual, use_day_of_week=m.use_day_of_week)
+                 residual=m.residual, use_day_of_week=m.use_day_of_week, dense_attention=m.graph_attention == "dense")
 
 
 def build_point_model(m: PointModel, info: dict) -> torch.nn.Module:
