@@ -6,6 +6,7 @@ KilnError line that names the file, key or line; any other exception, a tracebac
 from __future__ import annotations
 
 from hypothesis import HealthCheck, settings
+from hypothesis import strategies as st
 
 settings.register_profile("kiln", deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
                           derandomize=False, print_blob=True)
@@ -15,3 +16,18 @@ settings.load_profile("kiln")
 def one_line(err: BaseException) -> bool:
     text = str(err)
     return bool(text.strip()) and "\n" not in text and "Traceback" not in text
+
+
+BYTE_DAMAGE = ("random", "truncate", "flip")  # the damage any file can take, whatever its format
+
+
+def damage_bytes(draw, raw: bytes, kind: str, max_random: int = 300, max_flips: int = 6) -> bytes:
+    """`raw` damaged in one of the BYTE_DAMAGE ways: random bytes in its place, cut short, or a few bytes flipped."""
+    if kind == "random":
+        return draw(st.binary(max_size=max_random))
+    if kind == "truncate":
+        return raw[:draw(st.integers(0, len(raw) - 1))]
+    flipped = bytearray(raw)
+    for _ in range(draw(st.integers(1, max_flips))):
+        flipped[draw(st.integers(0, len(flipped) - 1))] ^= draw(st.integers(1, 255))
+    return bytes(flipped)

@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 from kiln.errors import KilnError
 from kiln.recipes.printer.gcode import MAX_COORDINATE_MM, MAX_MOVES, read_gcode_file
 
-from .conftest import one_line
+from .conftest import BYTE_DAMAGE, damage_bytes, one_line
 
 PROGRAM = """\
 ; kiln fuzz part
@@ -76,13 +76,8 @@ def damage(draw, raw: bytes) -> tuple[bytes, str]:
     raw = bytearray(raw)
     kind = draw(st.sampled_from(["random", "truncate", "flip", "word", "word", "word", "command", "line", "line", "utf8",
                                  "breaks", "none"]))
-    if kind == "random":
-        raw = bytearray(draw(st.binary(max_size=400)))
-    elif kind == "truncate":
-        raw = raw[:draw(st.integers(0, len(raw) - 1))]
-    elif kind == "flip":
-        for _ in range(draw(st.integers(1, 6))):
-            raw[draw(st.integers(0, len(raw) - 1))] ^= draw(st.integers(1, 255))
+    if kind in BYTE_DAMAGE:
+        raw = bytearray(damage_bytes(draw, bytes(raw), kind, max_random=400))
     elif kind == "word":  # the number of a word or a few (X10 -> Xnan), letters picked first: each is as likely
         words = code_words(bytes(raw))
         letters = draw(st.lists(st.sampled_from(sorted({m.group(1) for m in words})), min_size=1, max_size=3))

@@ -22,7 +22,7 @@ from kiln.errors import KilnError
 from kiln.recipes.nav.evaluation import label_map_pairs, no_pairs_message, read_map_pairs
 from kiln.recipes.nav.movingai import MAX_MAP_CELLS, read_map_folder
 
-from .conftest import one_line
+from .conftest import BYTE_DAMAGE, damage_bytes, one_line
 
 MAP = "type octile\nheight 4\nwidth 5\nmap\n.@..T\n..G.W\nS.@..\n.O...\n"
 SCEN = "version 1\n0\tfuzz.map\t5\t4\t0\t0\t4\t3\t7.0\n1\tfuzz.map\t5\t4\t3\t0\t0\t3\t5.41\n"
@@ -38,15 +38,10 @@ hostile_numbers = st.one_of(
 
 def mutate_common(draw, raw: bytes, kind: str) -> bytes:
     """The damage any file can take: random bytes, a truncation, byte flips, non-ASCII bytes, other line breaks."""
+    if kind in BYTE_DAMAGE:
+        return damage_bytes(draw, raw, kind)
     raw = bytearray(raw)
-    if kind == "random":
-        return draw(st.binary(max_size=300))
-    if kind == "truncate":
-        return bytes(raw[:draw(st.integers(0, len(raw) - 1))])
-    if kind == "flip":
-        for _ in range(draw(st.integers(1, 6))):
-            raw[draw(st.integers(0, len(raw) - 1))] ^= draw(st.integers(1, 255))
-    elif kind == "utf8":
+    if kind == "utf8":
         for _ in range(draw(st.integers(1, 3))):
             at = draw(st.integers(0, len(raw)))
             raw[at:at] = draw(st.sampled_from([b"\xff", b"\x80", b"\xc3\xa9", b"\xef\xbb\xbf", b"\x00", b"\x1a"]))

@@ -15,7 +15,7 @@ from kiln.engine.monitor import read_status
 from kiln.errors import KilnError
 from kiln.recipes import dataset_info
 
-from .conftest import one_line
+from .conftest import BYTE_DAMAGE, damage_bytes, one_line
 
 json_values = st.recursive(st.one_of(st.none(), st.booleans(), st.integers(), st.floats(allow_nan=False), st.text(max_size=10)),
                            lambda inner: st.one_of(st.lists(inner, max_size=3), st.dictionaries(st.text(max_size=8), inner, max_size=3)),
@@ -57,18 +57,10 @@ REAL = {"kiln_format": 1, "kind": "weights", "recipe": "nav", "config": {"recipe
 def test_checkpoints_truncated_flipped_or_foreign(tmp_path_factory, data):
     path = tmp_path_factory.mktemp("ckpt") / "best_model.pt"
     save_atomic(REAL, path)
-    raw = bytearray(path.read_bytes())
-    kind = data.draw(st.sampled_from(["truncate", "flip", "random", "foreign"]))
-    if kind == "truncate":
-        raw = raw[:data.draw(st.integers(0, len(raw) - 1))]
-    elif kind == "flip":
-        for _ in range(data.draw(st.integers(1, 8))):
-            raw[data.draw(st.integers(0, len(raw) - 1))] ^= data.draw(st.integers(1, 255))
-    elif kind == "random":
-        raw = bytearray(data.draw(st.binary(max_size=500)))
-    else:
+    kind = data.draw(st.sampled_from([*BYTE_DAMAGE, "foreign"]))
+    if kind == "foreign":
         torch.save(data.draw(json_values), path)
-        raw = bytearray(path.read_bytes())
-    path.write_bytes(bytes(raw))
+    else:
+        path.write_bytes(damage_bytes(data.draw, path.read_bytes(), kind, max_random=500, max_flips=8))
     obj = refuses_in_one_line(load_checkpoint, path, "nav")
     assert obj is None or obj.get("kiln_format") == 1

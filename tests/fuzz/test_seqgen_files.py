@@ -24,7 +24,7 @@ from kiln.errors import KilnError
 from kiln.recipes.seqgen.config import SeqgenConfig, SyntheticStrings
 from kiln.recipes.seqgen.data import STEPS, generate_dataset, load_data, read_sequence, read_sequences
 
-from .conftest import one_line
+from .conftest import BYTE_DAMAGE, damage_bytes, one_line
 
 COUNT = 8
 TARGET = "seq_00003.csv"
@@ -97,13 +97,8 @@ def damage(draw, root: Path) -> str:
         return kind
     if kind == "stray":
         path = root / "notes.csv"  # a file that is no sequence beside them
-    if kind in ("random", "stray"):
-        raw = bytearray(draw(st.binary(max_size=300)))
-    elif kind == "truncate":
-        raw = raw[:draw(st.integers(0, len(raw) - 1))]
-    elif kind == "flip":
-        for _ in range(draw(st.integers(1, 6))):
-            raw[draw(st.integers(0, len(raw) - 1))] ^= draw(st.integers(1, 255))
+    if kind in (*BYTE_DAMAGE, "stray"):
+        raw = bytearray(damage_bytes(draw, bytes(raw), "random" if kind == "stray" else kind))
     elif kind == "hostile":
         raw = bytearray(draw(hostile_csv(raw.decode())))
     path.write_bytes(bytes(raw))

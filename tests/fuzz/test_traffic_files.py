@@ -27,7 +27,7 @@ from kiln.errors import KilnError
 from kiln.recipes.traffic.config import CityGenerator, TrafficConfig
 from kiln.recipes.traffic.data import MAX_SPEED, convert_los_loop, load_data, load_series, simulate_dataset
 
-from .conftest import one_line
+from .conftest import BYTE_DAMAGE, damage_bytes, one_line
 
 quiet = lambda message: None  # noqa: E731
 
@@ -181,13 +181,8 @@ def damage(draw, root: Path, targets: list[str], hostile) -> str:
     if kind == "delete":
         path.unlink()
         return f"{target}: deleted"
-    if kind == "random":
-        raw = bytearray(draw(st.binary(max_size=300)))
-    elif kind == "truncate":
-        raw = raw[:draw(st.integers(0, len(raw) - 1))]
-    elif kind == "flip":
-        for _ in range(draw(st.integers(1, 6))):
-            raw[draw(st.integers(0, len(raw) - 1))] ^= draw(st.integers(1, 255))
+    if kind in BYTE_DAMAGE:
+        raw = bytearray(damage_bytes(draw, bytes(raw), kind))
     elif kind == "hostile":
         raw = bytearray(hostile(draw, path))
     path.write_bytes(bytes(raw))

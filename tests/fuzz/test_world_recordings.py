@@ -24,7 +24,7 @@ from kiln.errors import KilnError
 from kiln.recipes.world.data import WindowDataset, read_info
 from kiln.recipes.world.recordings import import_frames_dir
 
-from .conftest import one_line
+from .conftest import BYTE_DAMAGE, damage_bytes, one_line
 
 SIDE, FRAMES = 16, 4
 CSV = "ep0/actions.csv"
@@ -160,13 +160,8 @@ def damage(draw, root: Path) -> str:
         return f"{target}: {change}"
     raw = bytearray(path.read_bytes())
     kind = draw(st.sampled_from(["random", "truncate", "flip", "hostile", "hostile", "none"]))
-    if kind == "random":
-        raw = bytearray(draw(st.binary(max_size=300)))
-    elif kind == "truncate":
-        raw = raw[:draw(st.integers(0, len(raw) - 1))]
-    elif kind == "flip":
-        for _ in range(draw(st.integers(1, 6))):
-            raw[draw(st.integers(0, len(raw) - 1))] ^= draw(st.integers(1, 255))
+    if kind in BYTE_DAMAGE:
+        raw = bytearray(damage_bytes(draw, bytes(raw), kind))
     elif kind == "hostile":
         raw = bytearray(hostile(draw, target))
     path.write_bytes(bytes(raw))
