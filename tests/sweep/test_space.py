@@ -1,10 +1,13 @@
 import itertools
+from pathlib import Path
 
 import pytest
 
 from kiln.errors import KilnError
 from kiln.sweep.launch import define
 from kiln.sweep.space import grid_axes, make_sweep, split_top_level
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def sweep_of(config, grid=None, space=None, **kwargs):
@@ -77,6 +80,14 @@ def test_a_bad_space_entry_names_its_key(sweep_config, space, message):
     assert str(err.value).startswith(message)
 
 
+def test_values_that_conflict_at_a_corner_of_the_space_are_an_error_before_any_trial(sweep_config):
+    # each value is valid alone, the lows together and the highs together too; grid_size 6 with min_grid_size 8 is not
+    space = {"data.generate.grid_size": {"int": [6, 10]}, "data.generate.min_grid_size": {"int": [4, 8]}}
+    with pytest.raises(KilnError, match=r"^the space's corner data.generate.grid_size=6, data.generate.min_grid_size=8: "
+                                        r"data.generate: Value error, min_grid_size 8 is larger than grid_size 6"):
+        make_sweep(str(sweep_config), [], space=space, trials=3, log=lambda line: None)
+
+
 def test_a_space_samples_inside_its_bounds(sweep_config):
     from kiln.sweep.study import optuna
 
@@ -116,3 +127,11 @@ def test_the_fingerprint_tells_sweeps_apart(sweep_config):
     a = sweep_of(sweep_config, ["model.dim=8,16"])
     assert a.fingerprint() == sweep_of(sweep_config, ["model.dim=8,16"], retries=2).fingerprint()
     assert a.fingerprint() != sweep_of(sweep_config, ["model.dim=8,32"]).fingerprint()
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "sweeps").glob("*/*.yaml")), ids=lambda p: f"{p.parent.name}/{p.name}")
+def test_every_shipped_sweep_file_is_valid_at_every_corner(path, monkeypatch):
+    """The files under sweeps/: config, overrides, grid points or the space's corners all pass the schema."""
+    monkeypatch.chdir(ROOT)
+    sweep = sweep_of(path)
+    assert sweep.trials >= 9

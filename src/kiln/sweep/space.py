@@ -243,17 +243,27 @@ def typed_grid(path: str, overrides: list[str], axes: dict[str, list[Any]]) -> d
     return typed
 
 
+MAX_CORNERS = 1024  # space corners validated together; a larger space checks its all-low and all-high corners only
+
+
 def checked_space(path: str, overrides: list[str], space: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    """Every entry parsed, and its choices or bounds (and all lows together, all highs together) validated."""
+    """Every entry parsed, its choices or bounds validated, then the space's corners together (every combination of
+    each entry's choices or two bounds), so that values that conflict (model.num_layers=1 with model.dropout=0.2)
+    are an error before the first trial rather than failed trials."""
     dists = {key: distribution(key, entry) for key, entry in space.items()}
     if not dists:
         raise KilnError("the space is empty; give KEY: {choice|uniform|log_uniform|int|log_int: ...} entries")
     for key, dist in dists.items():
         for value in probe_values(dist):
             check(path, overrides + [override(key, value)], f"space entry {key}={value}")
-    for end in (0, 1):
-        check(path, overrides + [override(k, probe_values(d)[end]) for k, d in dists.items()],
-              "the space's " + ("lowest" if end == 0 else "highest") + " values together")
+    ends = {key: probe_values(dist)[:len(dist.choices)] if hasattr(dist, "choices") else probe_values(dist)[:2]
+            for key, dist in dists.items()}
+    corners = list(itertools.product(*ends.values())) if math.prod(map(len, ends.values())) <= MAX_CORNERS \
+        else [tuple(v[0] for v in ends.values()), tuple(v[-1] for v in ends.values())]
+    for corner in corners:
+        point = dict(zip(ends, corner))
+        check(path, overrides + [override(k, v) for k, v in point.items()],
+              "the space's corner " + ", ".join(f"{k}={v}" for k, v in point.items()))
     return {key: dict(entry) for key, entry in space.items()}
 
 
