@@ -21,7 +21,7 @@ REPO = Path(__file__).resolve().parents[3]
 def test_tiny_collect_train_evaluate_with_a_horizon_curriculum(world_config, tmp_path):
     phases = "phases=[{name: one_step, data: {sequence_length: 3}}, {name: three_steps, data: {sequence_length: 5}, train: {lr: 1.0e-3}}]"
     recipe, cfg = load_recipe_config(world_config, [phases, "train.num_workers=1", "train.loggers=[tensorboard]",
-                                                    "train.log_histograms=true", "model.encoder_lr=1.0e-3"])
+                                                    "train.log_histograms=true", "train.param_groups.model.encoder.lr=1.0e-3"])
     run_dir = tmp_path / "run"
     run_dir.mkdir()
     results = fit(cfg, recipe, run_dir)

@@ -44,5 +44,5 @@ RECIPE = Recipe(
                         recorded=lambda info: info.get("collect")),
     data_arguments=data_arguments, make_data=make_data,
     # the guide's per-module learning rates (its optimizer: section), the compatibility layer over train.param_groups
-    train_flags={"--encoder-lr": "model.encoder_lr", "--dynamics-lr": "model.dynamics_lr", "--decoder-lr": "model.decoder_lr"},
+    train_flags={f"--{module}-lr": f"train.param_groups.model.{module}.lr" for module in ("encoder", "dynamics", "decoder")},
 )

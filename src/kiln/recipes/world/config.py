@@ -7,15 +7,14 @@ train.{batch_size, accumulate_grad_batches (gradient_accumulation), gradient_cli
 (max_grad_norm), precision (use_amp), num_workers, log_every_n_steps (log_interval),
 val_every_n_steps (eval_interval), checkpoint_every_n_steps (save_interval)},
 train.scheduler {warmup (warmup_steps), min_lr} and train.param_groups (the guide's optimizer:
-encoder_lr, dynamics_lr, decoder_lr; model.encoder_lr etc. are accepted as the compatibility layer
-for its files and flags, see WorldConfig).
+encoder_lr, dynamics_lr, decoder_lr are train.param_groups['model.encoder'].lr etc.; its --encoder-lr flags set them).
 """
 
 from __future__ import annotations
 
 from typing import Any, ClassVar, Literal
 
-from pydantic import BaseModel, Field, model_validator
+from pydantic import Field, model_validator
 
 from kiln.config import RunConfig, Section
 
@@ -117,10 +116,6 @@ class WorldModel(Section):
     perceptual_weight: float = Field(0.1, ge=0, description="1 - SSIM of every decoded frame (no pretrained network)")
     latent_reg_weight: float = Field(0.01, ge=0, description="mean squared latent (keeps the latent scale bounded)")
     temporal_weight: float = Field(0.1, ge=0, description="rolled-out latents vs the encoder's latents of the true frames")
-    # The guide's per-module learning rates: copied into train.param_groups (WorldConfig), left out of a dumped config.
-    encoder_lr: float | None = Field(None, gt=0, exclude=True, description="the guide's encoder_lr = train.param_groups['model.encoder'].lr")
-    dynamics_lr: float | None = Field(None, gt=0, exclude=True, description="the guide's dynamics_lr = train.param_groups['model.dynamics'].lr")
-    decoder_lr: float | None = Field(None, gt=0, exclude=True, description="the guide's decoder_lr = train.param_groups['model.decoder'].lr")
 
     @model_validator(mode="after")
     def _stages_agree(self):
@@ -130,36 +125,12 @@ class WorldModel(Section):
         return self
 
 
-MODULES = ("encoder", "dynamics", "decoder")
-
-
-def as_dict(section: Any) -> dict[str, Any]:
-    """A raw config section as a dict (it may come as a validated model)."""
-    return section.model_dump() if isinstance(section, BaseModel) else dict(section or {})
-
-
 class WorldConfig(RunConfig):
     recipe: Literal["world"] = "world"
     data: WorldData = WorldData()
     model: WorldModel = WorldModel()
 
     train_defaults: ClassVar[dict[str, Any]] = {"monitor": "val_pred_psnr", "mode": "max"}  # the mean over the eval horizons
-
-    @model_validator(mode="before")
-    @classmethod
-    def _module_lrs_into_param_groups(cls, raw: Any) -> Any:
-        """The compatibility layer for the guide's optimizer.{encoder,dynamics,decoder}_lr: model.encoder_lr (or
-        --encoder-lr) becomes train.param_groups['model.encoder'].lr, winning over an lr given there, so that a phase
-        that changes model.encoder_lr overrides its base config's group. A dumped config (config.yaml) holds only the group."""
-        model = raw.get("model") if isinstance(raw, dict) else None
-        if not isinstance(model, dict) or all(model.get(f"{module}_lr") is None for module in MODULES):
-            return raw
-        train = as_dict(raw.get("train"))
-        groups = {prefix: as_dict(group) for prefix, group in as_dict(train.get("param_groups")).items()}
-        for module in MODULES:
-            if model.get(f"{module}_lr") is not None:
-                groups[f"model.{module}"] = {**groups.get(f"model.{module}", {}), "lr": model[f"{module}_lr"]}
-        return {**raw, "train": {**train, "param_groups": groups}}
 
     @model_validator(mode="after")
     def _shapes_agree(self):
