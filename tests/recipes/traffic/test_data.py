@@ -18,7 +18,8 @@ from kiln.recipes.traffic.evaluation import tgcn_table
 from kiln.recipes.traffic.sim import simulate_city
 from kiln.recipes.traffic.task import strongest_edges
 
-LOS_LOOP = Path(__file__).resolve().parents[3].parent / "shared" / "data" / "los-loop"
+ROOT = Path(__file__).resolve().parents[3]
+LOS_LOOP = ROOT.parent / "shared" / "data" / "los-loop"
 quiet = lambda message: None  # noqa: E731
 
 
@@ -432,3 +433,59 @@ def test_run_ids_that_do_not_compare_are_refused(tmp_path):
     """A run_id column of lists loaded, then failed in build_splits with numpy's ValueError."""
     lists = city_with(tmp_path, "lists", lambda r: r.assign(run_id=[[i, 1] for i in range(len(r))]))
     one_line_error(lambda: load_series(lists, quiet), "run_id, timestamp, node_id values that cannot be ordered")
+
+
+def test_los_loop_through_speed_csv_is_the_same_dataset_as_through_los_loop(los_loop, tmp_path):
+    from kiln.cli import main
+
+    out = tmp_path / "generic"
+    assert main(["data", "traffic", "--speed-csv", str(LOS_LOOP / "los_speed.csv"), "--adjacency-csv",
+                 str(LOS_LOOP / "los_adj.csv"), "--interval-minutes", "5", "--unit", "mph", "--start", "2012-03-01",
+                 "--out", str(out)]) == 0
+    pd.testing.assert_frame_equal(pd.read_parquet(out / "traffic.parquet"), pd.read_parquet(los_loop / "traffic.parquet"))
+    pd.testing.assert_frame_equal(pd.read_csv(out / "edges.csv"), pd.read_csv(los_loop / "edges.csv"))
+    assert pd.read_csv(out / "nodes.csv")["sensor_id"].tolist() == pd.read_csv(los_loop / "nodes.csv")["sensor_id"].tolist()
+    series = load_series(out, quiet)
+    assert series.interval_minutes == 5 and series.speed.shape == (2016, 207)
+
+
+def test_a_headerless_city_with_zeros_as_missing(tmp_path):
+    from kiln.cli import main
+    from kiln.recipes import get_recipe, load_recipe_config
+
+    rng = np.random.default_rng(0)
+    speed = rng.uniform(20, 60, (200, 4)).round(2)
+    speed[[3, 50, 51], [0, 2, 2]] = 0
+    np.savetxt(tmp_path / "speed.csv", speed, delimiter=",", fmt="%g")
+    np.savetxt(tmp_path / "adj.csv", np.ones((4, 4)) - np.eye(4), delimiter=",", fmt="%g")
+    out = tmp_path / "city"
+    args = ["data", "traffic", "--speed-csv", str(tmp_path / "speed.csv"), "--adjacency-csv", str(tmp_path / "adj.csv"),
+            "--interval-minutes", "15", "--zero-is-missing", "--start", "2015-01-05 06:00", "--no-header", "--out", str(out)]
+    assert main(args) == 0
+    records = pd.read_parquet(out / "traffic.parquet")
+    assert records["speed_kmh"].isna().sum() == 3 and pd.read_csv(out / "nodes.csv")["sensor_id"].tolist() == [0, 1, 2, 3]
+    assert records["timestamp"].iloc[0] == pd.Timestamp("2015-01-05 06:00") and records["timestamp"].diff().max() == pd.Timedelta("15min")
+    info = json.loads((out / "dataset.json").read_text())
+    assert (info["missing_readings"], info["unit"], info["num_edges"]) == (3, "km/h", 12)
+    _, cfg = load_recipe_config(ROOT / "configs" / "traffic" / "tgcn_city.yaml", [f"data.dir={out}"])
+    splits = get_recipe("traffic").load_data(cfg, quiet)
+    assert torch.isfinite(splits.train["x"]).all() and splits.info["interval_minutes"] == 15
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--adjacency-csv", "adj.csv"], r"--speed-csv needs --interval-minutes"),
+    (["--interval-minutes", "15"], r"--speed-csv needs --adjacency-csv"),
+    (["--adjacency-csv", "adj.csv", "--interval-minutes", "15", "--start", "yesterday-ish"], r"--start 'yesterday-ish' is not a date"),
+    (["--adjacency-csv", "missing.csv", "--interval-minutes", "15"], r"--adjacency-csv '.*missing.csv' not found"),
+])
+def test_speed_csv_flags_are_checked_in_one_line(tmp_path, capsys, extra, message):
+    from kiln.cli import main
+
+    (tmp_path / "speed.csv").write_text("a,b\n1,2\n3,4\n5,6\n")
+    (tmp_path / "adj.csv").write_text("0,1\n1,0\n")
+    args = [a if not a.endswith(".csv") else str(tmp_path / a) for a in extra]
+    assert main(["data", "traffic", "--speed-csv", str(tmp_path / "speed.csv"), *args, "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert re.search(message, err) and "\n" not in err and not (tmp_path / "out").exists()
+    assert main(["data", "traffic", "--simulate", "--zero-is-missing", "--out", str(tmp_path / "out")]) == 2
+    assert "--zero-is-missing: only for --speed-csv" in capsys.readouterr().err

@@ -413,19 +413,25 @@ def simulate_dataset(out: Path, settings: CityGenerator, log: Callable[[str], No
     return info
 
 
-# ---------------------------------------------------------------- Los-loop (T-GCN's data folder)
+# ---------------------------------------------------------------- T-GCN-format cities (Los-loop, and any other)
+# A city in the layout T-GCN's data/ folder uses: a speed CSV (one row per time step, one column per sensor, with or
+# without a header row of sensor ids) and an N x N adjacency CSV (no header) of non-negative edge weights.
 
 LOS_LOOP_SOURCE = "the data/ folder of github.com/lehaifeng/T-GCN"
 LOS_LOOP_REPAIR = f"repair the file or take it again from {LOS_LOOP_SOURCE}"
+CITY_REPAIR = "repair the file (numbers only, one row per time step or per sensor)"
+UNITS = {"kmh": ("speed_kmh", "km/h"), "mph": ("speed_mph", "mph")}
+DEFAULT_START = "2000-01-03"  # a Monday: the first row's time where the file does not say
 
 
-def read_number_table(path: Path, header: bool) -> tuple[list[str] | None, np.ndarray, list[int]]:
+def read_number_table(path: Path, header: bool, repair: str = LOS_LOOP_REPAIR) -> tuple[list[str] | None, np.ndarray, list[int]]:
     """A CSV file of numbers only, under a header row of names if `header` -> (the names, the values [rows, columns]
-    as float64, each row's line in the file). Anything else is a one-line error naming the file and the line."""
+    as float64, each row's line in the file). Anything else is a one-line error naming the file and the line, ending
+    in `repair`."""
     try:
         text = path.read_bytes().decode("utf-8")
     except UnicodeDecodeError as err:
-        raise KilnError(f"'{path}' is not CSV text (not UTF-8 at byte {err.start}); {LOS_LOOP_REPAIR}") from None
+        raise KilnError(f"'{path}' is not CSV text (not UTF-8 at byte {err.start}); {repair}") from None
     except OSError as err:
         raise KilnError(f"'{path}' could not be read ({err.strerror}); check its permissions") from None
     reader = csv.reader(io.StringIO(text, newline=""))
@@ -436,21 +442,21 @@ def read_number_table(path: Path, header: bool) -> tuple[list[str] | None, np.nd
                 rows.append(row)
                 lines.append(reader.line_num)
     except csv.Error as err:
-        raise KilnError(f"'{path}' line {reader.line_num} is not CSV ({err}); {LOS_LOOP_REPAIR}") from None
+        raise KilnError(f"'{path}' line {reader.line_num} is not CSV ({err}); {repair}") from None
     names = rows.pop(0) if header and rows else None
     lines = lines[1:] if names is not None else lines
     if not rows:
-        raise KilnError(f"'{path}' has no rows of numbers{' under its header' if header else ''}; {LOS_LOOP_REPAIR}")
+        raise KilnError(f"'{path}' has no rows of numbers{' under its header' if header else ''}; {repair}")
     width = len(names) if names is not None else len(rows[0])
     for line, row in zip(lines, rows):
         if len(row) != width:
             raise KilnError(f"'{path}' line {line} has {len(row)} values, not {width} like the "
-                            f"{'header' if names is not None else 'first line'}: a truncated or damaged row; {LOS_LOOP_REPAIR}")
+                            f"{'header' if names is not None else 'first line'}: a truncated or damaged row; {repair}")
     try:
         return names, np.array(rows, dtype=np.float64), lines
     except ValueError:
         line, column, value = next((line, j + 1, v) for line, row in zip(lines, rows) for j, v in enumerate(row) if not is_number(v))
-        raise KilnError(f"'{path}' line {line}, column {column}: {value!r} is not a number; {LOS_LOOP_REPAIR}") from None
+        raise KilnError(f"'{path}' line {line}, column {column}: {value!r} is not a number; {repair}") from None
 
 
 def is_number(text: str) -> bool:
@@ -461,13 +467,14 @@ def is_number(text: str) -> bool:
     return True
 
 
-def refuse_outside(values: np.ndarray, lo: float, hi: float, path: Path, lines: list[int], what: str) -> None:
+def refuse_outside(values: np.ndarray, lo: float, hi: float, path: Path, lines: list[int], what: str,
+                   repair: str = LOS_LOOP_REPAIR) -> None:
     """Every value finite and within [lo, hi], or a one-line error naming the first line that is not."""
     bad = ~((values >= lo) & (values <= hi))  # NaN and inf fail both comparisons
     if bad.any():
         row, column = np.argwhere(bad)[0]
         raise KilnError(f"'{path}' line {lines[row]}, column {column + 1}: {values[row, column]:g} is not {what} "
-                        f"({int(bad.sum())} value(s) are not); {LOS_LOOP_REPAIR}")
+                        f"({int(bad.sum())} value(s) are not); {repair}")
 
 
 def read_sensor_locations(path: Path, sensor_ids: np.ndarray) -> pd.DataFrame | None:
@@ -485,60 +492,96 @@ def read_sensor_locations(path: Path, sensor_ids: np.ndarray) -> pd.DataFrame | 
     return loc.set_index(loc["sensor_id"].astype(str)).reindex(sensor_ids)
 
 
-def read_los_loop(src: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """los_speed.csv and los_adj.csv, checked -> (detector ids [N], speeds [T, N] in mph as float64, adjacency [N, N])."""
-    speed_path, adj_path = src / "los_speed.csv", src / "los_adj.csv"
-    names, speed, lines = read_number_table(speed_path, header=True)
-    if len(set(names)) < len(names):
-        raise KilnError(f"'{speed_path}' names a detector twice in its header; {LOS_LOOP_REPAIR}")
-    refuse_outside(speed, 0, MAX_SPEED["mph"], speed_path, lines, f"a speed in mph (0 to {MAX_SPEED['mph']:g})")
+def read_tgcn_city(speed_path: Path, adj_path: Path, unit: str, header: bool = True,
+                   repair: str = CITY_REPAIR) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A speed CSV and an adjacency CSV, checked -> (sensor ids [N] (the header's, or 0..N-1 without one), speeds
+    [T, N] as float64 in `unit` (UNITS), adjacency [N, N] as float32)."""
+    names, speed, lines = read_number_table(speed_path, header, repair)
+    if names is not None and len(set(names)) < len(names):
+        raise KilnError(f"'{speed_path}' names a detector twice in its header; {repair}")
+    limit = MAX_SPEED[UNITS[unit][1]]
+    refuse_outside(speed, 0, limit, speed_path, lines, f"a speed in {UNITS[unit][1]} (0 to {limit:g})", repair)
     if len(speed) < 3:  # as load_series would refuse the dataset
         raise KilnError(f"'{speed_path}' has only {len(speed)} row(s) of speeds; a forecaster needs a time series "
-                        f"(Los-loop has 2016 five-minute steps); {LOS_LOOP_REPAIR}")
-    _, adjacency, adj_lines = read_number_table(adj_path, header=False)
+                        f"(Los-loop has 2016 five-minute steps); {repair}")
+    _, adjacency, adj_lines = read_number_table(adj_path, header=False, repair=repair)
     # float32 is what the dataset stores: a larger weight would become inf there
-    refuse_outside(adjacency, 0, float(np.finfo(np.float32).max), adj_path, adj_lines, "a finite non-negative edge weight")
+    refuse_outside(adjacency, 0, float(np.finfo(np.float32).max), adj_path, adj_lines, "a finite non-negative edge weight", repair)
     num_nodes = speed.shape[1]
     if adjacency.shape != (num_nodes, num_nodes):
         raise KilnError(f"'{adj_path}' is {adjacency.shape[0]}x{adjacency.shape[1]} but '{speed_path}' has {num_nodes} "
                         f"detectors; the adjacency must be {num_nodes}x{num_nodes}")
-    return np.array(names), speed, adjacency.astype(np.float32)
+    ids = np.array(names) if names is not None else np.array([str(i) for i in range(num_nodes)])
+    return ids, speed, adjacency.astype(np.float32)
 
 
-def convert_los_loop(src: Path, out: Path, tgcn_references: bool = False, log: Callable[[str], None] = print,
-                     jobs: int | None = None) -> dict:
-    """`kiln data traffic --los-loop`: T-GCN's data folder (los_speed.csv, los_adj.csv[, graph_sensor_locations.csv])
-    as a dataset directory; returns its dataset.json. `jobs`: SVRs fitted at once (default: the usable cores)."""
-    src = Path(src)
-    for path in (src / "los_speed.csv", src / "los_adj.csv"):
-        if not path.is_file():
-            raise KilnError(f"'{path}' not found; --los-loop needs the folder with los_speed.csv and los_adj.csv ({LOS_LOOP_SOURCE})")
+def convert_tgcn_city(speed_path: Path, adj_path: Path, out: Path, *, interval_minutes: int, unit: str = "kmh",
+                      start: str = DEFAULT_START, zero_is_missing: bool = False, tgcn_references: bool = False,
+                      log: Callable[[str], None] = print, jobs: int | None = None, header: bool = True,
+                      repair: str = CITY_REPAIR, sensor_locations: Path | None = None, **provenance) -> dict:
+    """`kiln data traffic --speed-csv FILE --adjacency-csv FILE --interval-minutes M`: a T-GCN-format city as a dataset
+    directory; returns its dataset.json. `header`: the speed CSV's first row names the sensors (T-GCN's files have
+    one, numeric ids). The first row of speeds is `start`, each later one `interval_minutes` after it (the
+    hour and day-of-week features come from these times). `zero_is_missing`: a 0 is no observation (as in SZ-taxi),
+    stored as missing and imputed at load. `jobs`: SVRs fitted at once for --tgcn-references (default: the usable
+    cores)."""
+    for path, flag in ((speed_path, "--speed-csv"), (adj_path, "--adjacency-csv")):
+        if not Path(path).is_file():
+            raise KilnError(f"{flag} '{path}' not found")
+    if not 1 <= interval_minutes <= 1440:
+        raise KilnError(f"--interval-minutes {interval_minutes}: give the minutes between two rows of '{speed_path}' (1 to 1440)")
+    try:
+        times = pd.date_range(pd.Timestamp(start), periods=2, freq=f"{interval_minutes}min")
+    except (ValueError, TypeError) as err:
+        raise KilnError(f"--start {start!r} is not a date and time ({str(err).splitlines()[0]}); give e.g. 2012-03-01 00:00") from None
     check_new_directory(out)  # before the reading and the minutes of --tgcn-references
-    sensor_ids, speed, adjacency = read_los_loop(src)
+    sensor_ids, speed, adjacency = read_tgcn_city(Path(speed_path), Path(adj_path), unit, header, repair)
     steps, num_nodes = speed.shape
-    times = pd.date_range(LOS_LOOP_START, periods=steps, freq="5min")
+    missing = int((speed == 0).sum()) if zero_is_missing else 0
+    if zero_is_missing:
+        speed = np.where(speed == 0, np.nan, speed)
+    times = pd.date_range(times[0], periods=steps, freq=f"{interval_minutes}min")
+    column, unit_name = UNITS[unit]
     records = pd.DataFrame({
-        "run_id": np.repeat((times - times[0]).days.to_numpy(), num_nodes),  # one run per day
+        "run_id": np.repeat((times - times[0].normalize()).days.to_numpy(), num_nodes),  # one run per day
         "timestamp": np.repeat(times.to_numpy(), num_nodes),
         "node_id": np.tile(np.arange(num_nodes), steps),
-        "speed_mph": speed.astype(np.float32).ravel(),
+        column: speed.astype(np.float32).ravel(),
     })
     src_idx, dst_idx = np.nonzero(adjacency)
     keep = src_idx != dst_idx
     edges = pd.DataFrame({"source": src_idx[keep], "target": dst_idx[keep], "weight": adjacency[src_idx[keep], dst_idx[keep]]})
     nodes = pd.DataFrame({"node_id": np.arange(num_nodes), "sensor_id": sensor_ids})
-    locations = read_sensor_locations(src / "graph_sensor_locations.csv", sensor_ids)
+    locations = read_sensor_locations(sensor_locations, sensor_ids) if sensor_locations else None
     if locations is not None:
         nodes["lat"], nodes["lon"] = locations["latitude"].to_numpy(), locations["longitude"].to_numpy()
-    info = {"source": "los-loop", "origin": str(src.resolve()), "unit": "mph", "interval_minutes": 5,
-            "num_nodes": int(num_nodes), "num_edges": int(len(edges)), "num_steps": int(steps),
-            "start": LOS_LOOP_START, "licence": "MIT (T-GCN, see LICENSE.T-GCN); derived from METR-LA"}
+    info = {"source": "tgcn-city", "speed_csv": str(Path(speed_path).resolve()), "unit": unit_name,
+            "interval_minutes": int(interval_minutes), "num_nodes": int(num_nodes), "num_edges": int(len(edges)),
+            "num_steps": int(steps), "start": str(times[0]), "zero_is_missing": zero_is_missing,
+            "missing_readings": missing, **provenance}
     if tgcn_references:
         from kiln.recipes.traffic.references import tgcn_reference_tables
 
         jobs = jobs or len(os.sched_getaffinity(0))
         log(f"Fitting T-GCN's reference baselines (persistence, one linear SVR per detector and horizon, {jobs} in parallel)...")
-        info["tgcn_references"] = tgcn_reference_tables(speed, tgcn_horizons(5), jobs=jobs)
+        observed = pd.DataFrame(speed).interpolate(limit_direction="both").to_numpy()  # missing ones filled as load_series does
+        info["tgcn_references"] = tgcn_reference_tables(observed, tgcn_horizons(interval_minutes), jobs=jobs)
     write_dataset(out, records, nodes, edges, info)
-    log(f"Wrote {out}: Los-loop, {num_nodes} detectors, {len(edges)} edges, {steps} five-minute steps (mph)")
+    zeros = f", {missing:,} zero readings stored as missing" if zero_is_missing else ""
+    log(f"Wrote {out}: {num_nodes} sensors, {len(edges)} edges, {steps} {interval_minutes}-minute steps ({unit_name}){zeros}")
     return info
+
+
+def convert_los_loop(src: Path, out: Path, tgcn_references: bool = False, log: Callable[[str], None] = print,
+                     jobs: int | None = None) -> dict:
+    """`kiln data traffic --los-loop`: T-GCN's data folder (los_speed.csv, los_adj.csv[, graph_sensor_locations.csv])
+    as a dataset directory: the T-GCN-format city of 5-minute mph readings from 2012-03-01."""
+    src = Path(src)
+    for path in (src / "los_speed.csv", src / "los_adj.csv"):
+        if not path.is_file():
+            raise KilnError(f"'{path}' not found; --los-loop needs the folder with los_speed.csv and los_adj.csv ({LOS_LOOP_SOURCE})")
+    return convert_tgcn_city(src / "los_speed.csv", src / "los_adj.csv", out, interval_minutes=5, unit="mph",
+                             start=LOS_LOOP_START, tgcn_references=tgcn_references, log=log, jobs=jobs, header=True,
+                             repair=LOS_LOOP_REPAIR, sensor_locations=src / "graph_sensor_locations.csv",
+                             source="los-loop", origin=str(src.resolve()),
+                             licence="MIT (T-GCN, see LICENSE.T-GCN); derived from METR-LA")
