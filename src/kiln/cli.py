@@ -307,7 +307,7 @@ def compare(args: argparse.Namespace) -> int:
 
 
 def status(args: argparse.Namespace) -> int:
-    from kiln.engine.monitor import print_status
+    from kiln.engine.runs import print_status
     from kiln.engine.runs import find_runs
 
     print_status(args.run_dirs or (find_runs(Path("runs")) if Path("runs").is_dir() else []))

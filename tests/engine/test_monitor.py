@@ -9,7 +9,8 @@ import time
 
 from kiln.cli import main
 from kiln.engine.fit import fit
-from kiln.engine.monitor import follow_log, is_live, print_status, read_status, tensorboard_command
+from kiln.engine.monitor import follow_log, is_live, read_status, tensorboard_command
+from kiln.engine.runs import print_status
 from kiln.recipes import load_recipe_config
 
 

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from kiln.engine.batches import TensorBatches
-from kiln.engine.monitor import print_status
+from kiln.engine.runs import print_status
 from kiln.errors import KilnError
 
 PHASES = [{"name": "warm", "train": {"max_epochs": 2, "lr": 0.05}},

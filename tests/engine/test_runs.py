@@ -18,7 +18,8 @@ import yaml
 from kiln.cli import main
 from kiln.engine.batches import TensorBatches
 from kiln.engine.callbacks import Callback
-from kiln.engine.monitor import print_status, read_status
+from kiln.engine.monitor import read_status
+from kiln.engine.runs import print_status
 from kiln.engine.runs import find_runs, list_runs, run_summary, state_label
 from kiln.errors import KilnError
 

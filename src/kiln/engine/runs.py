@@ -203,3 +203,30 @@ def print_runs(rows: list[dict[str, Any]], root: Path) -> None:
                       row["recipe"], row["name"], state_label(row), epoch_cell(row), best_cell(row),
                       headline_cell(row["headline"]), started, duration_cell(row["duration_s"]))
     Console(width=max(Console().width, 180)).print(table)
+
+
+def print_status(run_dirs: list[Path]) -> None:
+    """`kiln status`: the rows of `kiln runs` (run_summary) seen from the watching side: step and last heartbeat."""
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table("run", "state", "phase", "epoch", "step", "best @epoch", "last seen")
+    for run_dir in run_dirs:
+        if not (run_dir / "status.json").is_file():
+            continue
+        row = run_summary(run_dir)
+        phase = f"{row['phase']} {row['phase_name'] or ''}".strip() if row["phase"] else "-"
+        table.add_row(str(run_dir), state_label(row, resume_hint=True), phase,
+                      f"{row['epoch']}/{row['max_epochs'] if row['max_epochs'] is not None else '?'}", str(row["step"]),
+                      best_cell(row), last_seen(row["heartbeat"]))
+    if not table.rows:
+        raise KilnError("no runs found; pass run directories, e.g. kiln status runs/nav/demo")
+    Console(width=max(Console().width, 120)).print(table)
+
+
+def last_seen(heartbeat: str | None) -> str:
+    try:
+        age = (datetime.now() - datetime.fromisoformat(heartbeat)).total_seconds()
+    except (TypeError, ValueError):
+        return "-"
+    return f"{age:.0f}s ago" if age < 3600 else heartbeat
