@@ -69,7 +69,8 @@ RECIPES = {
     "nav-loader": ("configs/nav/quick.yaml", ["data.generate.num_train=600", "data.generate.num_val=100",
                                                "data.generate.num_test=100", "model.dim=32", "train.batch_size=32",
                                                "train.max_epochs=4", "train.val_every_n_steps=8", "train.num_workers=2"]),
-    "world": ("configs/world/quick.yaml", ["data.generate.episodes=4", "data.generate.steps=60", "train.max_steps=60",
+    "world": ("configs/world/quick.yaml", ["data.generate.episodes=4", "data.generate.val_episodes=1",
+                                           "data.generate.test_episodes=1", "data.generate.steps=60", "train.max_steps=60",
                                            "train.val_every_n_steps=15"]),
 }
 

@@ -122,8 +122,12 @@ class LoaderBatches:
                  even: bool = True, num_workers: int = 0, pin_memory: bool = False):
         self.size = len(dataset)
         self.sampler = EpochBatchSampler(self.size, batch_size, shuffle, seed, rank, world, even)
+        # A generator of its own: a DataLoader draws its workers' base seed when an iterator starts, from torch's
+        # global RNG without one, so a resumed process (whose iterators start at other moments) would shift the
+        # global stream the training step's augmentation and dropout draw from, and resume would not be exact.
         self.loader = DataLoader(dataset, batch_sampler=self.sampler, num_workers=num_workers, collate_fn=collate,
-                                 pin_memory=pin_memory, persistent_workers=num_workers > 0)
+                                 pin_memory=pin_memory, persistent_workers=num_workers > 0,
+                                 generator=torch.Generator().manual_seed(seed))
 
     def __len__(self) -> int:
         return len(self.sampler)
