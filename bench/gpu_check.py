@@ -37,14 +37,16 @@ def steps_per_s(run_dir: Path) -> float | None:
     return (steps[-1] - steps[0]) / max(sum(times[1:]), 1e-9)
 
 
-def train_on_gpu(recipe_name: str, work: Path, compile_on: bool, max_steps: int) -> dict:
+def train_quick(recipe_name: str, work: Path, compile_on: bool, max_steps: int, device: str = "cuda",
+                extra: tuple[str, ...] = ()) -> dict:
+    """configs/<recipe>/quick.yaml for `max_steps` on `device`, compiled or not: steps/s, precision, compile line."""
     from kiln.engine.fit import fit
     from kiln.recipes import load_recipe_config
 
     recipe, cfg = load_recipe_config(ROOT / "configs" / recipe_name / "quick.yaml",
-                                     ["train.device=cuda", "train.precision=auto", f"train.compile={str(compile_on).lower()}",
+                                     [f"train.device={device}", "train.precision=auto", f"train.compile={str(compile_on).lower()}",
                                       f"train.max_steps={max_steps}", "train.loggers=[]",
-                                      f"data.dir={work / 'data' / recipe_name}"])
+                                      f"data.dir={work / 'data' / recipe_name}", *extra])
     run_dir = work / f"{recipe_name}-{'compiled' if compile_on else 'eager'}"
     started = time.perf_counter()
     results = fit(cfg, recipe, run_dir)
@@ -96,7 +98,7 @@ def main() -> None:
             entry = {}
             for compile_on in (False, True):
                 try:
-                    entry["compiled" if compile_on else "eager"] = train_on_gpu(name, work, compile_on, args.steps)
+                    entry["compiled" if compile_on else "eager"] = train_quick(name, work, compile_on, args.steps)
                 except Exception as err:  # one recipe's failure is a result, not the end of the check
                     entry["compiled" if compile_on else "eager"] = {"error": f"{type(err).__name__}: {str(err).splitlines()[0][:300]}"}
             if "run_dir" in entry["eager"]:
