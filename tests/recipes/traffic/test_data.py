@@ -489,3 +489,6 @@ def test_speed_csv_flags_are_checked_in_one_line(tmp_path, capsys, extra, messag
     assert re.search(message, err) and "\n" not in err and not (tmp_path / "out").exists()
     assert main(["data", "traffic", "--simulate", "--zero-is-missing", "--out", str(tmp_path / "out")]) == 2
     assert "--zero-is-missing: only for --speed-csv" in capsys.readouterr().err
+    assert main(["data", "traffic", "--speed-csv", str(tmp_path / "speed.csv"), "--adjacency-csv", str(tmp_path / "adj.csv"),
+                 "--interval-minutes", "15", "--days", "3", "--out", str(tmp_path / "out")]) == 2
+    assert "--days: only for --simulate" in capsys.readouterr().err and not (tmp_path / "out").exists()

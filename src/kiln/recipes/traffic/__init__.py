@@ -58,6 +58,11 @@ def make_data(args: argparse.Namespace) -> None:
     if args.speed_csv is None and args.los_loop is None:
         RECIPE.make_from_arguments(args)
         return
+    shared = ("interval_minutes",) if args.speed_csv is not None else ()  # also the rows' interval of a --speed-csv
+    simulate_only = [f"--{name.replace('_', '-')}" for name in CityGenerator.model_fields
+                     if name not in shared and getattr(args, name) is not None]
+    if simulate_only:
+        raise KilnError(f"{', '.join(simulate_only)}: only for --simulate; drop them")
     from kiln.engine.rundir import RunLog
     from kiln.recipes.traffic.data import DEFAULT_START, convert_los_loop, convert_tgcn_city
 
