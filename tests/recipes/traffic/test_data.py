@@ -290,6 +290,9 @@ LOS_ADJ = b"1,1,0\n1,1,1\n0,1,1\n"
     ("nan speed", LOS_SPEED.replace(b"61.5", b"nan", 1), LOS_ADJ, r"los_speed.csv' line 2, column 2: nan is not a speed"),
     ("huge speed", LOS_SPEED.replace(b"61.5", b"1e12", 1), LOS_ADJ, r"los_speed.csv' line 2, column 2: 1e\+12 is not a speed in mph"),
     ("twice the same detector", LOS_SPEED.replace(b"a,b,c", b"a,b,a"), LOS_ADJ, r"los_speed.csv' names a detector twice"),
+    # files that would convert to a dataset the loader refuses
+    ("weight beyond float32", LOS_SPEED, b"1,1,0\n1,1,1e39\n0,1,1\n", r"los_adj.csv' line 2, column 3: 1e\+39 is not a finite"),
+    ("two rows", b"a,b,c\n60,61,62\n60,61,62\n", LOS_ADJ, r"los_speed.csv' has only 2 row\(s\) of speeds; a forecaster needs"),
 ])
 def test_damaged_los_loop_files_are_one_line_errors_naming_file_and_line(tmp_path, name, speed, adjacency, pattern):
     src = tmp_path / "src"
@@ -414,19 +417,6 @@ def test_per_segment_records_with_ends_of_different_types_are_refused(tmp_path):
     missing = tmp_path / "missing"
     write_dataset(missing, frame.assign(node_b_id=["b", None] * 4), pd.DataFrame({"node_id": [1]}), None, {})
     one_line_error(lambda: load_series(missing, quiet), r"row 1 has no node_b_id \(4 row\(s\) have none\)")
-
-
-@pytest.mark.parametrize("name, speed, adjacency, pattern", [
-    ("weight beyond float32", LOS_SPEED, b"1,1,0\n1,1,1e39\n0,1,1\n", r"los_adj.csv' line 2, column 3: 1e\+39 is not a finite"),
-    ("two rows", b"a,b,c\n60,61,62\n60,61,62\n", LOS_ADJ, r"los_speed.csv' has only 2 row\(s\) of speeds; a forecaster needs"),
-])
-def test_los_loop_files_that_would_convert_to_an_unloadable_dataset_are_refused(tmp_path, name, speed, adjacency, pattern):
-    src = tmp_path / "src"
-    src.mkdir()
-    (src / "los_speed.csv").write_bytes(speed)
-    (src / "los_adj.csv").write_bytes(adjacency)
-    one_line_error(lambda: convert_los_loop(src, tmp_path / "out", log=quiet), pattern)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["src"]
 
 
 def test_run_ids_that_do_not_compare_are_refused(tmp_path):
