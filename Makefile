@@ -2,7 +2,7 @@
 PY := .venv/bin/python
 PIP := $(PY) -m pip
 
-.PHONY: setup demo test bench clean
+.PHONY: setup demo test fuzz bench clean
 
 setup: .venv/.installed
 
@@ -24,6 +24,10 @@ demo: setup
 
 test: setup
 	$(PY) -m pytest
+
+# the fuzzers (tests/fuzz/) with fresh random examples; `make test` runs them derandomized, the same examples each time
+fuzz: setup
+	$(PY) -m pytest tests/fuzz --hypothesis-profile=explore --hypothesis-show-statistics
 
 bench: setup
 	$(PY) bench/engine_overhead.py

@@ -6,6 +6,15 @@ from pathlib import Path
 
 import pytest
 import yaml
+from hypothesis import HealthCheck, settings
+
+# The fuzzers' (tests/fuzz/) profiles, here so that hypothesis' --hypothesis-profile, applied after this file loads,
+# can pick another: `make test` (and CI) draws the same examples every run, so a run passes or fails on the code, not
+# on the draw; `make fuzz` (--hypothesis-profile=explore) draws new ones and prints the blob that replays a failure.
+COMMON = dict(deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture], print_blob=True)
+settings.register_profile("kiln", derandomize=True, **COMMON)
+settings.register_profile("explore", derandomize=False, **COMMON)
+settings.load_profile("kiln")
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -5,12 +5,7 @@ KilnError line that names the file, key or line; any other exception, a tracebac
 
 from __future__ import annotations
 
-from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
-
-settings.register_profile("kiln", deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
-                          derandomize=False, print_blob=True)
-settings.load_profile("kiln")
 
 
 def one_line(err: BaseException) -> bool:

@@ -145,6 +145,21 @@ def test_a_value_beyond_float32_is_a_bad_file(strings_dir, tmp_path):
     assert str(err.value).startswith(f"'{bad}' has 1e+39 (row 5, column pc1), beyond float32's")
 
 
+def test_an_integer_too_long_for_a_float_is_a_bad_file(strings_dir, tmp_path):
+    """A 400-digit integer in the integer `step` column made pandas raise OverflowError (found by CI's fuzzer run)."""
+    data = tmp_path / "data"
+    shutil.copytree(strings_dir, data)
+    bad = sorted(data.glob("*.csv"))[3]
+    lines = bad.read_text().splitlines()
+    head, row = lines[0].split(","), lines[6].split(",")
+    row[head.index("step")] = "1" * 400
+    lines[6] = ",".join(row)
+    bad.write_text("\n".join(lines) + "\n")
+    with pytest.raises(KilnError) as err:
+        read_sequences(data, "error", lambda m: None)
+    assert str(err.value).startswith(f"'{bad}' has a NaN, infinite or non-numeric value (row 6, column step)")
+
+
 def test_a_column_name_with_a_newline_stays_on_one_line(strings_dir, tmp_path):
     data = tmp_path / "data"
     shutil.copytree(strings_dir, data)

@@ -388,6 +388,7 @@ def test_linear_svr_solves_tgcn_libsvm_problem():
     (b"source,target,weight\n0,1,1\n1,0,\n", r"row 1 \(1 -> 0\) has weight 'nan'"),    # a blank weight, silently NaN
     (b"source,target,weight\n0,1,inf\n", r"has weight 'inf'"),
     (b"source,target,weight\n0,1,-1\n", r"has weight '-1'"),
+    (b"source,target,weight\n0,1,-1\n1,0," + b"1" * 400 + b"\n", r"has weight '-1'"),  # with a 400-digit int: OverflowError
     (b"source,target\nx,1\n0,2.5\n", r"names node\(s\) \['0', 'x', 2.5\]"),  # text and number ids: sorted() raised TypeError
     (b'source,"tar\nget"\n0,1\n', r"needs columns source and target \(node ids\); it has \['source', 'tar\\ng"),
 ])

@@ -53,7 +53,7 @@ def split_indices(count: int, train_size: int, val_size: int, seed: int) -> dict
 def read_sequence(path: Path) -> tuple[np.ndarray, np.ndarray]:
     """One file -> (components [151, 5], parameters [2]); BadFile says what is wrong with it."""
     try:
-        frame = pd.read_csv(path)
+        frame = pd.read_csv(path, dtype=str)  # text, so a 400-digit integer becomes inf below, not an OverflowError
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
         raise BadFile(f"not a readable CSV ({str(err).strip().splitlines()[0]})") from None
     missing = [c for c in COLUMNS if c not in frame.columns]

@@ -255,7 +255,7 @@ def read_graph(data_dir: Path, node_ids: np.ndarray, log: Callable[[str], None],
     pairs = np.stack([index[edges["source"]].to_numpy(), index[edges["target"]].to_numpy()])
     weight = np.ones(pairs.shape[1], np.float32)
     if "weight" in edges:
-        weight = pd.to_numeric(edges["weight"], errors="coerce").to_numpy(np.float64)
+        weight = pd.to_numeric(edges["weight"].astype(str), errors="coerce").to_numpy(np.float64)  # text: a 400-digit int is inf
         bad = ~((weight >= 0) & (weight <= np.finfo(np.float32).max))  # NaN (a blank or text) fails both comparisons
         if bad.any():
             row = int(np.argmax(bad))
