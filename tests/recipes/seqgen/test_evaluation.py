@@ -20,8 +20,8 @@ def loaded(seqgen_config):
 def test_evaluation_matches_independent_references(loaded, monkeypatch):
     from sklearn.neighbors import KNeighborsRegressor
 
-    from kiln.recipes.seqgen.evaluation import (choose_k, discriminative_score, evaluate, generate, nearest_neighbour_mean,
-                                                spectral_distance)
+    from kiln.recipes.seqgen.evaluation import (balanced_holdout, choose_k, discriminative_score, evaluate, generate,
+                                                nearest_neighbour_mean, spectral_distance)
 
     recipe, cfg, splits = loaded
     train, val, test = splits.train, splits.val, splits.test
@@ -35,6 +35,10 @@ def test_evaluation_matches_independent_references(loaded, monkeypatch):
     real = torch.cat([train["y"], val["y"]])
     assert discriminative_score(real[:20], real[20:]) <= 0.25        # two halves of the same data: chance level
     assert discriminative_score(real.mean(0).expand(20, -1, -1), real[20:]) >= 0.3   # one sequence for every pair is told apart
+    for num_true, num_pred in ((100, 100), (20, real.shape[0] - 20), (3, 1)):
+        fit, held = balanced_holdout(num_true, num_pred)
+        assert (held < num_true).sum() == (held >= num_true).sum() == max(1, min(num_true, num_pred) // 5)
+        assert sorted(torch.cat([fit, held]).tolist()) == list(range(num_true + num_pred))
     task = recipe.build_task(cfg, splits.info)
     monkeypatch.setattr("kiln.recipes.seqgen.evaluation.DISCRIMINATOR_STEPS", 5)  # checked at full size above
     results = evaluate(task, splits, cfg, {}).results

@@ -8,7 +8,7 @@ component units (each component divided by its training-split std, so all five c
 - spectral_distance: per sequence and component, sum_f |P_gen(f) - P_true(f)| / sum_f P_true(f) of the
   Welch power spectra (scipy.signal.welch), averaged: 0 when the spectra agree, 1 when the power is all wrong.
 - discriminative_score: |accuracy - 0.5| of a GRU classifier trained after the fact to tell true from
-  generated sequences (Yoon et al., TimeGAN, 2019; 200 Adam steps of batch 64), on a held-out fifth: 0 = indistinguishable, 0.5 = always told apart.
+  generated sequences (Yoon et al., TimeGAN, 2019; 200 Adam steps of batch 64), on a held-out fifth, half true and half generated: 0 = indistinguishable, 0.5 = always told apart.
 
 Baselines (Splits only, no training): k nearest neighbours in z-scored parameter space (the mean of the k
 training sequences with the closest parameters, k chosen on the validation split's MAE) and the
@@ -56,15 +56,23 @@ class Discriminator(nn.Module):
         return self.out(self.gru(x)[0].mean(1)).squeeze(-1)
 
 
+def balanced_holdout(num_true: int, num_pred: int) -> tuple[Tensor, Tensor]:
+    """(fit, held) positions in cat([true, pred]): a fifth of the smaller set held out from each (at least one), so
+    the held-out half is true and half generated and a classifier that cannot tell them apart scores exactly 0.5
+    (a random fifth of both was unbalanced: on 100 + 100 sequences a constant answer scored 0.725)."""
+    per_class = max(1, min(num_true, num_pred) // 5)
+    true_order, pred_order = torch.randperm(num_true), num_true + torch.randperm(num_pred)
+    held = torch.cat([true_order[:per_class], pred_order[:per_class]])
+    return torch.cat([true_order[per_class:], pred_order[per_class:]]), held
+
+
 def discriminative_score(pred: Tensor, true: Tensor, seed: int = 0) -> float:
     """|held-out accuracy - 0.5| of a GRU trained to tell `true` [N, T, C] from `pred` [N, T, C]."""
     with torch.random.fork_rng(), torch.enable_grad():  # evaluation runs under no_grad; the classifier trains
         torch.manual_seed(seed)
         x = torch.cat([true, pred]).float()
         y = torch.cat([torch.ones(len(true)), torch.zeros(len(pred))])
-        order = torch.randperm(len(x))
-        held = order[: max(2, len(x) // 5)]
-        fit = order[len(held):]
+        fit, held = balanced_holdout(len(true), len(pred))
         model = Discriminator(x.shape[-1])
         optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
         for _ in range(DISCRIMINATOR_STEPS):
