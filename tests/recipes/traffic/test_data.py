@@ -261,6 +261,15 @@ def test_speeds_outside_the_plausible_range_are_refused_at_load(tmp_path, value)
                                                     r"\(1 row\(s\) are not\)")
 
 
+def test_a_text_node_id_with_a_newline_stays_on_the_message_s_line(tmp_path):
+    def change(r):
+        r["node_id"] = "road\n" + r["node_id"].astype(str)
+        r.loc[70, "speed_kmh"] = -1.0
+        return r
+    out = city_with(tmp_path, "text ids", change)
+    one_line_error(lambda: load_series(out, quiet), r"row 70 \(timestamp .*, node_id 'road\\n\d+'\) has speed_kmh -1")
+
+
 def test_the_speed_bound_is_300_kmh_in_either_unit(tmp_path):
     assert MAX_SPEED == {"km/h": 300.0, "mph": pytest.approx(300 / 1.609344, abs=0.05)}
     fast = city_with(tmp_path, "mph", lambda r: r.rename(columns={"speed_kmh": "speed_mph"}).assign(speed_mph=190.0))

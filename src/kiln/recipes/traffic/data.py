@@ -202,7 +202,8 @@ def check_readings(frame: pd.DataFrame, speed_col: str, weather_cols: list[str],
         bad = ~(values.isna() | valid)
         if bad.any():
             row = int(np.argmax(bad.to_numpy()))
-            where = ", ".join(f"{k} {frame[k].iloc[row]}" for k in keys[1:])
+            ids = (frame[k].iloc[row] for k in keys[1:])  # a text id in quotes, so a newline in it stays on the line
+            where = ", ".join(f"{k} {v!r}" if isinstance(v, str) else f"{k} {v}" for k, v in zip(keys[1:], ids))
             rule = (f"speeds must be finite numbers from 0 to {MAX_SPEED[unit]:g} {unit}" if unit
                     else f"weather must be finite, within ±{MAX_WEATHER:g}")
             raise KilnError(f"'{path}' row {row} ({where}) has {column} {values.iloc[row]:g}: {rule} ({int(bad.sum())} "
