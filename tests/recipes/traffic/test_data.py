@@ -12,8 +12,8 @@ import pytest
 import torch
 
 from kiln.errors import KilnError
-from kiln.recipes.traffic.data import (MAX_SPEED, build_splits, convert_los_loop, gather, load_series, split_bounds,
-                                       split_starts, window_starts, write_dataset)
+from kiln.recipes.traffic.data import (MAX_SPEED, build_splits, convert_los_loop, gather, load_series, make_split,
+                                       normalisation, split_bounds, split_starts, window_starts, write_dataset)
 from kiln.recipes.traffic.evaluation import tgcn_table
 from kiln.recipes.traffic.sim import simulate_city
 from kiln.recipes.traffic.task import strongest_edges
@@ -198,6 +198,16 @@ def test_nans_are_imputed_and_counted(tmp_path):
     t, n = divmod(70, 62)  # interpolated between the node's neighbouring readings
     neighbours = records["speed_kmh"].to_numpy()[[70 - 62, 70 + 62]]
     assert series.speed[t, n] == pytest.approx(neighbours.mean(), rel=1e-5)
+    # the filled speeds are inputs, never targets: NaN in y wherever a window's target is one of them
+    assert "  the 3 filled speeds are inputs only: no target, so no part of the loss or the metrics" in lines
+    missing = np.zeros(series.speed.shape, bool)
+    missing[divmod(5, 62)], missing[divmod(70, 62)], missing[divmod(300, 62)] = True, True, True
+    np.testing.assert_array_equal(series.observed, ~missing)
+    starts = np.arange(len(series.times) - 5)
+    split = make_split(series, starts, 3, 2, normalisation(series, (0, len(series.times))), 96)
+    targets = np.stack([missing[starts + 3 + j] for j in range(2)], -1)  # [S, N, 2]
+    np.testing.assert_array_equal(np.isnan(split["y"]), targets)
+    assert np.isfinite(split["x"]).all()
 
 
 def test_isolated_nodes_warn_and_unknown_nodes_fail(tmp_path):

@@ -277,6 +277,25 @@ def test_error_metrics_per_dim_matches_a_loop(dim):
             assert value[i].item() == pytest.approx(expected.item(), rel=1e-6), (name, i)
 
 
+@pytest.mark.parametrize("dim", [None, 0, 2])
+def test_a_nan_target_is_left_out_as_if_it_were_not_there(dim):
+    """A missing reading (NaN target) counts nowhere: each figure equals torchmetrics' on the finite targets alone."""
+    pred, target = point_data(seed=3)
+    target = target.clone()
+    gaps = torch.rand(target.shape, generator=torch.Generator().manual_seed(0)) < 0.2
+    target[gaps] = float("nan")
+    ours = error_metrics(pred, target, dim=dim)
+    if dim is None:
+        keep = ~gaps
+        expected = torchmetrics_reference(pred[keep], target[keep])
+        assert all(ours[k].item() == pytest.approx(expected[k].item(), rel=1e-6) for k in ours), ours
+        return
+    for i in range(pred.shape[dim]):
+        keep = ~gaps.select(dim, i)
+        expected = torchmetrics_reference(pred.select(dim, i)[keep], target.select(dim, i)[keep])
+        assert all(ours[k][i].item() == pytest.approx(expected[k].item(), rel=1e-6) for k in ours), (i, ours)
+
+
 def test_mape_ignores_zero_targets():
     target = torch.tensor([0.0, 10.0, 0.0, 20.0])
     pred = torch.tensor([5.0, 11.0, -3.0, 18.0])
@@ -311,6 +330,14 @@ def test_tgcn_metrics_match_sklearn_and_numpy():
     assert ours["r2"] < ours["var"]  # bias lowers r2 but not explained variance
     assert all(isinstance(v, float) for v in ours.values())
     assert tgcn_metrics(prediction, truth) == ours  # numpy in, same answer
+
+
+def test_tgcn_metrics_leave_nan_targets_out():
+    rng = np.random.default_rng(1)
+    truth = 40 + 15 * rng.standard_normal((36, 20))
+    prediction = truth + 4 * rng.standard_normal((36, 20))
+    gaps = rng.random(truth.shape) < 0.1
+    assert tgcn_metrics(prediction, np.where(gaps, np.nan, truth)) == tgcn_metrics(prediction[~gaps], truth[~gaps])
 
 
 def test_tgcn_metrics_of_perfect_prediction():

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import json
+import math
 import subprocess
 import sys
 from types import SimpleNamespace
@@ -90,6 +91,37 @@ def test_evaluation_metrics_match_a_direct_computation(traffic_config):
     assert headline == {"metric": "test MAE (km/h)", "value": pytest.approx((point - y).abs().mean().item(), rel=1e-4),
                         "baseline": "persistence", "baseline_value": pytest.approx(persistence_mae, rel=1e-4),
                         "higher_is_better": False}
+
+
+@pytest.mark.parametrize("protocol", ["chronological", "tgcn"])
+def test_missing_readings_are_left_out_of_every_test_metric(traffic_config, city_dir, tmp_path, protocol):
+    """A city with 5% of its speeds missing: they are inputs (imputed), never targets, in every figure."""
+    import shutil
+
+    holed = tmp_path / "holed"
+    shutil.copytree(city_dir, holed)
+    records = pd.read_parquet(holed / "traffic.parquet")
+    records.loc[np.random.default_rng(0).random(len(records)) < 0.05, "speed_kmh"] = np.nan
+    records.to_parquet(holed / "traffic.parquet", index=False)
+    cfg = load_config(traffic_config, [f"data.dir={holed}", f"data.protocol={protocol}"])
+    recipe = get_recipe("traffic")
+    splits = recipe.load_data(cfg, lambda m: None)
+    task = recipe.build_task(cfg, splits.info).eval()
+    results = recipe.evaluate(task, splits, cfg, {}).results
+    y = splits.test["y"]
+    inside = torch.isfinite(y).any(1).all(-1)  # the windows whose targets lie inside the data
+    point = predict_split(task, splits.test, 64)["point"][inside]
+    y = y[inside]
+    scored = torch.isfinite(y)
+    assert results["missing_targets"] == int((~scored).sum()) > 0 and results["samples"] == int(inside.sum())
+    assert results["mae"] == pytest.approx((point - y)[scored].abs().mean().item(), rel=1e-4)
+    last = (splits.test["x"][:, :, -1:] * task.speed_std + task.speed_mean)[inside].expand_as(y)
+    assert results["references"]["persistence"]["mae"] == pytest.approx((last - y)[scored].abs().mean().item(), rel=1e-4)
+    for figure in (results["coverage_80"], results["crps"], *results["per_node"]["mae"],
+                   *(step["mae"] for step in results["per_horizon"].values())):
+        assert math.isfinite(figure)
+    if protocol == "tgcn":
+        assert all(math.isfinite(v) for row in results["tgcn_protocol"].values() for v in row.values())
 
 
 def test_spread_scale_is_fitted_on_validation_only(traffic_config, tmp_path):

@@ -38,7 +38,7 @@ def data_arguments(parser: argparse.ArgumentParser) -> None:
     city.add_argument("--start", metavar="TIMESTAMP",
                       help="the first row's date and time, for the hour and day-of-week features (default: 2000-01-03, a Monday)")
     city.add_argument("--zero-is-missing", action="store_true",
-                      help="a speed of 0 is no observation (as in SZ-taxi): stored as missing, imputed at load")
+                      help="a speed of 0 is no observation (as in SZ-taxi): stored as missing, imputed as an input, never a target")
     parser.add_argument("--tgcn-references", action="store_true",
                         help="los-loop, --speed-csv: also fit T-GCN's persistence and linear-SVR baselines (minutes) into dataset.json")
     parser.add_argument("--jobs", type=int, default=None, metavar="N",

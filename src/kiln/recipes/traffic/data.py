@@ -48,7 +48,7 @@ LOS_LOOP_START = "2012-03-01"  # a Thursday: Los-loop is one week, Thursday to W
 class TrafficSeries:
     """A whole dataset as regular time series."""
 
-    speed: np.ndarray            # [T, N] float32
+    speed: np.ndarray            # [T, N] float32, missing readings imputed
     weather: np.ndarray | None   # [T, 3] float32 (city mean over nodes) or None
     times: pd.DatetimeIndex      # [T]
     run_ids: np.ndarray          # [T]
@@ -58,6 +58,7 @@ class TrafficSeries:
     unit: str                    # "km/h" or "mph"
     interval_minutes: int
     description: dict = field(default_factory=dict)  # dataset.json
+    observed: np.ndarray | None = None  # [T, N] bool, False where `speed` was imputed; None = every reading observed
 
 
 # ---------------------------------------------------------------- reading
@@ -88,6 +89,8 @@ def load_series(data_dir: Path, log: Callable[[str], None] = print) -> TrafficSe
     frame, speed_col, keys = read_records(path, log)
     log("Preprocessing data...")
     speed, weather, segments = node_series(frame, speed_col, keys, path, log)
+    observed = speed.notna().to_numpy()
+    speed = impute(speed, speed_col, log)
 
     log("Validating data...")
     times = pd.DatetimeIndex(speed.index)
@@ -112,8 +115,8 @@ def load_series(data_dir: Path, log: Callable[[str], None] = print) -> TrafficSe
     edges, weight = read_graph(data_dir, node_ids, log, segments)
     log(f"Number of nodes: {len(node_ids)}")
     log(f"Number of edges: {edges.shape[1]}")
-    return TrafficSeries(values, weather, times, run_ids, node_ids, edges, weight,
-                         SPEED_COLUMNS[speed_col], interval, dataset_info(data_dir))
+    return TrafficSeries(values, weather, times, run_ids, node_ids, edges, weight, SPEED_COLUMNS[speed_col], interval,
+                         dataset_info(data_dir), None if observed.all() else observed)
 
 
 def read_records(path: Path, log: Callable[[str], None]) -> tuple[pd.DataFrame, str, tuple[str, ...]]:
@@ -164,7 +167,7 @@ def read_records(path: Path, log: Callable[[str], None]) -> tuple[pd.DataFrame, 
 def node_series(frame: pd.DataFrame, speed_col: str, keys: tuple[str, ...], path: Path,
                 log: Callable[[str], None]) -> tuple[pd.DataFrame, np.ndarray | None, pd.DataFrame | None]:
     """Records in time order -> ([time, node] speeds, [time, 3] city weather or None, the road segments of
-    per-segment records or None), each missing reading imputed and counted."""
+    per-segment records or None); a missing speed is NaN, missing weather is imputed and counted."""
     if keys == SEGMENT_KEYS:
         try:
             speed, segments = segment_speeds(frame, speed_col, log)
@@ -173,20 +176,27 @@ def node_series(frame: pd.DataFrame, speed_col: str, keys: tuple[str, ...], path
                             f"({str(err).splitlines()[0]}); store both as numbers or both as text") from None
     else:
         speed, segments = frame.pivot(index="timestamp", columns="node_id", values=speed_col), None
-    filled = int(speed.isna().sum().sum())
-    # A missing reading is the node's neighbouring readings in time, else its mean.
-    speed = speed.interpolate(limit_direction="both").fillna(speed.mean())
-    log(f"  {speed_col}: filled {filled} missing values")
+    if speed.isna().all().any():
+        empty = speed.columns[speed.isna().all()].tolist()
+        raise KilnError(f"node(s) {empty[:5]} in '{path}' have no speed readings at all; drop them from the data and the graph")
     weather = None
     if WEATHER[0] in frame.columns:
         table = frame.groupby("timestamp")[list(WEATHER)].mean()  # weather is city-wide
         for c in WEATHER:
             log(f"  {c}: filled {int(frame[c].isna().sum())} missing values")
         weather = table.interpolate(limit_direction="both").fillna(table.mean()).fillna(0.0).to_numpy(np.float32)
-    if speed.isna().any().any():
-        empty = speed.columns[speed.isna().all()].tolist()
-        raise KilnError(f"node(s) {empty[:5]} in '{path}' have no speed readings at all; drop them from the data and the graph")
     return speed, weather, segments
+
+
+def impute(speed: pd.DataFrame, speed_col: str, log: Callable[[str], None]) -> pd.DataFrame:
+    """[time, node] speeds with each missing reading filled from the node's neighbouring readings in time (else its
+    mean), so that every input window is complete. The filled readings are no targets: make_split leaves them out of
+    the loss and the metrics (the masked MAE of DCRNN, Li et al. 2018, and the METR-LA/PEMS-BAY benchmarks)."""
+    filled = int(speed.isna().sum().sum())
+    log(f"  {speed_col}: filled {filled} missing values")
+    if filled:
+        log(f"  the {filled} filled speeds are inputs only: no target, so no part of the loss or the metrics")
+    return speed.interpolate(limit_direction="both").fillna(speed.mean())
 
 
 def check_readings(frame: pd.DataFrame, speed_col: str, weather_cols: list[str], keys: tuple[str, ...], path: Path) -> None:
@@ -317,10 +327,13 @@ def normalisation(series: TrafficSeries, train: tuple[int, int]) -> dict:
 
 def make_split(series: TrafficSeries, starts: np.ndarray, seq_len: int, pred_len: int, stats: dict,
                steps_per_day: int) -> dict[str, np.ndarray]:
-    """Windows as arrays: x [S, N, seq] normalised, y [S, N, pred] raw (NaN past the data), calendar, weather."""
+    """Windows as arrays: x [S, N, seq] normalised (missing readings imputed), y [S, N, pred] raw (NaN past the data
+    and where the reading is missing: no target), calendar, weather."""
     span = seq_len + pred_len
     x = gather(series.speed, starts, seq_len)
     y = gather(series.speed, starts + seq_len, pred_len)
+    if series.observed is not None:
+        y = np.where(gather(series.observed.astype(np.float64), starts + seq_len, pred_len) == 1, y, np.nan)
     minutes = (series.times.hour * 60 + series.times.minute).to_numpy()
     calendar = np.stack([series.times.hour.to_numpy(), series.times.day_of_week.to_numpy(),
                          minutes // series.interval_minutes % steps_per_day], -1)
@@ -524,7 +537,7 @@ def convert_tgcn_city(speed_path: Path, adj_path: Path, out: Path, *, interval_m
     directory; returns its dataset.json. `header`: the speed CSV's first row names the sensors (T-GCN's files have
     one, numeric ids). The first row of speeds is `start`, each later one `interval_minutes` after it (the
     hour and day-of-week features come from these times). `zero_is_missing`: a 0 is no observation (as in SZ-taxi),
-    stored as missing and imputed at load. `jobs`: SVRs fitted at once for --tgcn-references (default: the usable
+    stored as missing (imputed in input windows, left out as a target). `jobs`: SVRs fitted at once for --tgcn-references (default: the usable
     cores)."""
     for path, flag in ((speed_path, "--speed-csv"), (adj_path, "--adjacency-csv")):
         if not Path(path).is_file():

@@ -44,7 +44,9 @@ def predict_split(task: TrafficTask, split: dict[str, Tensor], batch_size: int, 
 def distribution_metrics(pred: dict[str, Tensor], y: Tensor) -> dict:
     """From the PIT of every target: 80% coverage, the reliability curve (observed coverage of the central
     interval at nominal 10..90%), the PIT histogram (uniform when calibrated) and the tails: the share of targets
-    below the forecast's 1% and 5% quantiles and above its 95% and 99% quantiles (ideally 0.01, 0.05, 0.05, 0.01)."""
+    below the forecast's 1% and 5% quantiles and above its 95% and 99% quantiles (ideally 0.01, 0.05, 0.05, 0.01).
+    Over the finite targets only (a NaN target is no reading)."""
+    pred, y = scored(pred, y)
     u = pit(pred["means"].double(), pred["stds"].double(), pred["logits"].double(), y.double())
     curve = reliability_curve(u)
     tails = {name: (u < q if q < 0.5 else u > q).double().mean().item() for name, q in TAILS.items()}
@@ -55,11 +57,18 @@ def distribution_metrics(pred: dict[str, Tensor], y: Tensor) -> dict:
             "tail_coverage": {k: round(v, 6) for k, v in tails.items()}}
 
 
+def scored(pred: dict[str, Tensor], y: Tensor) -> tuple[dict[str, Tensor], Tensor]:
+    """The forecasts and targets of the finite targets only, flattened: ({name: [M, ...]}, [M])."""
+    keep = torch.isfinite(y)
+    return {k: v[keep] for k, v in pred.items()}, y[keep]
+
+
 def forecast_metrics(pred: dict[str, Tensor], y: Tensor) -> dict[str, float]:
     """MAE, RMSE, MAPE, R2 (+ 80% coverage, CRPS) over all elements of [S, N, P] (finite targets only)."""
     point = error_metrics(pred["point"], y)
     out = {k: round(float(v), 6) for k, v in point.items()}
     if "means" in pred:
+        pred, y = scored(pred, y)
         args = (pred["means"], pred["stds"], pred["logits"], y)
         out["coverage_80"] = round(interval_coverage(*args, level=0.8), 6)
         out["crps"] = round(float(mixture_crps(*args).mean()), 6)
@@ -72,7 +81,9 @@ def evaluate(task: TrafficTask, splits: Splits, cfg: TrafficConfig, options: dic
     the report draws from the same forecasts (outputs["pred"], the mixture as the model ships it)."""
     info, test = splits.info, splits.test
     y = test["y"]
-    complete = torch.isfinite(y).all(-1).all(-1)  # windows with every target inside the data
+    # windows with every target step inside the data (past it, every node's target is NaN; a missing reading is NaN
+    # for its node only, and is left out of each metric, not its window)
+    complete = torch.isfinite(y).any(1).all(-1)
     pred = predict_split(task, test, cfg.train.eval_batch_size, calibrated=False, with_loss=True)
     loss = pred.pop("loss")
     raw = None
@@ -82,6 +93,7 @@ def evaluate(task: TrafficTask, splits: Splits, cfg: TrafficConfig, options: dic
     full = {k: v[complete] for k, v in pred.items()}
     y_full = y[complete]
     results = {"model": cfg.model.arch, "unit": info["unit"], "samples": int(complete.sum()),
+               "missing_targets": int((~torch.isfinite(y_full)).sum()),  # readings the data lacks: left out of the metrics
                **forecast_metrics({"point": full["point"]}, y_full),  # the mixture's figures: distribution_metrics
                "loss": round(loss.item(), 6)}  # over every test window, as val_loss is over every validation window
     if raw is not None:

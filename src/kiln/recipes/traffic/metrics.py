@@ -150,7 +150,8 @@ def mixture_crps(means: Tensor, stds: Tensor, logits: Tensor, target: Tensor) ->
 
 
 def error_metrics(pred: Tensor, target: Tensor, dim: int | None = None) -> dict[str, Tensor]:
-    """mae, rmse, mape (%, over non-zero targets; NaN if there are none) and r2, over everything or per index along `dim`."""
+    """mae, rmse, mape (%, over non-zero targets; NaN if there are none) and r2, over everything or per index along
+    `dim`; a NaN target (no reading) is left out."""
     # at least float32, so integer counts and half-precision outputs are averaged accurately
     dtype = torch.promote_types(torch.promote_types(pred.dtype, target.dtype), torch.float32)
     pred, target = pred.to(dtype), target.to(dtype)
@@ -160,24 +161,30 @@ def error_metrics(pred: Tensor, target: Tensor, dim: int | None = None) -> dict[
         # one row per index along `dim`, every other dimension flattened into the columns
         pred = pred.movedim(dim, 0).reshape(pred.shape[dim], -1)
         target = target.movedim(dim, 0).reshape(target.shape[dim], -1)
-    error = pred - target
-    nonzero = target != 0
+    scored = torch.isfinite(target)
+    count = scored.sum(-1)
+    error = torch.where(scored, pred - target, 0)
+    target = torch.where(scored, target, 0)
+    nonzero = scored & (target != 0)
     # the where keeps 0/0 out of the sum; the count leaves zero targets out of the average
     relative = torch.where(nonzero, error.abs() / torch.where(nonzero, target.abs(), 1), 0)
-    sst = (target - target.mean(-1, keepdim=True)).square().sum(-1)
+    centred = torch.where(scored, target - target.sum(-1, keepdim=True) / count.unsqueeze(-1), 0)
     metrics = {
-        "mae": error.abs().mean(-1),
-        "rmse": error.square().mean(-1).sqrt(),
+        "mae": error.abs().sum(-1) / count,
+        "rmse": (error.square().sum(-1) / count).sqrt(),
         "mape": 100 * relative.sum(-1) / nonzero.sum(-1),
-        "r2": 1 - error.square().sum(-1) / sst,
+        "r2": 1 - error.square().sum(-1) / centred.square().sum(-1),
     }
     return {name: value.squeeze(0) if dim is None else value for name, value in metrics.items()}
 
 
 def tgcn_metrics(pred: Tensor | np.ndarray, target: Tensor | np.ndarray) -> dict[str, float]:
-    """The T-GCN paper's `evaluation(a, b)` (Zhao et al. 2019) with a = truth, b = prediction."""
+    """The T-GCN paper's `evaluation(a, b)` (Zhao et al. 2019) with a = truth, b = prediction, over the finite
+    targets (every one of them pooled, as the paper's figures are; a NaN target is no reading)."""
     b = np.asarray(pred.detach().cpu() if isinstance(pred, Tensor) else pred, dtype=np.float64)
     a = np.asarray(target.detach().cpu() if isinstance(target, Tensor) else target, dtype=np.float64)
+    scored = np.isfinite(a)
+    a, b = a[scored], b[scored]
     error = a - b
     return {
         "rmse": float(np.sqrt(np.mean(error**2))),
