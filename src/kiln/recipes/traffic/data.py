@@ -537,8 +537,8 @@ def convert_tgcn_city(speed_path: Path, adj_path: Path, out: Path, *, interval_m
     directory; returns its dataset.json. `header`: the speed CSV's first row names the sensors (T-GCN's files have
     one, numeric ids). The first row of speeds is `start`, each later one `interval_minutes` after it (the
     hour and day-of-week features come from these times). `zero_is_missing`: a 0 is no observation (as in SZ-taxi),
-    stored as missing (imputed in input windows, left out as a target). `jobs`: SVRs fitted at once for --tgcn-references (default: the usable
-    cores)."""
+    stored as missing (imputed in input windows, left out as a target). `jobs`: SVRs fitted at once for
+    --tgcn-references (default: the usable cores)."""
     for path, flag in ((speed_path, "--speed-csv"), (adj_path, "--adjacency-csv")):
         if not Path(path).is_file():
             raise KilnError(f"{flag} '{path}' not found")
