@@ -48,25 +48,3 @@ class HealthMonitor:
             return [f"{monitor} has not improved for {n} validations and early stopping is off (train.patience: null); "
                     f"check the data, the learning rate, or set train.patience"]
         return []
-
-
-class GradientStats:
-    """Per-epoch gradient health (the seed's total norm / max gradient), measured before clipping."""
-
-    def __init__(self):
-        self.norms: list[float] = []
-        self.abs_max = 0.0
-
-    def add(self, norm: float, parameters) -> None:
-        import torch
-
-        self.norms.append(norm)
-        grads = [p.grad.detach().abs().max() for p in parameters if p.grad is not None]
-        if grads:
-            self.abs_max = max(self.abs_max, torch.stack(grads).max().float().item())
-
-    def summary(self) -> dict[str, float]:
-        norms = self.norms or [0.0]
-        out = {"grad_norm_mean": sum(norms) / len(norms), "grad_norm_max": max(norms), "grad_abs_max": self.abs_max}
-        self.norms, self.abs_max = [], 0.0
-        return out
