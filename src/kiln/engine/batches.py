@@ -26,6 +26,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, default_collate
 
 from kiln.errors import KilnError
+from kiln.engine.progress import track
 
 
 class Batches(Protocol):
@@ -148,15 +149,17 @@ def make_batches(split: dict[str, Tensor] | Dataset, batch_size: int, *, shuffle
 
 @torch.no_grad()
 def predict(split: dict[str, Tensor] | Dataset, step: Callable[[dict[str, Tensor]], Tensor | dict[str, Tensor]],
-            batch_size: int, device: torch.device | str | None = None) -> Tensor | dict[str, Tensor]:
+            batch_size: int, device: torch.device | str | None = None, progress: str | None = None) -> Tensor | dict[str, Tensor]:
     """`step(batch)` over a whole split in order, `batch_size` samples at a time on `device` (default: where they
     are); its outputs, a tensor or a dict of tensors with the batch dimension first, concatenated on the CPU, with
-    floating point ones as float32 (an autocast step returns bf16)."""
+    floating point ones as float32 (an autocast step returns bf16). With `progress` (its description), the batches
+    show a progress bar (engine/progress.py): for long evaluations, never inside training's validation."""
     def to_cpu(x: Tensor) -> Tensor:
         return x.detach().float().cpu() if x.is_floating_point() else x.detach().cpu()
 
     parts = []
-    for batch in make_batches(split, batch_size, shuffle=False, even=False).epoch():
+    batches = make_batches(split, batch_size, shuffle=False, even=False)
+    for batch in batches.epoch() if progress is None else track(batches.epoch(), progress, len(batches)):
         out = step({k: v.to(device) for k, v in batch.items()} if device is not None else batch)
         parts.append({k: to_cpu(v) for k, v in out.items()} if isinstance(out, dict) else to_cpu(out))
     if not parts:

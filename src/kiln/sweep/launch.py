@@ -21,6 +21,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from kiln.engine.progress import Progress
 from kiln.errors import KilnError
 from kiln.sweep.report import best_lines, print_table, summary, trial_rows, write_plots, write_results
 from kiln.sweep.space import Sweep, grid_axes, is_sweep_file, make_sweep, override, read_space_file, read_sweep_file, \
@@ -249,23 +250,31 @@ def watch(study, sweep: Sweep, sweep_dir: Path, processes: list[subprocess.Popen
             process.send_signal(signal.SIGTERM)
 
     previous = signal.signal(signal.SIGTERM, pass_on)
+    left_at_start = trials_left(study)
     try:
-        while running:
-            lines = watchdog.requeue_dead(study) + trial_events(study, sweep, states)
-            for line in lines:
-                log(line)
-            if lines:
-                write_results(sweep_dir / "results.csv", trial_rows(study, sweep), sweep)
-            for process in [p for p in running if p.poll() is not None]:
-                running.discard(process)
-                if process.returncode:
-                    log(f"Worker pid {process.pid} stopped ({exit_reason(process.returncode)}); "
-                        f"see {sweep_dir / 'workers'}")
-            time.sleep(POLL_S)
+        with Progress("Sweep trials", left_at_start, log) as progress:
+            while running:
+                lines = watchdog.requeue_dead(study) + trial_events(study, sweep, states)
+                for line in lines:
+                    log(line)
+                if lines:
+                    write_results(sweep_dir / "results.csv", trial_rows(study, sweep), sweep)
+                progress.advance(max(0, left_at_start - trials_left(study) - progress.done))
+                for process in [p for p in running if p.poll() is not None]:
+                    running.discard(process)
+                    if process.returncode:
+                        log(f"Worker pid {process.pid} stopped ({exit_reason(process.returncode)}); "
+                            f"see {sweep_dir / 'workers'}")
+                time.sleep(POLL_S)
         for line in trial_events(study, sweep, states):
             log(line)
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+def trials_left(study) -> int:
+    """Trials queued or running (a retry of a failed one counts from when it is queued)."""
+    return sum(t.state.name in ("WAITING", "RUNNING") for t in study.get_trials(deepcopy=False))
 
 
 def exit_reason(code: int) -> str:

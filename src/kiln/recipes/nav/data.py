@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Callable
 import numpy as np
 
 from kiln.engine.files import dataset_dir, write_json
+from kiln.engine.progress import track
 from kiln.errors import KilnError
 from kiln.recipes import dataset_info
 from kiln.recipes.nav.grid import (NUM_SYMMETRIES, bfs_distance_field, canonical_grid_ids, multi_optimal_fraction,
@@ -135,7 +136,7 @@ def draw_splits(counts, *, grid_size, min_grid_size, layout, obstacle_density, e
     eval_groups = [(name, side) for name in layouts for side in sorted(set(eval_sizes))]
     parts = {name: [] for name in SPLITS}
     evals = {}
-    for group in dict.fromkeys(groups + eval_groups):  # in order, without repeats
+    for group in track(list(dict.fromkeys(groups + eval_groups)), "Drawing and labelling grids"):  # in order, no repeats
         name, side = group
         split_counts = [per_group[split][groups.index(group)] if group in groups else 0 for split in SPLITS]
         num_eval = eval_grids if group in eval_groups else 0

@@ -17,6 +17,7 @@ import torch
 from torch import Tensor
 
 from kiln.engine.batches import predict
+from kiln.engine.progress import track
 from kiln.engine.task import Evaluation, Splits, Task
 from kiln.errors import KilnError
 from kiln.recipes.nav.data import load_split, to_tensors
@@ -27,9 +28,9 @@ from kiln.recipes.nav.movingai import MAX_PAIRS, read_movingai_map, read_movinga
 MAX_BATCH_CELLS = 1 << 21  # grid cells per inference batch: a batch of 512x512 maps holds 8 of them
 
 
-def predict_logits(task: Task, cells: Tensor, batch_size: int = 1024) -> tuple[Tensor, int | None]:
+def predict_logits(task: Task, cells: Tensor, batch_size: int = 1024, progress: str | None = None) -> tuple[Tensor, int | None]:
     """Final logits [N, H*W, 5] on the CPU, computed in batches on the task's device, and the most
-    iterations a batch took (recurrent model; None for the fixed-depth ones)."""
+    iterations a batch took (recurrent model; None for the fixed-depth ones); `progress`: see batches.predict."""
     task.eval()
     batch_size = max(1, min(batch_size, MAX_BATCH_CELLS // cells[0].numel()))  # large maps go a few at a time
     iterations = []
@@ -39,14 +40,14 @@ def predict_logits(task: Task, cells: Tensor, batch_size: int = 1024) -> tuple[T
         iterations.append(getattr(task.model, "last_iterations", None))
         return logits
 
-    logits = predict({"cells": cells}, final_logits, batch_size, task.device)
+    logits = predict({"cells": cells}, final_logits, batch_size, task.device, progress)
     return logits, max(iterations) if None not in iterations else None
 
 
 @torch.no_grad()
-def split_metrics(task: Task, split: dict[str, Tensor], batch_size: int = 1024) -> dict[str, float]:
+def split_metrics(task: Task, split: dict[str, Tensor], batch_size: int = 1024, progress: str | None = None) -> dict[str, float]:
     """Pooled metrics over a whole split (not means of batch means)."""
-    logits, iterations = predict_logits(task, split["cells"], batch_size)
+    logits, iterations = predict_logits(task, split["cells"], batch_size, progress)
     optimal = split["optimal"]
     n = len(logits)
     start_cell = split["starts"][:, 0] * split["cells"].shape[-1] + split["starts"][:, 1]
@@ -70,7 +71,8 @@ def layout_size_metrics(task: Task, eval_dir: Path, batch_size: int) -> dict[str
     iterations used (the most any batch needed) and the time per map. A fixed-size model is measured only
     on the sets of its own side."""
     results = {}
-    for path in sorted(Path(eval_dir).glob("*.npz"), key=lambda p: (p.stem.rsplit("_", 1)[0], int(p.stem.rsplit("_", 1)[1]))):
+    paths = sorted(Path(eval_dir).glob("*.npz"), key=lambda p: (p.stem.rsplit("_", 1)[0], int(p.stem.rsplit("_", 1)[1])))
+    for path in track(paths, "Held-out layout and size sets"):
         layout, side = path.stem.rsplit("_", 1)
         if not task.size_agnostic and int(side) != task.grid_size:
             continue
@@ -172,7 +174,7 @@ def evaluate_map(task: Task, map_path: Path, scen_path: Path | None, num_pairs: 
     results = {"name": f"map_{Path(map_path).stem}", "map": str(map_path), "scen": str(scen_path) if scen_path else None, **counts}
     split = to_tensors(pairs)
     start = time.perf_counter()
-    metrics = split_metrics(task, split, batch_size)
+    metrics = split_metrics(task, split, batch_size, progress=f"Rollouts on {Path(map_path).name}")
     seconds = time.perf_counter() - start
     starts = pairs["starts"]
     return {

@@ -31,6 +31,7 @@ import torch
 from torch import Tensor
 
 from kiln.engine.files import dataset_dir, save_atomic, write_json
+from kiln.engine.progress import track
 from kiln.engine.task import Splits
 from kiln.errors import KilnError
 from kiln.recipes import dataset_info
@@ -48,7 +49,7 @@ def simulate_sources(settings: PrinterGenerator, log: Callable[[str], None]) -> 
     """Read or generate every model's G-code and simulate the chosen layers; what each source gave, for dataset.json."""
     printer = Printer(settings)
     trajectories, sources = [], {}
-    for name, moves in model_sources(settings.models, settings.model_layers):
+    for name, moves in track(model_sources(settings.models, settings.model_layers), "Simulating prints", log=log):
         if name in sources:
             raise KilnError(f"two models are named '{name}'; rename one of the G-code files")
         for line, reason in moves.errors[:5]:

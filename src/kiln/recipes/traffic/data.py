@@ -579,7 +579,7 @@ def convert_tgcn_city(speed_path: Path, adj_path: Path, out: Path, *, interval_m
         jobs = jobs or len(os.sched_getaffinity(0))
         log(f"Fitting T-GCN's reference baselines (persistence, one linear SVR per detector and horizon, {jobs} in parallel)...")
         observed = pd.DataFrame(speed).interpolate(limit_direction="both").to_numpy()  # missing ones filled as load_series does
-        info["tgcn_references"] = tgcn_reference_tables(observed, tgcn_horizons(interval_minutes), jobs=jobs)
+        info["tgcn_references"] = tgcn_reference_tables(observed, tgcn_horizons(interval_minutes), jobs=jobs, log=log)
     write_dataset(out, records, nodes, edges, info)
     zeros = f", {missing:,} zero readings stored as missing" if zero_is_missing else ""
     log(f"Wrote {out}: {num_nodes} sensors, {len(edges)} edges, {steps} {interval_minutes}-minute steps ({unit_name}){zeros}")

@@ -6,6 +6,8 @@ test_results.json holds the whole comparison table.
 
 from __future__ import annotations
 
+from typing import Callable
+
 import numpy as np
 import torch
 from torch import Tensor, nn
@@ -44,7 +46,8 @@ def tgcn_windows(series: np.ndarray, seq_len: int, pre_len: int) -> tuple[np.nda
     return series[idx + np.arange(seq_len)], series[idx + seq_len + np.arange(pre_len)]
 
 
-def linear_svr(speed: np.ndarray, train_end: int, seq_len: int, pre_len: int, jobs: int = 1) -> np.ndarray:
+def linear_svr(speed: np.ndarray, train_end: int, seq_len: int, pre_len: int, jobs: int = 1,
+               log: Callable[[str], None] = print) -> np.ndarray:
     """T-GCN's SVR baseline (baselines.py): per node, a linear SVR maps the last seq_len speeds to the mean of the
     next pre_len, fitted on the first train_end steps; the forecast repeats over the horizon. Returns predictions
     for the test segment's windows [n, pre_len, N].
@@ -53,14 +56,18 @@ def linear_svr(speed: np.ndarray, train_end: int, seq_len: int, pre_len: int, jo
     converges very slowly: every input is ~60 mph, so the kernel matrix is nearly rank one. The objective's bias
     is free, so centring inputs and targets leaves the optimal weights unchanged; kiln centres them and solves the
     same problem with liblinear (LinearSVR: the same loss, epsilon and C; its bias is a feature of the centred
-    problem, where it is close to 0, so its small penalty barely moves the optimum). Nodes are fitted in parallel."""
+    problem, where it is close to 0, so its small penalty barely moves the optimum). Nodes are fitted in parallel,
+    with a progress bar (engine/progress.py) over them."""
     from joblib import Parallel, delayed
+
+    from kiln.engine.progress import track
 
     train_x, train_y = tgcn_windows(speed[:train_end], seq_len, pre_len)
     test_x, _ = tgcn_windows(speed[train_end:], seq_len, pre_len)
     target = train_y.mean(1)
-    pred = Parallel(n_jobs=jobs)(delayed(fit_linear_svr)(train_x[:, :, j], target[:, j], test_x[:, :, j])
-                                 for j in range(speed.shape[1]))
+    fits = Parallel(n_jobs=jobs, return_as="generator")(delayed(fit_linear_svr)(train_x[:, :, j], target[:, j], test_x[:, :, j])
+                                                        for j in range(speed.shape[1]))
+    pred = list(track(fits, f"Linear SVR per detector, {pre_len}-step horizon", speed.shape[1], log))
     return np.repeat(np.stack(pred, -1)[:, None, :], pre_len, axis=1)
 
 
@@ -79,7 +86,8 @@ def fit_linear_svr(x: np.ndarray, y: np.ndarray, x_new: np.ndarray, epsilon: flo
     return model.predict(x_new - x_mean) + y_mean
 
 
-def tgcn_reference_tables(speed: np.ndarray, horizons: dict[str, int], seq_len: int = 12, jobs: int = 1) -> dict[str, dict]:
+def tgcn_reference_tables(speed: np.ndarray, horizons: dict[str, int], seq_len: int = 12, jobs: int = 1,
+                          log: Callable[[str], None] = print) -> dict[str, dict]:
     """Persistence and T-GCN's linear SVR under the T-GCN protocol (80/20, metrics pooled over steps 1..h).
     The SVR fits one model per node and horizon (minutes on a CPU), so datasets store the result."""
     from kiln.recipes.traffic.metrics import tgcn_metrics
@@ -91,6 +99,6 @@ def tgcn_reference_tables(speed: np.ndarray, horizons: dict[str, int], seq_len: 
         flat = truth.reshape(-1, truth.shape[-1])
         last = np.repeat(x[:, -1:, :], h, axis=1).reshape(flat.shape)
         tables["persistence"][name] = {k: round(v, 6) for k, v in tgcn_metrics(last, flat).items()}
-        svr = linear_svr(speed, train_end, seq_len, h, jobs).reshape(flat.shape)
+        svr = linear_svr(speed, train_end, seq_len, h, jobs, log).reshape(flat.shape)
         tables["linear_svr"][name] = {k: round(v, 6) for k, v in tgcn_metrics(svr, flat).items()}
     return tables

@@ -88,11 +88,13 @@ def write_info(out: Path, info: dict[str, Any], splits: dict[str, Any]) -> dict[
 
 def collect_dataset(out: Path, settings, log: Callable[[str], None]) -> dict[str, Any]:
     """`kiln data world --env ...`: simulator rollouts -> a dataset directory, each episode written as it arrives."""
+    from kiln.engine.progress import track
     from kiln.recipes.world.sim import collect, collection_stats
 
     with dataset_dir(out) as tmp:  # a taken --out is refused before the (long) collection
         started = time.perf_counter()
-        splits = write_shards(tmp, collect(settings, log), settings.shard_frames)
+        episodes = track(collect(settings, log), "Collecting episodes", settings.episodes, log)
+        splits = write_shards(tmp, episodes, settings.shard_frames)
         stats = collection_stats(settings, [e for s in SPLITS for e in splits[s]["episodes"]], time.perf_counter() - started, log)
         info = write_info(tmp, {"source": settings.env, "size": settings.size, "action_dim": 3, "action_names": CARRACING_ACTIONS,
                                 "collect": settings.model_dump(), **stats,
