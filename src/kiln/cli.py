@@ -57,19 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--resume", type=Path, metavar="RUN_DIR", help="continue RUN_DIR from its last checkpoint (and phase)")
     train.add_argument("--init-from", metavar="CHECKPOINT", help="start from these weights (best_model.pt, a .ckpt or a run dir)")
 
-    evaluate = verbs.add_parser("evaluate", help="re-evaluate a run's best model and rewrite test_results.json and report/",
-                                description="Evaluate RUN_DIR's best model on its test split again, or with --data on another "
-                                            "dataset directory of its recipe (written beside the originals, never over them).")
-    evaluate.add_argument("run_dir", type=Path)
-    evaluate.add_argument("--data", type=Path, metavar="DIR", help="another existing dataset directory of the run's recipe: "
-                          "writes RUN/test_results_<name>.json and RUN/report_<name>/")
-    evaluate.add_argument("--name", help="the <name> of --data's files (default: DIR's basename)")
-    evaluate.set_defaults(option_dests={})
-    for name, recipe in recipes.items():
-        if recipe.evaluate_arguments is not None:
-            before = {action.dest for action in evaluate._actions}
-            recipe.evaluate_arguments(evaluate.add_argument_group(f"{name} runs"))
-            evaluate.get_default("option_dests")[name] = [a.dest for a in evaluate._actions if a.dest not in before]
+    add_evaluate_verb(verbs, recipes)
 
     export = verbs.add_parser("export", help="export a run's model to ONNX, TorchScript or safetensors, checked against PyTorch")
     export.add_argument("run_dir", type=Path)
@@ -85,6 +73,46 @@ def build_parser() -> argparse.ArgumentParser:
     lr_find.add_argument("--steps", type=int, default=100, help="optimizer steps (one lr each)")
     lr_find.add_argument("--out", type=Path, help="directory for lr_find.png/json (default runs/<recipe>/<config>-lr_find)")
 
+    add_recipe_verbs(verbs, recipes)
+
+    compare = verbs.add_parser("compare", help="plot one metric of several runs against epoch (e.g. --metric val_loss)")
+    compare.add_argument("run_dirs", nargs="+", type=Path, metavar="RUN_DIR")
+    compare.add_argument("--metric", default="val_loss",
+                         help="a history column (val_loss) or a seed-named column (\"Validation Loss\"); default val_loss")
+    compare.add_argument("--out", type=Path, default=Path("compare.png"), help="the plot (PNG; default compare.png)")
+
+    status = verbs.add_parser("status", help="show the state of runs (running, finished, interrupted, failed, dead)")
+    status.add_argument("run_dirs", nargs="*", type=Path, help="run directories (default: every run under runs/)")
+
+    add_run_tool_verbs(verbs)
+
+    add_sweep_verb(verbs, recipes)
+
+    logs = verbs.add_parser("logs", help="print a run's train.log")
+    logs.add_argument("run_dir", type=Path)
+    logs.add_argument("--follow", "-f", action="store_true", help="keep printing new lines until the run stops")
+    return parser
+
+
+def add_evaluate_verb(verbs, recipes: dict) -> None:
+    """kiln evaluate, with the flags each recipe adds (nav's --map ...)."""
+    evaluate = verbs.add_parser("evaluate", help="re-evaluate a run's best model and rewrite test_results.json and report/",
+                                description="Evaluate RUN_DIR's best model on its test split again, or with --data on another "
+                                            "dataset directory of its recipe (written beside the originals, never over them).")
+    evaluate.add_argument("run_dir", type=Path)
+    evaluate.add_argument("--data", type=Path, metavar="DIR", help="another existing dataset directory of the run's recipe: "
+                          "writes RUN/test_results_<name>.json and RUN/report_<name>/")
+    evaluate.add_argument("--name", help="the <name> of --data's files (default: DIR's basename)")
+    evaluate.set_defaults(option_dests={})
+    for name, recipe in recipes.items():
+        if recipe.evaluate_arguments is not None:
+            before = {action.dest for action in evaluate._actions}
+            recipe.evaluate_arguments(evaluate.add_argument_group(f"{name} runs"))
+            evaluate.get_default("option_dests")[name] = [a.dest for a in evaluate._actions if a.dest not in before]
+
+
+def add_recipe_verbs(verbs, recipes: dict) -> None:
+    """kiln data <recipe> (each recipe's generator flags) and the tools a recipe brings (kiln printer compensate)."""
     data = verbs.add_parser("data", help="generate or convert a recipe's dataset directory")
     data_recipes = data.add_subparsers(dest="recipe", required=True, metavar="RECIPE")
     for name, recipe in recipes.items():
@@ -100,17 +128,9 @@ def build_parser() -> argparse.ArgumentParser:
                 add_arguments(tools.add_parser(command))
                 tools.choices[command].set_defaults(run_command=run)
 
-    compare = verbs.add_parser("compare", help="plot one metric of several runs against epoch (e.g. --metric val_loss)")
-    compare.add_argument("run_dirs", nargs="+", type=Path, metavar="RUN_DIR")
-    compare.add_argument("--metric", default="val_loss",
-                         help="a history column (val_loss) or a seed-named column (\"Validation Loss\"); default val_loss")
-    compare.add_argument("--out", type=Path, default=Path("compare.png"), help="the plot (PNG; default compare.png)")
 
-    status = verbs.add_parser("status", help="show the state of runs (running, finished, interrupted, failed, dead)")
-    status.add_argument("run_dirs", nargs="*", type=Path, help="run directories (default: every run under runs/)")
-
-    add_run_tool_verbs(verbs)
-
+def add_sweep_verb(verbs, recipes: dict) -> None:
+    """kiln sweep (docs/sweeps.md)."""
     sweep = verbs.add_parser("sweep", help="grid or TPE search over a config (Optuna), shared by many processes and machines",
                              description="Run every point of --grid, or --trials trials of a --space search, each as an "
                              "ordinary run directory under --out; CONFIG may also be a sweep file (sweeps/<recipe>/*.yaml). "
@@ -135,11 +155,6 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--heat-map", metavar="A,B", help="the two grid axes of plots/heat_map.png (default the first two)")
     sweep.add_argument("--resume", type=Path, metavar="DIR", help="continue the sweep in DIR")
     sweep.add_argument("--status", type=Path, metavar="DIR", help="print the table of the sweep in DIR; runs nothing")
-
-    logs = verbs.add_parser("logs", help="print a run's train.log")
-    logs.add_argument("run_dir", type=Path)
-    logs.add_argument("--follow", "-f", action="store_true", help="keep printing new lines until the run stops")
-    return parser
 
 
 def add_run_tool_verbs(verbs) -> None:
