@@ -133,6 +133,29 @@ def test_sigint_to_a_running_process_saves_and_resumes(tiny_config, tmp_path):
     assert len(json.loads((run_dir / "history.json").read_text())["epoch"]) == saved["epoch"] + 1
 
 
+@pytest.mark.parametrize("gap_s", [0.0, 0.5], ids=["at-once", "after-the-save"])
+def test_a_double_ctrl_c_stops_without_a_traceback_and_leaves_an_interrupted_run(tiny_config, tmp_path, gap_s):
+    """The second SIGINT lands during the stop (gap 0) or after the first one's save (gap 0.5 s): either way one
+    line, no traceback (the issue saw an atexit KeyboardInterrupt), status interrupted and a checkpoint that resumes."""
+    run_dir = tmp_path / "run"
+    process = subprocess.Popen([sys.executable, "-m", "kiln", "train", str(tiny_config), "train.max_epochs=500",
+                                "--run-dir", str(run_dir)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and json.loads((run_dir / "status.json").read_text() if (run_dir / "status.json").is_file()
+                                                     else "{}").get("epoch", 0) < 1:
+        time.sleep(0.2)
+    process.send_signal(signal.SIGINT)
+    time.sleep(gap_s)
+    process.send_signal(signal.SIGINT)
+    output, _ = process.communicate(timeout=60)
+    assert "Traceback" not in output and "KeyboardInterrupt" not in output, output
+    assert process.returncode in (130, -signal.SIGINT), output  # -SIGINT: the second one came after kiln had exited its loop
+    assert read_status(run_dir)["state"] == "interrupted"
+    saved = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)
+    resume(run_dir, [f"train.max_epochs={saved['epoch'] + 1}"])
+    assert read_status(run_dir)["state"] == "finished"
+
+
 def test_resume_of_a_finished_run_asks_for_more_epochs(tiny_config, tmp_path):
     run_dir = tmp_path / "run"
     train(tiny_config, run_dir, ["train.max_epochs=1"])
