@@ -61,6 +61,7 @@ def test_a_crafted_pickle_is_refused_in_one_line_and_runs_nothing(poisoned, comm
     assert main(command(run, cfg)) == 2
     err = capsys.readouterr().err.strip()
     assert "holds Python objects other than tensors" in err and "runs no code from them" in err
+    assert "(Trying to load unsupported GLOBAL posix.system whose module posix is blocked)" in err  # the global, named whole
     assert len(err.splitlines()) == 1
     assert not marker.exists()
 

@@ -21,6 +21,18 @@ from kiln.errors import KilnError
 FORMAT = 1
 
 
+def load_failure(err: Exception) -> tuple[bool, str]:
+    """Why torch.load(weights_only=True) failed, as one whole line; True when it refused a global (nothing ran)."""
+    text = str(err).strip()
+    if text.startswith("Weights only load failed"):  # a pickle that holds more than tensors
+        # torch's text is advice about weights_only=False around the line that names the global, e.g. "Trying to load
+        # unsupported GLOBAL posix.system whose module posix is blocked." or "WeightsUnpickler error: Unsupported
+        # global: GLOBAL builtins.print was not an allowed global by default. Please use ...": keep that sentence
+        detail = next((line.split("WeightsUnpickler error:")[-1] for line in text.splitlines() if "GLOBAL" in line), "")
+        return True, " ".join(detail.split(". ")[0].split()).rstrip(".") or "a global outside the allowed types"
+    return False, " ".join(text.splitlines()[0].split()) if text else type(err).__name__
+
+
 def load_checkpoint(path: str | Path, recipe: str | None = None) -> dict[str, Any]:
     path = Path(path)
     if path.is_dir():  # a run directory stands for its best weights
@@ -30,13 +42,10 @@ def load_checkpoint(path: str | Path, recipe: str | None = None) -> dict[str, An
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # torch raises many types for truncated, foreign or non-zip files
-        text = str(err).strip()
-        if text.startswith("Weights only load failed"):  # a pickle that holds more than tensors: nothing in it ran
-            detail = [line for line in text.splitlines()[1:] if line.strip() and not line.startswith("Check the documentation")]
-            reason = " ".join(" ".join(detail[:1]).split()).rstrip(".") or "a global outside the allowed types"
+        refused, reason = load_failure(err)
+        if refused:
             raise KilnError(f"checkpoint '{path}' holds Python objects other than tensors and plain values ({reason}); "
                             f"kiln loads files with weights_only=True and runs no code from them: pass a file written by kiln") from None
-        reason = " ".join(text.splitlines()[0].split()) if text else type(err).__name__
         raise KilnError(f"checkpoint '{path}' could not be read ({reason}); the file is corrupt or not a PyTorch checkpoint") from None
     if not isinstance(obj, dict) or obj.get("kiln_format") != FORMAT:
         raise KilnError(f"'{path}' is not a kiln checkpoint; use best_model.pt, final_model.pt or a .ckpt written by kiln train")

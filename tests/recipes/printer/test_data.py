@@ -157,3 +157,24 @@ def test_a_directory_without_dataset_json_is_refused_without_a_warning(printer_c
     with pytest.raises(KilnError, match=r"has no dataset.json, so it is not a printer dataset; make one with: "
                                         r"kiln data printer --out .*elsewhere$"):
         recipe.load_data(cfg, said.append)
+
+
+class RunsCode:
+    def __reduce__(self):
+        return (print, ("this ran",))
+
+
+def test_a_damaged_or_crafted_windows_file_is_one_whole_line(tmp_path, capsys):
+    """The reason is shown whole (issue 27 item 8 cut it at 120 characters, mid-word), and a pickle runs nothing."""
+    split_dir = tmp_path / "processed" / "train"
+    split_dir.mkdir(parents=True)
+    torch.save({"x": RunsCode()}, split_dir / "windows.pt")
+    with pytest.raises(KilnError) as refused:
+        read_split(split_dir)
+    message = str(refused.value)
+    assert "this ran" not in capsys.readouterr().out
+    assert "\n" not in message and message.endswith(f"delete {tmp_path / 'processed'} to prepare it again")
+    assert "(Unsupported global: GLOBAL print was not an allowed global by default)" in message  # the whole reason
+    (split_dir / "windows.pt").write_bytes(b"PK\x03\x04 truncated")
+    with pytest.raises(KilnError, match=r"cannot read '.*windows.pt' \(.+\); delete"):
+        read_split(split_dir)

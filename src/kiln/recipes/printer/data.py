@@ -30,6 +30,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from kiln.engine.checkpoint import load_failure
 from kiln.engine.files import dataset_dir, save_atomic, write_json
 from kiln.engine.progress import track
 from kiln.engine.task import Splits
@@ -249,8 +250,8 @@ def read_split(split_dir: Path) -> dict[str, Any]:
         raise KilnError(f"'{path}' not found; prepare the data by training a config on its dataset (kiln train CONFIG)")
     try:
         return torch.load(path, weights_only=True)
-    except Exception as err:
-        raise KilnError(f"cannot read '{path}' ({str(err).splitlines()[0][:120]}); delete {path.parent.parent} to prepare it again") from None
+    except Exception as err:  # a truncated file, or a pickle weights_only refuses (nothing in it ran)
+        raise KilnError(f"cannot read '{path}' ({load_failure(err)[1]}); delete {path.parent.parent} to prepare it again") from None
 
 
 def gather_windows(split: dict[str, Any]) -> tuple[Tensor, Tensor]:
