@@ -203,3 +203,46 @@ def test_a_recipe_brings_its_own_commands(monkeypatch, capsys):
     except SystemExit as exit:
         assert exit.code == 2
     assert "the following arguments are required: COMMAND" in capsys.readouterr().err
+
+
+def test_an_out_under_a_file_is_one_line_for_every_command_that_writes(tiny_config, tmp_path, capsys):
+    """Issue 27 item 4: export, compare, lr-find and kiln data (seqgen) with --out inside a file exit 2 with one line
+    naming the file, and write nothing there (train and kiln data traffic have their own tests)."""
+    run = tmp_path / "run"
+    assert main(["train", str(tiny_config), "--run-dir", str(run), "train.max_epochs=1"]) == 0
+    blocker = tmp_path / "notes.txt"
+    blocker.write_text("mine")
+    capsys.readouterr()
+    commands = {
+        "export": ["export", str(run), "--format", "safetensors", "--out", str(blocker / "model.safetensors")],
+        "compare": ["compare", str(run), "--out", str(blocker / "compare.png")],
+        "lr-find": ["lr-find", str(tiny_config), "--steps", "10", "--out", str(blocker / "lr")],
+        "data seqgen": ["data", "seqgen", "--synthetic", "--out", str(blocker / "data")],
+    }
+    for name, command in commands.items():
+        assert main(command) == 2, name
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and f"'{blocker}' is a file" in err, (name, err)
+    assert blocker.read_text() == "mine"
+
+
+def test_evaluate_with_the_dataset_deleted_says_it_remakes_it_and_scores_the_same(tiny_config, tmp_path, capsys):
+    """Issue 27 item 5: the deleted data.dir is named and made again from the run's data.generate (the same seed),
+    so the results are the training's own."""
+    import json
+    import shutil
+
+    import yaml
+
+    config = yaml.safe_load(tiny_config.read_text())
+    config["data"] = {"dir": str(tmp_path / "nav6"), "generate": {"num_train": 96, "num_val": 32, "num_test": 32, "grid_size": 6,
+                                                                  "obstacle_density": 0.2, "seed": 5}}
+    (tmp_path / "gen.yaml").write_text(yaml.safe_dump(config))
+    run = tmp_path / "run"
+    assert main(["train", str(tmp_path / "gen.yaml"), "--run-dir", str(run), "train.max_epochs=1"]) == 0
+    trained = json.loads((run / "test_results.json").read_text())
+    shutil.rmtree(tmp_path / "nav6")
+    capsys.readouterr()
+    assert main(["evaluate", str(run)]) == 0
+    assert f"The run's data.dir '{tmp_path / 'nav6'}' is gone; it is made again" in capsys.readouterr().out
+    assert json.loads((run / "test_results.json").read_text()) == trained

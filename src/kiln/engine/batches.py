@@ -25,8 +25,8 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, default_collate
 
-from kiln.errors import KilnError
 from kiln.engine.progress import track
+from kiln.errors import KilnError
 
 
 class Batches(Protocol):

@@ -27,7 +27,7 @@ def load_failure(err: Exception) -> tuple[bool, str]:
     if text.startswith("Weights only load failed"):  # a pickle that holds more than tensors
         # torch's text is advice about weights_only=False around the line that names the global, e.g. "Trying to load
         # unsupported GLOBAL posix.system whose module posix is blocked." or "WeightsUnpickler error: Unsupported
-        # global: GLOBAL builtins.print was not an allowed global by default. Please use ...": keep that sentence
+        # global: GLOBAL print was not an allowed global by default. Please use ...": keep that sentence
         detail = next((line.split("WeightsUnpickler error:")[-1] for line in text.splitlines() if "GLOBAL" in line), "")
         return True, " ".join(detail.split(". ")[0].split()).rstrip(".") or "a global outside the allowed types"
     return False, " ".join(text.splitlines()[0].split()) if text else type(err).__name__
