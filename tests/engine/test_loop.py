@@ -321,6 +321,22 @@ def test_auto_precision_times_the_task_where_bf16_is_a_candidate_and_picks_the_f
     assert calls == []  # an explicit precision is never timed
 
 
+@pytest.mark.parametrize("bf16_ms, chosen", [(2.0, "bf16-mixed"), (2.8, "32"), (3.0, "32")])
+def test_auto_takes_bf16_only_when_it_is_clearly_faster(monkeypatch, toy_cfg, run_toy, bf16_ms, chosen):
+    """Within 10% of fp32 a loaded CPU's timing noise decides, so auto keeps fp32 there (and says why)."""
+    from kiln.engine import fit as fit_module
+
+    monkeypatch.setattr(devices, "cpu_native_bf16", lambda: "AVX512-BF16")
+    monkeypatch.setattr(fit_module, "time_precisions", lambda *args: {"bf16-mixed": bf16_ms, "32": 3.0})
+    monkeypatch.delenv(devices.AUTO_PRECISION_VARIABLE, raising=False)
+    _, run_dir = run_toy(f"bf16_{bf16_ms}", toy_cfg(precision="auto", max_epochs=1))
+    record = json.loads((run_dir / "run.json").read_text())["invocations"][0]
+    assert record["precision"] == chosen
+    assert record["precision_reason"].startswith(
+        f"bf16-mixed {bf16_ms:.1f} ms, 32 3.0 ms per training step of this task, so {chosen}"
+        + (" (bf16 is faster by less than 10%);" if bf16_ms == 2.8 else ";"))
+
+
 def test_compiled_steps_train_the_same_weights_and_keep_checkpoint_keys(toy_cfg, run_toy):
     """train.compile wraps the training step in torch.compile (aot_eager here: the same kernels as eager, traced), so
     the weights are the eager run's and the checkpoints and weight files keep their keys (no _orig_mod.)."""

@@ -22,8 +22,8 @@ import torch
 
 from kiln.config import RunConfig, dump_config
 from kiln.engine.checkpoint import load_checkpoint
-from kiln.engine.devices import (AUTO_PRECISION_VARIABLE, accelerator_for, is_worker_process, launched_by_torchrun, make_fabric,
-                                 process_layout, resolve_precision, seed_everything, set_threads, time_precisions)
+from kiln.engine.devices import (AUTO_PRECISION_VARIABLE, BF16_MIN_GAIN, accelerator_for, is_worker_process, launched_by_torchrun,
+                                 make_fabric, process_layout, resolve_precision, seed_everything, set_threads, time_precisions)
 from kiln.engine.evaluate import calibrate, calibrate_saved, evaluate_run
 from kiln.engine.files import write_failed, write_text
 from kiln.engine.callbacks import Callback
@@ -139,9 +139,11 @@ def choose_precision(cfg: RunConfig, recipe, log: RunLog) -> tuple[str, str, Spl
         timings = time_precisions(lambda: recipe.build_task(phase_cfg, splits.info), splits.train, phase_cfg.train,
                                   [precision, "32"], accelerator)
     if timings is not None:
-        precision = min(timings, key=timings.get)
-        why = (f"{', '.join(f'{p} {ms:.1f} ms' for p, ms in timings.items())} per training step of this task, so {precision}; "
-               f"{why}")
+        faster = timings[precision] <= (1 - BF16_MIN_GAIN) * timings["32"]
+        near = not faster and timings[precision] < timings["32"]
+        precision = precision if faster else "32"
+        why = (f"{', '.join(f'{p} {ms:.1f} ms' for p, ms in timings.items())} per training step of this task, so {precision}"
+               f"{f' (bf16 is faster by less than {BF16_MIN_GAIN:.0%})' if near else ''}; {why}")
     os.environ[AUTO_PRECISION_VARIABLE] = f"{precision}|{why}"  # the processes a Fabric launch starts inherit it
     return precision, why, splits if not cfg.phases else None
 
