@@ -337,6 +337,25 @@ def test_auto_takes_bf16_only_when_it_is_clearly_faster(monkeypatch, toy_cfg, ru
         + (" (bf16 is faster by less than 10%);" if bf16_ms == 2.8 else ";"))
 
 
+def test_a_resumed_auto_run_keeps_the_precision_it_trained_in(monkeypatch, toy_cfg, run_toy):
+    """auto's timing may choose otherwise at a later start (another load on the machine); a resumed run must not,
+    or it would not end as the uninterrupted run does. Here the first start times bf16 faster, the resume would time
+    it slower, and the resumed run keeps bf16 without timing."""
+    from kiln.engine import fit as fit_module
+
+    monkeypatch.setattr(devices, "cpu_native_bf16", lambda: "AVX512-BF16")
+    monkeypatch.delenv(devices.AUTO_PRECISION_VARIABLE, raising=False)
+    timings = [{"bf16-mixed": 1.0, "32": 3.0}]
+    monkeypatch.setattr(fit_module, "time_precisions", lambda *args: timings.pop(0))
+    cfg = toy_cfg(precision="auto", max_epochs=1)
+    run_toy("run", cfg)
+    monkeypatch.delenv(devices.AUTO_PRECISION_VARIABLE, raising=False)
+    _, run_dir = run_toy("run", toy_cfg(precision="auto", max_epochs=2), resume=True)  # timings is empty: no timing
+    first, resumed = json.loads((run_dir / "run.json").read_text())["invocations"]
+    assert first["precision"] == resumed["precision"] == "bf16-mixed"
+    assert resumed["precision_reason"].startswith("as this run trained before it stopped (run.json)")
+
+
 def test_compiled_steps_train_the_same_weights_and_keep_checkpoint_keys(toy_cfg, run_toy):
     """train.compile wraps the training step in torch.compile (aot_eager here: the same kernels as eager, traced), so
     the weights are the eager run's and the checkpoints and weight files keep their keys (no _orig_mod.)."""

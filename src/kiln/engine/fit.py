@@ -93,7 +93,7 @@ def fit(cfg: RunConfig, recipe, run_dir: Path, *, resume: bool = False, init_fro
     start = RunStart(run_dir, cfg, log, resume=resume, overwrite=overwrite, init_from=init_from) if first else None
     try:
         set_threads(cfg.train.threads, process_layout(cfg.train)["devices"])
-        precision, why, splits = choose_precision(cfg, recipe, log)
+        precision, why, splits = choose_precision(cfg, recipe, log, run_dir if resume else None)
         fabric = make_fabric(cfg.train, precision)
         run_dir = Path(fabric.broadcast(str(run_dir)))  # ranks started by torchrun may have made other default names
         zero = fabric.is_global_zero
@@ -118,9 +118,10 @@ def fit(cfg: RunConfig, recipe, run_dir: Path, *, resume: bool = False, init_fro
     return results
 
 
-def choose_precision(cfg: RunConfig, recipe, log: RunLog) -> tuple[str, str, Splits | None]:
+def choose_precision(cfg: RunConfig, recipe, log: RunLog, resumed: Path | None = None) -> tuple[str, str, Splits | None]:
     """(precision, why, the splits if they were loaded to decide). `auto` keeps its capability rule; where bf16 is a
-    candidate, a few real training steps of this run's task in each candidate precision decide, on rank 0 before
+    candidate, a run being `resumed` keeps the precision it trained in (where this machine offers it), and otherwise
+    a few real training steps of this run's task in each candidate precision decide, on rank 0 before
     the other processes start (a Fabric launch hands them the choice in KILN_AUTO_PRECISION; torchrun's ranks start
     together and cannot agree before their process group exists, so they keep the rule)."""
     accelerator = accelerator_for(cfg.train.device)
@@ -132,6 +133,17 @@ def choose_precision(cfg: RunConfig, recipe, log: RunLog) -> tuple[str, str, Spl
         if handed:
             precision, why = handed.split("|", 1)
         return precision, why, None
+    before = trained_precision(resumed) if resumed is not None else None
+    if before in (precision, "32"):  # a resumed run continues in the precision it trained in, so it ends exactly as one
+        precision, why, splits = before, f"as this run trained before it stopped (run.json); {why}", None
+    else:
+        precision, why, splits = time_auto(cfg, recipe, log, precision, why, accelerator)
+    os.environ[AUTO_PRECISION_VARIABLE] = f"{precision}|{why}"  # the processes a Fabric launch starts inherit it
+    return precision, why, splits if not cfg.phases else None
+
+
+def time_auto(cfg: RunConfig, recipe, log: RunLog, precision: str, why: str, accelerator: str) -> tuple[str, str, Splits]:
+    """A few real training steps of this run's task in bf16 and in fp32; bf16 only when clearly faster."""
     phase_cfg = cfg.phase_configs()[0][2] if cfg.phases else cfg
     recipe.prepare_data(phase_cfg, log)
     splits = recipe.load_data(phase_cfg, log)
@@ -144,8 +156,15 @@ def choose_precision(cfg: RunConfig, recipe, log: RunLog) -> tuple[str, str, Spl
         precision = precision if faster else "32"
         why = (f"{', '.join(f'{p} {ms:.1f} ms' for p, ms in timings.items())} per training step of this task, so {precision}"
                f"{f' (bf16 is faster by less than {BF16_MIN_GAIN:.0%})' if near else ''}; {why}")
-    os.environ[AUTO_PRECISION_VARIABLE] = f"{precision}|{why}"  # the processes a Fabric launch starts inherit it
-    return precision, why, splits if not cfg.phases else None
+    return precision, why, splits
+
+
+def trained_precision(run_dir: Path) -> str | None:
+    """The precision the run's latest start trained in (run.json), or None where it has no readable record."""
+    try:
+        return json.loads((run_dir / "run.json").read_text())["invocations"][-1]["precision"]
+    except (OSError, ValueError, KeyError, IndexError, TypeError):
+        return None
 
 
 def load_splits(fabric, recipe, cfg: RunConfig, log: RunLog) -> Splits:
