@@ -29,7 +29,7 @@ from kiln.engine.files import write_failed, write_text
 from kiln.engine.callbacks import Callback
 from kiln.engine.loop import Run, one_line
 from kiln.engine.phases import WEIGHTS, finish_run, merge_histories, phase_state
-from kiln.engine.rundir import (RunLock, RunLog, Status, check_run_dir, clear_run_dir, first_init_from, write_history,
+from kiln.engine.rundir import (RunLock, RunLog, Status, check_run_dir, clear_run_dir, invocation, write_history,
                                write_run_record)
 from kiln.engine.task import Splits
 from kiln.errors import KilnError
@@ -133,7 +133,7 @@ def choose_precision(cfg: RunConfig, recipe, log: RunLog, resumed: Path | None =
         if handed:
             precision, why = handed.split("|", 1)
         return precision, why, None
-    before = trained_precision(resumed) if resumed is not None else None
+    before = invocation(resumed, -1).get("precision") if resumed is not None else None
     if before in (precision, "32"):  # a resumed run continues in the precision it trained in, so it ends exactly as one
         precision, why, splits = before, f"as this run trained before it stopped (run.json); {why}", None
     else:
@@ -157,14 +157,6 @@ def time_auto(cfg: RunConfig, recipe, log: RunLog, precision: str, why: str, acc
         why = (f"{', '.join(f'{p} {ms:.1f} ms' for p, ms in timings.items())} per training step of this task, so {precision}"
                f"{f' (bf16 is faster by less than {BF16_MIN_GAIN:.0%})' if near else ''}; {why}")
     return precision, why, splits
-
-
-def trained_precision(run_dir: Path) -> str | None:
-    """The precision the run's latest start trained in (run.json), or None where it has no readable record."""
-    try:
-        return json.loads((run_dir / "run.json").read_text())["invocations"][-1]["precision"]
-    except (OSError, ValueError, KeyError, IndexError, TypeError):
-        return None
 
 
 def load_splits(fabric, recipe, cfg: RunConfig, log: RunLog) -> Splits:
@@ -238,7 +230,7 @@ def fit_one(fabric, cfg: RunConfig, recipe, splits: Splits, run_dir: Path, log: 
     if resume and not last.is_file():  # stopped (killed) before its first checkpoint: nothing to lose, start over
         if not (run_dir / "run.json").is_file():
             raise KilnError(f"cannot resume '{run_dir}': it holds no kiln run (no run.json); pass a run directory written by kiln train")
-        resume, init_from = False, first_init_from(run_dir)
+        resume, init_from = False, invocation(run_dir, 0).get("init_from")
         log(f"{run_dir} stopped before its first checkpoint: training it from the start")
     if resume:
         run.restore(load_checkpoint(last, cfg.recipe))

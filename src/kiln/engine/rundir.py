@@ -287,9 +287,11 @@ def write_run_record(run_dir: Path, precision: str, why: str, world_size: int, i
     write_json(path, record)
 
 
-def first_init_from(run_dir: Path) -> str | None:
-    """The --init-from the run was started with (run.json's first invocation)."""
+def invocation(run_dir: Path, index: int) -> dict[str, Any]:
+    """run.json's invocation `index` (0: the run's first `kiln train`, -1: its latest start); {} where there is none
+    or the file is not kiln's."""
     try:
-        return json.loads((run_dir / "run.json").read_text())["invocations"][0].get("init_from")
+        record = json.loads((run_dir / "run.json").read_text())["invocations"][index]
     except (OSError, ValueError, KeyError, IndexError, TypeError):
-        return None
+        return {}
+    return record if isinstance(record, dict) else {}

@@ -20,6 +20,7 @@ from typing import Any, Mapping
 import yaml
 
 from kiln.engine.monitor import read_status
+from kiln.engine.rundir import invocation
 from kiln.errors import KilnError
 
 STATES = ("running", "evaluating", "finished", "failed", "interrupted", "dead")
@@ -77,13 +78,6 @@ def parse_time(text: Any) -> datetime | None:
         return None
 
 
-def first_invocation(run_dir: Path) -> dict[str, Any]:
-    """run.json's first `kiln train` of the run ({} where there is none or it is not kiln's)."""
-    record = read_json(run_dir / "run.json")
-    invocations = record.get("invocations") if isinstance(record, dict) else None
-    return invocations[0] if isinstance(invocations, list) and invocations and isinstance(invocations[0], dict) else {}
-
-
 def run_summary(run_dir: Path, recipes: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """One run as one row (what `kiln runs --json` prints). The headline and test metrics are those of a finished
     run only; a run that is running again (resumed for more epochs) shows its old results nowhere."""
@@ -94,7 +88,7 @@ def run_summary(run_dir: Path, recipes: Mapping[str, Any] | None = None) -> dict
     except KilnError as err:
         status = {"state": "damaged", "error": str(err)}
     status.setdefault("state", "unknown")
-    started = parse_time(first_invocation(run_dir).get("started"))
+    started = parse_time(invocation(run_dir, 0).get("started"))
     ended = datetime.now() if status["state"] in LIVE else parse_time(status.get("heartbeat"))
     row = {
         "run": str(run_dir), "recipe": config.get("recipe", "?"), "name": config.get("name", run_dir.name),
