@@ -61,7 +61,7 @@ def read_sequence(path: Path) -> tuple[np.ndarray, np.ndarray]:
         raise BadFile(f"lacks column(s) {', '.join(missing)} (has {list(frame.columns)})")
     if len(frame) != STEPS:
         raise BadFile(f"has {len(frame)} rows, expected {STEPS}")
-    values = frame[COLUMNS].apply(pd.to_numeric, errors="coerce").to_numpy(np.float64)
+    values = pd.to_numeric(frame[COLUMNS].to_numpy().ravel(), errors="coerce").reshape(-1, len(COLUMNS)).astype(np.float64)
     if not np.isfinite(values).all():
         row, col = np.argwhere(~np.isfinite(values))[0]
         raise BadFile(f"has a NaN, infinite or non-numeric value (row {row + 1}, column {COLUMNS[col]})")
