@@ -10,7 +10,7 @@ import yaml
 
 @pytest.fixture(autouse=True)
 def one_thread():
-    """One torch thread, as the configs ask (train.threads: 1): the evaluation's small GRU discriminators and LSTM
+    """One torch thread, as the configs ask (train.threads: 1): the evaluation's small discriminators and the LSTM
     steps can run many times slower with a spare OpenMP thread spin-waiting on a busy machine (the evaluation
     test once took 198 s with 2 threads at load 4; 33 s with one)."""
     import torch
