@@ -221,13 +221,20 @@ class STMGT(nn.Module):
             # each forecast step also sees its own step's weather directly, so the cross-attention
             # does not have to discover the time alignment from few rain events
             q = q + tokens[:, None, T_in:, :].expand(B, N, P, -1).reshape(B * N, P, -1)
-            tokens = (tokens + time).repeat_interleave(N, dim=0)               # one copy per node
-            q = q + self.weather_attention(self.weather_norm(q), tokens, tokens, need_weights=False)[0]
+            q = q + self.attend_weather(q.view(B, N, P, -1), tokens + time).reshape(B * N, P, -1)
         q = q + self.out_ff(self.out_norm(q))
         out = self.head(q.view(B, N, P, -1))
         if self.residual:
             out["means"] = out["means"] + x[:, :, -1, None, None]
         return out
+
+    def attend_weather(self, q: Tensor, tokens: Tensor) -> Tensor:
+        """q [B, N, P, D] forecast queries; tokens [B, T+P, D] the window's weather (+ calendar) -> [B, N, P, D].
+        Every node of a window attends to the same tokens, so this is one attention over the N * P queries of each
+        window: the same as giving every node its own copy of the tokens, without projecting N copies."""
+        B, N, P, D = q.shape
+        out = self.weather_attention(self.weather_norm(q).view(B, N * P, D), tokens, tokens, need_weights=False)[0]
+        return out.reshape(B, N, P, D)
 
     def calibrated(self, out: dict[str, Tensor]) -> dict[str, Tensor]:
         """forward()'s mixture with its spread scaled per forecast step (the mixture mean is unchanged)."""
