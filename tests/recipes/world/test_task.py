@@ -66,6 +66,24 @@ def test_frame_psnr_and_ssim_agree_with_torchmetrics_and_closed_forms():
     assert frame_psnr(target, target).max().item() == 60.0  # identical frames: capped, not inf
 
 
+def test_ssim_as_matrix_products_equals_torchmetrics_values_and_gradients():
+    """ssim_fp32 applies the Gaussian window as blur(H) @ X @ blur(W).T; torchmetrics convolves with the 11x11 window
+    after reflect padding. Same values and gradients, on a non-square batch with structure and noise."""
+    from kiln.recipes.world.task import ssim_fp32
+
+    torch.manual_seed(4)
+    target = torch.nn.functional.avg_pool2d(torch.rand(5, 3, 28, 44), 5, stride=1)    # [5, 3, 24, 40]
+    pred = (target + 0.05 * torch.randn_like(target)).clamp(0, 1).requires_grad_()
+    ours = ssim_fp32(pred, target, reduction="none")
+    reference = structural_similarity_index_measure(pred, target, data_range=1.0, reduction="none")
+    torch.testing.assert_close(ours, reference, rtol=1e-5, atol=1e-6)
+    assert ssim_fp32(pred, target).item() == pytest.approx(reference.mean().item(), rel=1e-5)
+    weight = torch.rand(5)
+    (grad,) = torch.autograd.grad((ours * weight).sum(), pred)
+    (want,) = torch.autograd.grad((reference * weight).sum(), pred)
+    torch.testing.assert_close(grad, want, rtol=1e-3, atol=1e-3 * want.abs().max().item())
+
+
 def test_ssim_and_the_perceptual_loss_stay_float32_under_bf16_autocast():
     # smooth, similar frames like CarRacing's: in bf16 the Gaussian-window variances of SSIM cancel to noise
     torch.manual_seed(3)
