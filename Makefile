@@ -35,6 +35,7 @@ bench: setup
 	$(PY) bench/nav_datagen.py
 	$(PY) bench/nav_precision.py
 	$(PY) bench/traffic_step.py
+	$(PY) bench/quick_steps.py
 	$(PY) bench/world_collect.py
 	$(PY) bench/printer_stream.py
 	$(PY) bench/seqgen_step.py
