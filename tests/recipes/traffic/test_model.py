@@ -155,7 +155,7 @@ def test_stmgt_with_dense_attention_equals_the_gatv2conv_model_and_drops_only_ed
 
 def test_weather_attention_over_a_window_equals_one_copy_of_the_tokens_per_node():
     """attend_weather shares the window's tokens among its nodes; the reference gives every node its own copy
-    (repeat_interleave, as the guide's layout does): the same outputs and gradients on the same weights."""
+    (repeat_interleave, as STMGT did before): the same outputs and gradients on the same weights."""
     model = make_model(weather_dim=3).train()
     B, N, P, D = 2, 5, 3, 16
     torch.manual_seed(2)

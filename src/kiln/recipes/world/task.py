@@ -15,9 +15,9 @@ previous prediction) and decodes every step. Losses (weights from model.*_weight
                 (targets detached): the predicted trajectory stays on the encoded one, so long rollouts
                 stay where the decoder was trained
 
-Metrics: PSNR (torchmetrics) and SSIM (ssim_fp32, equal to torchmetrics'; data_range 1.0) per frame, averaged over frames (the mean of
-per-frame PSNRs, not a PSNR of the pooled MSE), for reconstruction and for k-step prediction, each
-beside copy-last (predict frame t + k as frame t) on the same frames.
+Metrics: PSNR (torchmetrics) and SSIM (ssim_fp32, equal to torchmetrics'), data_range 1.0, per frame, averaged
+over frames (the mean of per-frame PSNRs, not a PSNR of the pooled MSE), for reconstruction and for k-step
+prediction, each beside copy-last (predict frame t + k as frame t) on the same frames.
 """
 
 from __future__ import annotations
