@@ -140,6 +140,8 @@ def main() -> None:
         run_dir, kinds, kills = work / "killed", {}, 0
         plan = ["before the first checkpoint", "during a checkpoint write", "during a validation", "mid-epoch"]
         while kills < args.kills:
+            if (run_dir / "test_results.json").is_file():  # a kill landed after the evaluation wrote its results
+                break
             command = ["--resume", str(run_dir)] if (run_dir / "run.json").is_file() else [*common, "--run-dir", str(run_dir)]
             intent = plan[kills] if kills < len(plan) else rng.choice(plan[1:])
             flag.write_text("starting")
