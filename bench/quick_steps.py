@@ -32,6 +32,7 @@ import kiln.recipes.world.task as world_task  # noqa: E402
 from kiln.engine.devices import set_threads  # noqa: E402
 from kiln.recipes import get_recipe, load_recipe_config  # noqa: E402
 from kiln.recipes.traffic.model import STMGT  # noqa: E402
+from references import from_tests  # noqa: E402  (bench/references.py)
 
 ROUNDS = 5
 
@@ -39,13 +40,6 @@ ROUNDS = 5
 def torchmetrics_ssim(pred, target, reduction="elementwise_mean"):
     with torch.autocast(pred.device.type, enabled=False):
         return structural_similarity_index_measure(pred.float(), target.float(), data_range=1.0, reduction=reduction)
-
-
-def weather_copies(self, q, tokens):
-    B, N, P, D = q.shape
-    copies = tokens.repeat_interleave(N, dim=0)  # [B * N, T+P, D]
-    return self.weather_attention(self.weather_norm(q).reshape(B * N, P, D), copies, copies,
-                                  need_weights=False)[0].view(B, N, P, D)
 
 
 def first_batch(recipe_name: str, cfg, splits) -> dict:
@@ -92,6 +86,7 @@ def main() -> None:
     figures = {}
     world = compare("world", {"torchmetrics SSIM": (world_task, "ssim_fp32", torchmetrics_ssim),
                               "kiln SSIM (matrix products)": (world_task, "ssim_fp32", world_task.ssim_fp32)})
+    weather_copies = from_tests("recipes/traffic/test_model.py", "weather_copies")  # attend_weather's tested reference
     traffic = compare("traffic", {"weather tokens copied per node": (STMGT, "attend_weather", weather_copies),
                                   "kiln (one attention per window)": (STMGT, "attend_weather", STMGT.attend_weather)})
     for recipe_name, best in (("world", world), ("traffic", traffic)):

@@ -17,7 +17,6 @@ rollout's (wall).
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import sys
 import time
@@ -30,17 +29,9 @@ import torch  # noqa: E402
 
 from kiln.engine.devices import resolve_precision  # noqa: E402
 from kiln.recipes.seqgen.model import StreamlinedSequenceGenerator  # noqa: E402
+from references import from_tests  # noqa: E402  (bench/references.py)
 
 TEACHER_FORCING, NOISE, ROUNDS, REPEATS, GENERATED = 0.7, 0.05, 3, 3, 550
-
-
-def step_loop_rollout():
-    """The tests' reference loop (one copy of it, so that what is timed is what the rollout is tested against)."""
-    path = ROOT / "tests" / "recipes" / "seqgen" / "test_model.py"
-    spec = importlib.util.spec_from_file_location("seqgen_test_model", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.step_loop_rollout
 
 
 def best_of(work, repeats: int = REPEATS) -> tuple[float, float]:
@@ -65,7 +56,7 @@ def main() -> None:
     model = StreamlinedSequenceGenerator(hidden_size=args.hidden_size)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
     params, target = torch.randn(args.batch_size, 2), torch.randn(args.batch_size, 151, 5)
-    loop = step_loop_rollout()
+    loop = from_tests("recipes/seqgen/test_model.py", "step_loop_rollout")  # what the rollout is tested against
     samplers = {"loop": lambda: loop(model, params, target, TEACHER_FORCING, NOISE),
                 "rollout": lambda: model.rollout(params, target, TEACHER_FORCING, NOISE),
                 "parallel": lambda: model.teacher_forced(params, target, TEACHER_FORCING, NOISE)}

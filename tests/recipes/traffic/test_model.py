@@ -153,17 +153,24 @@ def test_stmgt_with_dense_attention_equals_the_gatv2conv_model_and_drops_only_ed
     assert 0.35 < share < 0.65  # about drop_edge_p of the real edges are dropped, a fresh draw per copy
 
 
+def weather_copies(model: STMGT, q: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+    """The reference for STMGT.attend_weather (and bench/quick_steps.py's baseline): every node attends to its own
+    copy of the window's tokens (repeat_interleave), as STMGT did before. q [B, N, P, D], tokens [B, T+P, D]."""
+    B, N, P, D = q.shape
+    copies = tokens.repeat_interleave(N, dim=0)                               # [B * N, T+P, D]
+    return model.weather_attention(model.weather_norm(q).reshape(B * N, P, D), copies, copies,
+                                   need_weights=False)[0].view(B, N, P, D)
+
+
 def test_weather_attention_over_a_window_equals_one_copy_of_the_tokens_per_node():
-    """attend_weather shares the window's tokens among its nodes; the reference gives every node its own copy
-    (repeat_interleave, as STMGT did before): the same outputs and gradients on the same weights."""
+    """attend_weather shares the window's tokens among its nodes; the reference gives every node its own copy:
+    the same outputs and gradients on the same weights."""
     model = make_model(weather_dim=3).train()
     B, N, P, D = 2, 5, 3, 16
     torch.manual_seed(2)
     q, tokens = torch.randn(B, N, P, D, requires_grad=True), torch.randn(B, 9, D, requires_grad=True)
     shared = model.attend_weather(q, tokens)
-    copies = tokens.repeat_interleave(N, dim=0)                               # [B * N, T+P, D]
-    reference = model.weather_attention(model.weather_norm(q).reshape(B * N, P, D), copies, copies,
-                                        need_weights=False)[0].view(B, N, P, D)
+    reference = weather_copies(model, q, tokens)
     torch.testing.assert_close(shared, reference, rtol=1e-5, atol=1e-6)
     weight = torch.randn_like(shared)
     grads = torch.autograd.grad((shared * weight).sum(), [q, tokens, *model.weather_attention.parameters()])
