@@ -69,3 +69,24 @@ def test_kiln_data_printer_refuses_a_slow_file_in_one_line_and_writes_nothing(tm
     err = capsys.readouterr().err
     assert err.startswith(f"kiln: error: '{path}': layers 'all' would be") and "line 4" in err
     assert len(err.strip().splitlines()) == 1 and not (tmp_path / "d").exists()
+
+
+def resting_layer(printer: Printer, n: int) -> tuple:
+    """A plan that leaves the carriage at rest at (10, 10), and `n` sample times after it."""
+    plan = printer.plan(read_gcode("M83\nG1 Z0.2\nG1 X10 Y10 E1 F1200\n"))
+    return plan, plan.duration + np.arange(n) / printer.rate
+
+
+def test_an_offset_moves_the_carriage_friction_with_its_velocity():
+    # a ramp of 50 mm/s added to a carriage at rest: at constant speed the belt stretches by friction / w^2, as for a
+    # planned move (tests/recipes/printer/test_dynamics.py), so the offset's velocity reaches the friction
+    n = 2000
+    ramp = np.zeros((n, 2))
+    ramp[:, 0] = 50.0 * np.arange(n) / 1000.0
+    finals = []
+    for friction in (0.0, 1500.0):
+        printer = Printer(PrinterGenerator(friction=friction))
+        plan, times = resting_layer(printer, n)
+        finals.append(printer.simulate(plan, times, offset=ramp)["x_act"][-1])
+    w = 2 * np.pi * PrinterGenerator().resonance_x_hz
+    assert np.isclose(finals[1] - finals[0], -1500.0 * np.tanh(50.0 / 2.0) / w ** 2, rtol=1e-4)

@@ -2,8 +2,8 @@
 
 For every simulated layer: plan the file with the run's printer, predict the error of the planned path with the
 trained LSTM (streamed over the layer), ask the firmware to follow reference - predicted error instead (the
-same planner, shaper and belt axes), simulate again, and compare the error against the planned path before and
-after. The last output line is JSON.
+same planner, shaper and belt axes; the offset's velocity moves the carriage's friction too), simulate again, and
+compare the error against the planned path before and after. The last output line is JSON.
 """
 
 from __future__ import annotations
@@ -79,25 +79,30 @@ def load_run(run_dir: Path):
                         "with kiln data printer") from None
 
 
-def compensate_layer(task, printer, plan, times: np.ndarray, settle: int) -> dict:
-    """One layer printed as planned, then with the error the LSTM predicts (streamed, its state warming up first)
-    taken out of the path: the reference and both errors (actual - planned, mm) from the layer's first move on."""
+def predict_error(task, printer, plain: dict) -> np.ndarray:
+    """[N, 2] error (mm) the LSTM predicts for a simulated layer, streamed from its first sample."""
     from kiln.recipes.printer.data import stream_features
     from kiln.recipes.printer.evaluation import predict_stream
 
     names = task.feature_names
     lags = [float(n[6:-2]) for n in names if n.startswith("vx_lag")]
-    plain = printer.simulate(plan, times)
     features = stream_features(plain, printer.rate, "x_ref" in names, "ax_ref" in names, lags)
     with torch.no_grad():
-        predicted = predict_stream(task, torch.from_numpy(features))
-    corrected = printer.simulate(plan, times, offset=-predicted)
+        return predict_stream(task, torch.from_numpy(features))
 
-    def error(signals: dict) -> np.ndarray:
-        return np.stack([signals["x_act"] - signals["x_ref"], signals["y_act"] - signals["y_ref"]], 1)[settle:]
 
-    return {"x_ref": plain["x_ref"][settle:], "y_ref": plain["y_ref"][settle:], "before": error(plain),
-            "after": error(corrected), "rate": printer.rate}
+def layer_error(signals: dict) -> np.ndarray:
+    """[N, 2] actual - planned position (mm)."""
+    return np.stack([signals["x_act"] - signals["x_ref"], signals["y_act"] - signals["y_ref"]], 1)
+
+
+def compensate_layer(task, printer, plan, times: np.ndarray, settle: int) -> dict:
+    """One layer printed as planned, then with the error the LSTM predicts (streamed, its state warming up first)
+    taken out of the path: the reference and both errors (mm) from the layer's first move on."""
+    plain = printer.simulate(plan, times)
+    corrected = printer.simulate(plan, times, offset=-predict_error(task, printer, plain))
+    return {"x_ref": plain["x_ref"][settle:], "y_ref": plain["y_ref"][settle:], "before": layer_error(plain)[settle:],
+            "after": layer_error(corrected)[settle:], "rate": printer.rate}
 
 
 def compensate_moves(task, settings, moves, layers: str) -> tuple[dict, list[dict]]:

@@ -80,8 +80,10 @@ class Printer:
 
     def command(self, plan: Plan, times: np.ndarray, offset: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Shaped motor command and its velocity [2, N] at `times`. `offset(times)` [N, 2], when given, is added to
-        the reference before shaping (compensation pre-distorts the path the firmware is asked to follow)."""
+        the reference before shaping (compensation pre-distorts the path the firmware is asked to follow); its
+        velocity is part of the command's, so it moves the carriage's friction as well as its position."""
         position, velocity = np.zeros((2, len(times))), np.zeros((2, len(times)))
+        offset_velocity = None if offset is None else np.gradient(offset, times, axis=0)
         for axis, (amplitudes, shifts) in enumerate(self.shapers):
             for amplitude, shift in zip(amplitudes, shifts):
                 sample = sample_plan(plan, times - shift)
@@ -89,6 +91,7 @@ class Printer:
                 velocity[axis] += amplitude * sample["velocity"][:, axis]
                 if offset is not None:
                     position[axis] += amplitude * np.interp(times - shift, times, offset[:, axis])
+                    velocity[axis] += amplitude * np.interp(times - shift, times, offset_velocity[:, axis])
         return position, velocity
 
     def simulate(self, plan: Plan, times: np.ndarray, offset: np.ndarray | None = None) -> dict[str, np.ndarray]:
