@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from kiln.recipes.printer.procedural_prints import honeycomb
+from kiln.recipes.printer.gcode import read_gcode
+from kiln.recipes.printer.procedural_prints import blob, honeycomb, procedural_gcode
 
 
 def test_honeycomb_infill_is_one_path_of_hexagon_sides_inside_its_disc():
@@ -26,3 +27,25 @@ def test_honeycomb_infill_is_one_path_of_hexagon_sides_inside_its_disc():
     middles = np.round(flat[:-1][horizontal] + step[horizontal] / 2, 6)
     _, counts = np.unique(middles, axis=0, return_counts=True)
     assert (counts == 2).mean() > 0.75 and counts.max() == 2
+
+
+def test_the_mixed_plate_prints_every_layer_afresh_over_the_speeds_slicers_use():
+    moves = read_gcode(procedural_gcode("mixed", 12), "mixed")
+    printing = moves.extrude > 0
+    # walls 15-80 mm/s (outer at half: 7.5-40), infill 30-150, islands 10-30; travels 80-250
+    assert 7.5 <= moves.feedrate[printing].min() and moves.feedrate[printing].max() <= 150
+    assert np.ptp(moves.feedrate[printing]) > 60
+    travel = (moves.extrude == 0) & (np.linalg.norm(moves.end[:, :2] - moves.start[:, :2], axis=1) > 0)
+    assert 80 <= moves.feedrate[travel].min() and moves.feedrate[travel].max() <= 250
+    speeds = [np.unique(np.round(moves.feedrate[printing & (moves.layer == k)])) for k in range(12)]
+    assert len({tuple(s) for s in speeds}) == 12                 # no two layers print at the same speeds
+
+
+def test_a_blob_outline_stays_near_its_circle_in_chords_of_the_given_length():
+    rng = np.random.default_rng(0)
+    for radius, segment in [(20.0, 0.3), (15.0, 2.0), (2.0, 0.2)]:
+        outline = blob(rng, radius, segment)
+        r = np.linalg.norm(outline, axis=1)
+        assert (np.abs(r - radius) <= 0.36 * radius + 1e-9).all()  # three harmonics of at most 12% each
+        chords = np.linalg.norm(np.diff(outline, axis=0, append=outline[:1]), axis=1)
+        assert abs(np.median(chords) / segment - 1) < 0.4 if 2 * np.pi * radius / segment >= 12 else len(outline) == 12

@@ -24,8 +24,8 @@ class PrinterGenerator(Section):
 
     model_config = ConfigDict(allow_inf_nan=False)  # no printer has an infinite acceleration or rate
 
-    models: str = Field("3dbenchy,bearing5,nautilus,boat,coaster", description="comma-separated procedural models "
-                        "(3dbenchy, bearing5, nautilus, boat, coaster) and/or G-code files or folders")
+    models: str = Field("3dbenchy,bearing5,nautilus,boat,coaster,mixed", description="comma-separated procedural models "
+                        "(3dbenchy, bearing5, nautilus, boat, coaster, mixed) and/or G-code files or folders")
     model_layers: int = Field(50, ge=1, le=1000, description="layers of 0.2 mm in each procedural model (up to 200 mm tall)")
     layers: str = Field("sampled:5", description="layers simulated: all, sampled:N (every N-th), first:N or A-B")
     sample_rate: float = Field(1000.0, ge=200, le=100_000, description="samples per second (Hz); the axes resonate at up to 80 Hz")

@@ -1,5 +1,5 @@
 """Procedural test prints named as in the original guide (collect_3dbenchy, collect_bearing5, collect_nautilus,
-collect_boat), plus a honeycomb-infill coaster: each writes real G-code (perimeters, rectilinear infill, travels
+collect_boat), plus a honeycomb-infill coaster and a `mixed` plate of slicer moves at varied speeds: each writes real G-code (perimeters, rectilinear infill, travels
 with retraction, arcs for round parts), so the procedural models and a user's files take the same path through the
 reader and the planner.
 """
@@ -86,17 +86,18 @@ class Writer:
         self.lines = [f"; kiln procedural model: {name}", "G21", "G90", "M83", "G92 E0"]
         self.position = np.zeros(2)
 
-    def travel(self, point) -> None:
+    def travel(self, point, speed: float = SPEEDS["travel"]) -> None:
         self.lines += [f"G1 E-0.8 F{SPEEDS['retract'] * 60:.0f}",
-                       f"G0 X{point[0]:.3f} Y{point[1]:.3f} F{SPEEDS['travel'] * 60:.0f}",
+                       f"G0 X{point[0]:.3f} Y{point[1]:.3f} F{speed * 60:.0f}",
                        f"G1 E0.8 F{SPEEDS['retract'] * 60:.0f}"]
         self.position = np.asarray(point, float)
 
-    def path(self, points: np.ndarray, speed: str, closed: bool) -> None:
+    def path(self, points: np.ndarray, speed: str | float, closed: bool, travel: float = SPEEDS["travel"]) -> None:
+        """Extrude along `points` at `speed` (a SPEEDS name or mm/s), after a travel at `travel` mm/s to its start."""
         points = np.vstack([points, points[:1]]) if closed else points
         if np.linalg.norm(points[0] - self.position) > 1e-6:
-            self.travel(points[0])
-        self.lines.append(f"G1 F{SPEEDS[speed] * 60:.0f}")
+            self.travel(points[0], travel)
+        self.lines.append(f"G1 F{(SPEEDS[speed] if isinstance(speed, str) else speed) * 60:.0f}")
         for p, q in zip(points[:-1], points[1:]):
             self.lines.append(f"G1 X{q[0]:.3f} Y{q[1]:.3f} E{np.linalg.norm(q - p) * E_PER_MM:.5f}")
         self.position = points[-1]
@@ -190,9 +191,47 @@ def nautilus(w: Writer, k: int, n: int, centre: np.ndarray) -> None:
         w.path(np.stack([spiral[j], inner[j]]), "infill", closed=False)
 
 
-MODELS = {"3dbenchy": benchy, "bearing5": bearing, "nautilus": nautilus, "boat": boat, "coaster": coaster}
+def blob(rng: np.random.Generator, radius: float, segment: float) -> np.ndarray:
+    """A star-shaped outline: a circle of `radius` with a few random harmonics, cut into chords of about `segment` mm
+    (a slicer's curve resolution)."""
+    harmonics = rng.integers(0, 7, size=3)
+    amplitude = rng.uniform(0, 0.12, size=3) * radius
+    points = max(int(2 * np.pi * radius / segment), 12)
+    angle = np.linspace(0, 2 * np.pi, points, endpoint=False) + rng.uniform(0, 2 * np.pi)
+    r = radius + sum(a * np.cos(h * angle + rng.uniform(0, 2 * np.pi)) for a, h in zip(amplitude, harmonics))
+    return np.stack([r * np.cos(angle), r * np.sin(angle)], 1)
+
+
+def mixed(w: Writer, k: int, n: int, centre: np.ndarray) -> None:
+    """A plate of slicer-like moves, drawn afresh every layer: a random outline with 1-3 walls (outer wall slower),
+    rectilinear (sparse or solid) or honeycomb infill, and a few small islands; speeds drawn per feature over the
+    range slicers use (walls 15-80 mm/s, infill 30-150, small perimeters 10-30, travels 80-250), curves cut into
+    0.3-2 mm chords. The guide's models print at three fixed speeds, which a user's sliced file rarely matches."""
+    rng = np.random.default_rng(k)
+    travel = rng.uniform(80, 250)
+    outline = blob(rng, rng.uniform(10, 24), rng.uniform(0.3, 2.0)) + centre
+    wall = rng.uniform(15, 80)
+    walls = int(rng.integers(1, 4))
+    for j in reversed(range(walls)):                           # inner walls first, the outer one last and slower
+        w.path(offset(outline, (j + 0.5) * LINE_WIDTH), wall * (0.5 if j == 0 else 1.0), closed=True, travel=travel)
+    inner = offset(outline, (walls + 0.5) * LINE_WIDTH)
+    infill = rng.uniform(30, 150)
+    if rng.random() < 0.3:
+        radius = 0.8 * np.linalg.norm(inner - centre, axis=1).min()
+        w.path(centre + honeycomb(radius, rng.uniform(0, np.pi), rng.uniform(1.0, 3.0)), infill, closed=False, travel=travel)
+    else:
+        spacing = LINE_WIDTH if rng.random() < 0.4 else rng.uniform(1.0, 4.0)  # solid or sparse
+        for segment in scanlines(inner, rng.uniform(0, np.pi), spacing):
+            w.path(segment, infill, closed=False, travel=travel)
+    for _ in range(int(rng.integers(0, 5))):                   # small islands beside the part: slow, short chords
+        place = centre + rng.uniform(28, 40) * np.array([np.cos(a := rng.uniform(0, 2 * np.pi)), np.sin(a)])
+        w.path(place + blob(rng, rng.uniform(1.0, 4.0), rng.uniform(0.2, 0.6)), rng.uniform(10, 30), closed=True, travel=travel)
+
+
+MODELS = {"3dbenchy": benchy, "bearing5": bearing, "nautilus": nautilus, "boat": boat, "coaster": coaster,
+          "mixed": mixed}
 CENTRES = {"3dbenchy": (110.0, 110.0), "bearing5": (90.0, 120.0), "nautilus": (120.0, 100.0), "boat": (100.0, 110.0),
-           "coaster": (110.0, 110.0)}
+           "coaster": (110.0, 110.0), "mixed": (110.0, 110.0)}
 
 
 def procedural_gcode(name: str, num_layers: int) -> str:
