@@ -86,6 +86,18 @@ def test_resume_continues_at_the_interrupted_phase_and_step(toy_cfg, run_toy, mo
         run_toy("resumed", cfg, resume=True)
 
 
+def test_overwrite_trains_every_phase_again(toy_cfg, run_toy):
+    # kiln demo replaces runs/<recipe>/demo this way: the old run's finished phases must not be taken as the new one's
+    _, run_dir = run_toy("again", toy_cfg(phases=PHASES))
+    changed = toy_cfg(phases=[PHASES[0], {**PHASES[1], "train": {**PHASES[1]["train"], "lr": 0.02}}])
+    run_toy("again", changed, overwrite=True)
+    assert "lr: 0.02" in (run_dir / "phase_2" / "config.yaml").read_text()
+    log = (run_dir / "train.log").read_text()
+    assert "Phase 1/2: warm" in log and "Phase 2/2: fine" in log
+    history = json.loads((run_dir / "history.json").read_text())
+    assert history["epoch"] == [1, 2, 3, 4]
+
+
 @pytest.mark.parametrize("phases, message", [
     ([{"train": {"lrr": 1}}], "phases[1]: unknown config key 'train.lrr'; did you mean 'train.lr'?"),
     ([{}, {"name": "b", "model": {"spike": 3}}], "phases[2] (b): unknown config key 'model.spike'; did you mean 'model.spike_call'?"),

@@ -178,7 +178,7 @@ def fit_phases(fabric, cfg: RunConfig, recipe, run_dir: Path, log: RunLog, preci
     results: dict[str, Any] = {}
     for k, (name, init, phase_cfg) in enumerate(phases, start=1):
         phase_dir = run_dir / f"phase_{k}"
-        if phase_state(phase_dir) == "finished":
+        if resume and phase_state(phase_dir) == "finished":  # --overwrite trains every phase again
             results = json.loads((phase_dir / "test_results.json").read_text())
             continue
         resume_phase = resume and (phase_dir / "checkpoints" / "last.ckpt").is_file()
