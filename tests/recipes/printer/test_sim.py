@@ -10,6 +10,7 @@ import pytest
 
 from kiln.cli import main
 from kiln.errors import KilnError
+from kiln.recipes.printer.compensate import layer_error
 from kiln.recipes.printer.config import PrinterGenerator
 from kiln.recipes.printer.gcode import read_gcode, read_gcode_file
 from kiln.recipes.printer.sim import MAX_SAMPLES_PER_FILE, Printer, layer_times, simulate_moves
@@ -90,3 +91,37 @@ def test_an_offset_moves_the_carriage_friction_with_its_velocity():
         finals.append(printer.simulate(plan, times, offset=ramp)["x_act"][-1])
     w = 2 * np.pi * PrinterGenerator().resonance_x_hz
     assert np.isclose(finals[1] - finals[0], -1500.0 * np.tanh(50.0 / 2.0) / w ** 2, rtol=1e-4)
+
+
+def test_the_response_of_an_offset_is_the_simulated_impulse_response():
+    printer = Printer(PrinterGenerator(friction=0.0))
+    n, at = 2000, 500
+    plan, times = resting_layer(printer, n)
+    offset = np.zeros((n, 2))
+    offset[at] = 1e-3
+    plain, moved = printer.simulate(plan, times), printer.simulate(plan, times, offset=offset)
+    frequency = np.fft.rfftfreq(n, 1 / printer.rate)
+    for axis, key in enumerate(("x_act", "y_act")):
+        impulse = (moved[key] - plain[key]) / 1e-3
+        simulated = np.fft.rfft(impulse) * np.exp(2j * np.pi * frequency * at / printer.rate)  # undo the delay
+        response = printer.response(axis, n)
+        # up to 100 Hz (past both resonances); the simulation shifts the shaper's pulses by linear interpolation
+        np.testing.assert_allclose(simulated[frequency <= 100], response[frequency <= 100], atol=0.02)
+        assert abs(response[0] - 1) < 1e-9                          # an offset held still moves the carriage by itself
+
+
+SQUARE = "M83\nG1 Z0.2\nG1 X10 Y10 F6000\nG1 X40 Y10 E1 F3000\nG1 X40 Y30 E1\nG1 X10 Y30 E1\nG1 X10 Y10 E1\n"
+
+
+def rms(error: np.ndarray) -> float:
+    return float(np.sqrt((error ** 2).sum(1).mean()))
+
+
+def test_without_friction_the_correction_cancels_what_adding_the_error_leaves():
+    printer = Printer(PrinterGenerator(friction=0.0))                # linear: exact but for the regularisation
+    plan = printer.plan(read_gcode(SQUARE))
+    times = np.arange(-0.3, plan.duration + 0.3, 1 / printer.rate)
+    error = layer_error(printer.simulate(plan, times))
+    added = rms(layer_error(printer.simulate(plan, times, offset=-error)))
+    inverted = rms(layer_error(printer.simulate(plan, times, offset=printer.correction(error))))
+    assert inverted < 0.1 * rms(error) and inverted < 0.5 * added

@@ -1,9 +1,10 @@
 """`kiln printer compensate RUN GCODE`: print a G-code file with the learned error taken out of the command.
 
 For every simulated layer: plan the file with the run's printer, predict the error of the planned path with the
-trained LSTM (streamed over the layer), ask the firmware to follow reference - predicted error instead (the
-same planner, shaper and belt axes; the offset's velocity moves the carriage's friction too), simulate again, and
-compare the error against the planned path before and after. The last output line is JSON.
+trained LSTM (streamed over the layer), turn it into the offset that cancels it once it has gone through the
+shaper and the belt axes (`Printer.correction`), ask the firmware to follow reference + offset instead (the same
+planner, shaper and axes; the offset's velocity moves the carriage's friction too), simulate again, and compare the
+error against the planned path before and after. The last output line is JSON.
 """
 
 from __future__ import annotations
@@ -98,9 +99,9 @@ def layer_error(signals: dict) -> np.ndarray:
 
 def compensate_layer(task, printer, plan, times: np.ndarray, settle: int) -> dict:
     """One layer printed as planned, then with the error the LSTM predicts (streamed, its state warming up first)
-    taken out of the path: the reference and both errors (mm) from the layer's first move on."""
+    cancelled through the printer's motion: the reference and both errors (mm) from the layer's first move on."""
     plain = printer.simulate(plan, times)
-    corrected = printer.simulate(plan, times, offset=-predict_error(task, printer, plain))
+    corrected = printer.simulate(plan, times, offset=printer.correction(predict_error(task, printer, plain)))
     return {"x_ref": plain["x_ref"][settle:], "y_ref": plain["y_ref"][settle:], "before": layer_error(plain)[settle:],
             "after": layer_error(corrected)[settle:], "rate": printer.rate}
 

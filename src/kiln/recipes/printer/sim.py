@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from scipy.signal import freqz
 
 from kiln.errors import KilnError
 from kiln.recipes.printer.config import LAYERS_PATTERN
@@ -27,6 +28,9 @@ WARMUP_S = 0.2  # then kept before the layer, unscored: history for a model that
 # ~3 hours of printing at 1 kHz (pyGCodeDecode's benchy, every layer, is 5.8 million); kept as 88 bytes a sample, and
 # simulating one layer needs about 420 bytes a sample while it runs
 MAX_SAMPLES_PER_FILE = 10_000_000
+# weight of |offset|^2 in Printer.correction: the inverse's gain stays under 1 / (2 sqrt(0.01)) = 5 where the shaper
+# notches the response, so an error there is not chased with ever larger offsets (docs/printer.md)
+CORRECTION_REGULARISATION = 0.01
 CHANNELS = ("x_ref", "y_ref", "vx_ref", "vy_ref", "ax_ref", "ay_ref", "x_cmd", "y_cmd", "x_act", "y_act")
 
 
@@ -93,6 +97,29 @@ class Printer:
                     position[axis] += amplitude * np.interp(times - shift, times, offset[:, axis])
                     velocity[axis] += amplitude * np.interp(times - shift, times, offset_velocity[:, axis])
         return position, velocity
+
+    def response(self, axis: int, n: int) -> np.ndarray:
+        """Frequency response [n // 2 + 1] of an offset added to the reference, to the carriage position of `axis`
+        (the shaper's pulses, then the belt axis without friction), at np.fft.rfftfreq(n, 1 / rate)."""
+        w = 2 * np.pi * np.fft.rfftfreq(n, 1.0 / self.rate)
+        amplitudes, shifts = self.shapers[axis]
+        shaper = (amplitudes[:, None] * np.exp(-1j * w[None] * shifts[:, None])).sum(0)
+        _, belt = freqz(*self.axes[axis].command_filter, worN=w / self.rate)
+        return shaper * belt
+
+    def correction(self, error: np.ndarray, regularisation: float = CORRECTION_REGULARISATION) -> np.ndarray:
+        """The offset [N, 2] that best cancels an error [N, 2] of one layer once it has gone through the shaper and
+        the belt axes: per axis argmin |error + L offset|^2 + regularisation |offset|^2 (Tikhonov), solved in the
+        frequency domain on a zero-padded copy. Subtracting the error itself assumes L = 1, but the offset is shaped
+        and rings the axis as the path does. Friction is left out of L (it is not linear): the offset's velocity
+        moves it, which is what limits any correction made this way (docs/printer.md, "What sets the floor")."""
+        n = 2 * len(error)
+        offset = np.empty_like(error)
+        for axis in range(error.shape[1]):
+            L = self.response(axis, n)
+            spectrum = np.fft.rfft(error[:, axis], n)
+            offset[:, axis] = np.fft.irfft(-spectrum * np.conj(L) / (np.abs(L) ** 2 + regularisation), n)[:len(error)]
+        return offset
 
     def simulate(self, plan: Plan, times: np.ndarray, offset: np.ndarray | None = None) -> dict[str, np.ndarray]:
         """All CHANNELS at `times` (equally spaced at the sample rate), the axes starting at rest at the first command."""
