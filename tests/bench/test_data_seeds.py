@@ -1,8 +1,6 @@
 """bench/data_seeds.py: its overrides make another data draw of every quick config, and its summary is the mean and
 the worst seed (the training runs themselves are the bench's, minutes each)."""
 
-import importlib.util
-import sys
 from pathlib import Path
 
 import pytest
@@ -10,15 +8,7 @@ import pytest
 from kiln.recipes import load_recipe_config
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-@pytest.fixture(scope="module")
-def bench():
-    spec = importlib.util.spec_from_file_location("data_seeds", ROOT / "bench" / "data_seeds.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["data_seeds"] = module
-    spec.loader.exec_module(module)
-    return module
+BENCH = "data_seeds"  # the bench fixture (conftest.py) imports bench/data_seeds.py
 
 
 def seeds_of(recipe: str, cfg) -> tuple:
