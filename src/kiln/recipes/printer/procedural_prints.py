@@ -1,7 +1,7 @@
 """Procedural test prints named as in the original guide (collect_3dbenchy, collect_bearing5, collect_nautilus,
-collect_boat), plus a honeycomb-infill coaster and a `mixed` plate of slicer moves at varied speeds: each writes real G-code (perimeters, rectilinear infill, travels
-with retraction, arcs for round parts), so the procedural models and a user's files take the same path through the
-reader and the planner.
+collect_boat), plus a honeycomb-infill coaster and a `mixed` plate of slicer moves at varied speeds: each writes real
+G-code (perimeters, rectilinear infill, travels with retraction, arcs for round parts), so the procedural models and a
+user's files take the same path through the reader and the planner.
 """
 
 from __future__ import annotations
