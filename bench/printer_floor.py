@@ -32,9 +32,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 import numpy as np  # noqa: E402
 
-from kiln.recipes.printer.compensate import layer_error, load_run, predict_error  # noqa: E402
+from kiln.recipes.printer.compensate import load_run, predict_error  # noqa: E402
 from kiln.recipes.printer.gcode import read_gcode_file  # noqa: E402
-from kiln.recipes.printer.sim import SETTLE_S, WARMUP_S, Printer, layer_times  # noqa: E402
+from kiln.recipes.printer.sim import SETTLE_S, WARMUP_S, Printer, layer_times, position_error  # noqa: E402
 
 COLUMNS = ("true, added", "true, inverted", "true, 3 passes", "lstm, added", "lstm, inverted",
            "true, inverted, no friction", "true, inverted, no shaper")
@@ -55,7 +55,7 @@ def passes(printer, plan, times: np.ndarray, error: np.ndarray, count: int = 3, 
     offset = np.zeros_like(error)
     for _ in range(count):
         offset = offset + step * printer.correction(error)
-        error = layer_error(printer.simulate(plan, times, offset=offset))
+        error = position_error(printer.simulate(plan, times, offset=offset))
     return offset
 
 
@@ -73,7 +73,7 @@ def residuals(task, settings, gcode: Path, layers: str) -> dict[str, float]:
             continue
         for name, printer in printers.items():
             plain = printer.simulate(plan, times)
-            error = layer_error(plain)
+            error = position_error(plain)
             after = {"true, inverted": printer.correction(error)}
             if not name:
                 predicted = predict_error(task, printer, plain)
@@ -82,7 +82,7 @@ def residuals(task, settings, gcode: Path, layers: str) -> dict[str, float]:
                               "lstm, added": -predicted, "lstm, inverted": printer.correction(predicted)})
             out["before" + (f", {name}" if name else "")].append(error[settle:])
             for key, offset in after.items():
-                corrected = layer_error(printer.simulate(plan, times, offset=offset))[settle:]
+                corrected = position_error(printer.simulate(plan, times, offset=offset))[settle:]
                 out[key + (f", {name}" if name else "")].append(corrected)
     if not out["before"]:
         raise SystemExit(f"{gcode}: no layer simulated with --layers {layers}")

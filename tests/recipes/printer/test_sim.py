@@ -10,10 +10,9 @@ import pytest
 
 from kiln.cli import main
 from kiln.errors import KilnError
-from kiln.recipes.printer.compensate import layer_error
 from kiln.recipes.printer.config import PrinterGenerator
 from kiln.recipes.printer.gcode import read_gcode, read_gcode_file
-from kiln.recipes.printer.sim import MAX_SAMPLES_PER_FILE, Printer, layer_times, simulate_moves
+from kiln.recipes.printer.sim import MAX_SAMPLES_PER_FILE, Printer, layer_times, position_error, simulate_moves
 
 SLOW = "M83\nG1 Z0.2\nG1 X10 Y0 E1 F1200\nG1 X1000 Y0 E1 F1\nG1 X0 Y0 E1 F1200\n"  # line 4: 990 mm at 1 mm/min, 16.5 hours
 
@@ -121,7 +120,7 @@ def test_without_friction_the_correction_cancels_what_adding_the_error_leaves():
     printer = Printer(PrinterGenerator(friction=0.0))                # linear: exact but for the regularisation
     plan = printer.plan(read_gcode(SQUARE))
     times = np.arange(-0.3, plan.duration + 0.3, 1 / printer.rate)
-    error = layer_error(printer.simulate(plan, times))
-    added = rms(layer_error(printer.simulate(plan, times, offset=-error)))
-    inverted = rms(layer_error(printer.simulate(plan, times, offset=printer.correction(error))))
+    error = position_error(printer.simulate(plan, times))
+    added = rms(position_error(printer.simulate(plan, times, offset=-error)))
+    inverted = rms(position_error(printer.simulate(plan, times, offset=printer.correction(error))))
     assert inverted < 0.1 * rms(error) and inverted < 0.5 * added

@@ -92,18 +92,15 @@ def predict_error(task, printer, plain: dict) -> np.ndarray:
         return predict_stream(task, torch.from_numpy(features))
 
 
-def layer_error(signals: dict) -> np.ndarray:
-    """[N, 2] actual - planned position (mm)."""
-    return np.stack([signals["x_act"] - signals["x_ref"], signals["y_act"] - signals["y_ref"]], 1)
-
-
 def compensate_layer(task, printer, plan, times: np.ndarray, settle: int) -> dict:
     """One layer printed as planned, then with the error the LSTM predicts (streamed, its state warming up first)
     cancelled through the printer's motion: the reference and both errors (mm) from the layer's first move on."""
+    from kiln.recipes.printer.sim import position_error
+
     plain = printer.simulate(plan, times)
     corrected = printer.simulate(plan, times, offset=printer.correction(predict_error(task, printer, plain)))
-    return {"x_ref": plain["x_ref"][settle:], "y_ref": plain["y_ref"][settle:], "before": layer_error(plain)[settle:],
-            "after": layer_error(corrected)[settle:], "rate": printer.rate}
+    return {"x_ref": plain["x_ref"][settle:], "y_ref": plain["y_ref"][settle:], "before": position_error(plain)[settle:],
+            "after": position_error(corrected)[settle:], "rate": printer.rate}
 
 
 def compensate_moves(task, settings, moves, layers: str) -> tuple[dict, list[dict]]:

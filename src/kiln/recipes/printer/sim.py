@@ -34,6 +34,11 @@ CORRECTION_REGULARISATION = 0.01
 CHANNELS = ("x_ref", "y_ref", "vx_ref", "vy_ref", "ax_ref", "ay_ref", "x_cmd", "y_cmd", "x_act", "y_act")
 
 
+def position_error(signals: dict[str, np.ndarray]) -> np.ndarray:
+    """[N, 2] actual - reference position (mm) of simulated CHANNELS."""
+    return np.stack([signals["x_act"] - signals["x_ref"], signals["y_act"] - signals["y_ref"]], 1)
+
+
 @dataclass
 class Trajectory:
     """One simulated layer: reference, command and actual position per sample ([N] arrays, mm and mm/s)."""
@@ -47,8 +52,7 @@ class Trajectory:
     @property
     def error(self) -> np.ndarray:
         """[N, 2] actual - reference (mm)."""
-        s = self.signals
-        return np.stack([s["x_act"] - s["x_ref"], s["y_act"] - s["y_ref"]], 1)
+        return position_error(self.signals)
 
 
 def select_layers(spec: str, count: int) -> np.ndarray:
